@@ -1,0 +1,469 @@
+"""The ``chronicle`` command (conventions: shared spec cli.md).
+
+Exit codes: 0 success; 1 verification failed or request refused; 2 usage error;
+3 transport or I/O error. Errors are one ``error: …`` line on stderr (``--debug`` for a
+traceback); ``--json`` prints exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from chronicle import __version__, admin
+from chronicle.config import DEFAULT_DB, KEY_FILE, SETTINGS, ConfigError, DataDir, parse_value, write_secret_file
+from chronicle.core.encoding import atom, b64u_encode, utcnow
+from chronicle.core.errors import (
+    ChronicleError,
+    IntegrityError,
+    StorageError,
+    TransportError,
+)
+from chronicle.core.sapient import SigningKey, parse_public_key
+from chronicle.ledger import Ledger
+from chronicle.store import Mirror, Store, store_for_url
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Failure(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _exit_code(exc: ChronicleError) -> int:
+    if isinstance(exc, TransportError | StorageError | ConfigError):
+        return EXIT_IO
+    return EXIT_REFUSED
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    raise Failure(message, code)
+
+
+def handle_errors(fn: F) -> F:
+    """Map our exceptions to one stderr line and the documented exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(click.get_current_context().find_root().params.get("debug"))
+        try:
+            return fn(*args, **kwargs)
+        except Failure as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.code)
+        except ChronicleError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc.diagnostics()}", err=True)
+            sys.exit(_exit_code(exc))
+        except OSError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                       err=True)
+            sys.exit(EXIT_IO)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _out(as_json: bool, payload: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(payload) if as_json else text)
+
+
+def _data_dir_option(fn: F) -> F:
+    return click.option("--data-dir", envvar="CHRONICLE_DATA_DIR", required=True,
+                        type=click.Path(file_okay=False, path_type=Path),
+                        help="Ledger data directory (default: $CHRONICLE_DATA_DIR).")(fn)
+
+
+def _public_key(text: str) -> bytes:
+    try:
+        return parse_public_key(text.strip())
+    except ChronicleError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="chronicle")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def main(debug: bool) -> None:
+    """Append-only, signed transparency ledger (Chronicle 1.3 compatible)."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- keys -------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the secret key file (mode 0600) and print the public key.")
+@handle_errors
+def keygen(as_json: bool, out: Path | None) -> None:
+    """Create an Ed25519 key pair (secret key in PHP Chronicle's key-file format)."""
+    key = SigningKey.generate()
+    if out is not None:
+        try:
+            write_secret_file(out, key.to_text())
+        except FileExistsError:
+            _fail(f"{out} already exists", EXIT_IO)
+        _out(as_json, {"public-key": key.public_b64}, key.public_b64)
+        return
+    _out(as_json, {"secret-key": key.to_text(), "public-key": key.public_b64},
+         f"secret-key: {key.to_text()}\npublic-key: {key.public_b64}")
+
+
+# --- server lifecycle ----------------------------------------------------------------------
+
+async def _open(data_dir: DataDir) -> tuple[Store, Any]:
+    settings = data_dir.settings()
+    store = store_for_url(settings.database, data_dir.path)
+    await store.open()
+    return store, settings
+
+
+@main.command()
+@_data_dir_option
+@click.option("--signing-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Use this existing key file (e.g. PHP Chronicle's local/signing-secret.key).")
+@click.option("--database", default=DEFAULT_DB, show_default=True, help="Database URL.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def init(data_dir: Path, signing_key: Path | None, database: str, as_json: bool) -> None:
+    """Create a data directory: settings, signing key and an empty database."""
+    dd = DataDir(data_dir)
+    if dd.exists():
+        _fail(f"{data_dir} already holds a ledger", EXIT_REFUSED)
+    if signing_key is not None:
+        try:
+            key = SigningKey.from_text(signing_key.read_text())
+        except ChronicleError as exc:
+            _fail(f"{signing_key}: {exc.message}", EXIT_REFUSED)
+    else:
+        key = SigningKey.generate()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key_path = data_dir / KEY_FILE
+    if key_path.exists():
+        _fail(f"{key_path} already exists", EXIT_REFUSED)
+    settings = {k: default for k, (default, _) in SETTINGS.items()}
+    settings["database"] = database
+
+    async def create() -> None:
+        store = store_for_url(database, data_dir)
+        try:
+            await store.create_schema()
+            await store.ensure_instance("")
+        finally:
+            await store.close()
+
+    _run(create())
+    write_secret_file(key_path, key.to_text())
+    dd.write_raw(settings)
+    _out(as_json, {"public-key": key.public_b64}, key.public_b64)
+
+
+@main.command()
+@_data_dir_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@handle_errors
+def serve(data_dir: Path, host: str, port: int) -> None:
+    """Serve the ledger over HTTP until SIGTERM (drains, then exits 0)."""
+    from chronicle.server.runner import run
+
+    run(data_dir, host, port)
+
+
+@main.command()
+@_data_dir_option
+@handle_errors
+def migrate(data_dir: Path) -> None:
+    """Upgrade the database schema to this version of chronicle."""
+    dd = DataDir(data_dir)
+    settings = dd.settings()
+
+    async def go() -> int:
+        store = store_for_url(settings.database, dd.path)
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    click.echo(f"schema version {_run(go())}")
+
+
+@main.group()
+def config() -> None:
+    """Read or change settings (applied at the next start of `serve`)."""
+
+
+@config.command("get")
+@_data_dir_option
+@click.argument("key", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def config_get(data_dir: Path, key: str | None, as_json: bool) -> None:
+    raw = DataDir(data_dir).read_raw()
+    values = {k: raw.get(k, default) for k, (default, _) in SETTINGS.items()}
+    if key is None:
+        _out(as_json, values, "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items()))
+        return
+    if key not in SETTINGS:
+        raise click.BadParameter(f"unknown setting {key!r}", param_hint="KEY")
+    _out(as_json, {key: values[key]},
+         values[key] if isinstance(values[key], str) else json.dumps(values[key]))
+
+
+@config.command("set")
+@_data_dir_option
+@click.argument("key")
+@click.argument("value")
+@handle_errors
+def config_set(data_dir: Path, key: str, value: str) -> None:
+    dd = DataDir(data_dir)
+    raw = dd.read_raw()
+    if key not in SETTINGS:
+        raise click.BadParameter(f"unknown setting {key!r}", param_hint="KEY")
+    try:
+        raw[key] = parse_value(key, value)
+        dd.write_raw(raw)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="VALUE") from None
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+def _instance_option(fn: F) -> F:
+    return click.option("--instance", default="", help="Chain name (default chain if omitted).")(fn)
+
+
+@main.group()
+def client() -> None:
+    """Manage the clients allowed to publish (works while `serve` runs)."""
+
+
+@client.command("add")
+@_data_dir_option
+@click.option("--public-key", "public_key", required=True, help="Client's Ed25519 public key.")
+@click.option("--admin", "is_admin", is_flag=True, help="May register and revoke clients.")
+@click.option("--comment", default=None)
+@click.option("--client-id", default=None, help="Use this id instead of a random one.")
+@_instance_option
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def client_add(data_dir: Path, public_key: str, is_admin: bool, comment: str | None,
+               client_id: str | None, instance: str, as_json: bool) -> None:
+    pk = _public_key(public_key)
+    if client_id is not None and not client_id.strip():
+        raise click.BadParameter("must not be empty", param_hint="--client-id")
+    dd = DataDir(data_dir)
+
+    async def go() -> str:
+        store, settings = await _open(dd)
+        try:
+            if instance not in settings.instances:
+                _fail(f"unknown instance {instance!r}", EXIT_REFUSED)
+            await store.ensure_instance(instance)
+            key = dd.signing_key(settings)
+            if pk == key.public:
+                _fail("the server's signing key cannot be used by a client", EXIT_REFUSED)
+            cid = client_id or admin.new_client_id()
+            if await store.get_client(instance, cid) is not None:
+                _fail(f"client id {cid} is already in use", EXIT_REFUSED)
+            ledger = Ledger(store, instance)
+            try:
+                await admin.register_client(store, ledger, key, publickey=pk, is_admin=is_admin,
+                                            comment=comment, client_id=cid, now=utcnow(),
+                                            publish=settings.publish_new_clients)
+            finally:
+                await ledger.stop()
+            return cid
+        finally:
+            await store.close()
+
+    cid = _run(go())
+    _out(as_json, {"client-id": cid}, cid)
+
+
+@client.command("list")
+@_data_dir_option
+@_instance_option
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked clients.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def client_list(data_dir: Path, instance: str, include_revoked: bool, as_json: bool) -> None:
+    async def go() -> list[dict[str, Any]]:
+        store, _ = await _open(DataDir(data_dir))
+        try:
+            clients = await store.list_clients(instance, include_revoked=include_revoked)
+        finally:
+            await store.close()
+        return [{"client-id": c.publicid, "public-key": b64u_encode(c.publickey),
+                 "admin": c.is_admin, "comment": c.comment, "created": c.created,
+                 "revoked": c.revoked} for c in clients]
+
+    rows = _run(go())
+    text = "\n".join(
+        f"{r['client-id']}  {r['public-key']}  {'admin' if r['admin'] else 'client'}"
+        + (f"  revoked {r['revoked']}" if r["revoked"] else "")
+        + (f"  {r['comment']}" if r["comment"] else "") for r in rows)
+    _out(as_json, {"clients": rows}, text or "(no clients)")
+
+
+@client.command("revoke")
+@_data_dir_option
+@click.option("--client-id", required=True)
+@_instance_option
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def client_revoke(data_dir: Path, client_id: str, instance: str, as_json: bool) -> None:
+    dd = DataDir(data_dir)
+
+    async def go() -> None:
+        store, settings = await _open(dd)
+        try:
+            found = await store.get_client(instance, client_id)
+            if found is None:
+                _fail(f"no active client {client_id}", EXIT_REFUSED)
+            ledger = Ledger(store, instance)
+            try:
+                await admin.revoke_client(store, ledger, dd.signing_key(settings), client=found,
+                                          now=utcnow(), publish=settings.publish_revoked_clients)
+            finally:
+                await ledger.stop()
+        finally:
+            await store.close()
+
+    _run(go())
+    _out(as_json, {"client-id": client_id, "revoked": True}, f"revoked {client_id}")
+
+
+# --- mirrors ---------------------------------------------------------------------------------
+
+@main.group()
+def mirror() -> None:
+    """Manage the public list of mirrors (GET /chronicle/mirrors)."""
+
+
+@mirror.command("add")
+@_data_dir_option
+@click.option("--url", required=True)
+@click.option("--public-key", "public_key", required=True)
+@click.option("--comment", default=None)
+@click.option("--sort", "sortpriority", default=0, type=int, help="Lower sorts first.")
+@_instance_option
+@handle_errors
+def mirror_add(data_dir: Path, url: str, public_key: str, comment: str | None,
+               sortpriority: int, instance: str) -> None:
+    _public_key(public_key)
+
+    async def go() -> None:
+        store, _ = await _open(DataDir(data_dir))
+        try:
+            await store.add_mirror(instance, Mirror(url, public_key.strip(), comment,
+                                                    sortpriority), atom(utcnow()))
+        finally:
+            await store.close()
+
+    _run(go())
+    click.echo(f"mirror {url} added")
+
+
+@mirror.command("list")
+@_data_dir_option
+@_instance_option
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def mirror_list(data_dir: Path, instance: str, as_json: bool) -> None:
+    async def go() -> list[Mirror]:
+        store, _ = await _open(DataDir(data_dir))
+        try:
+            return await store.list_mirrors(instance)
+        finally:
+            await store.close()
+
+    rows = _run(go())
+    payload = [{"url": m.url, "publickey": m.publickey, "comment": m.comment,
+                "sort": m.sortpriority} for m in rows]
+    _out(as_json, {"mirrors": payload},
+         "\n".join(f"{m.url}  {m.publickey}  {m.comment or ''}".rstrip() for m in rows)
+         or "(no mirrors)")
+
+
+@mirror.command("remove")
+@_data_dir_option
+@click.option("--url", required=True)
+@_instance_option
+@handle_errors
+def mirror_remove(data_dir: Path, url: str, instance: str) -> None:
+    async def go() -> bool:
+        store, _ = await _open(DataDir(data_dir))
+        try:
+            return await store.remove_mirror(instance, url)
+        finally:
+            await store.close()
+
+    if not _run(go()):
+        _fail(f"no mirror {url}", EXIT_REFUSED)
+    click.echo(f"mirror {url} removed")
+
+
+# --- publishing --------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--url", required=True, help="Server base URL, without /chronicle.")
+@click.option("--client-id", required=True)
+@click.option("--secret-key-file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--server-key", required=True, help="Pinned server public key.")
+@_instance_option
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("body", required=False)
+@handle_errors
+def publish(url: str, client_id: str, secret_key_file: Path, server_key: str, instance: str,
+            as_json: bool, body: str | None) -> None:
+    """Publish BODY (or stdin with `-`, as exact bytes) and print the verified receipt."""
+    from chronicle.client import ChronicleClient
+
+    pinned = _public_key(server_key)
+    if body is None:
+        raise click.UsageError("give BODY, or - to read stdin")
+    data = sys.stdin.buffer.read() if body == "-" else body.encode("utf-8")
+    try:
+        key = SigningKey.from_text(secret_key_file.read_text())
+    except ChronicleError as exc:
+        _fail(f"{secret_key_file}: {exc.message}", EXIT_USAGE)
+
+    async def go() -> dict[str, str]:
+        async with ChronicleClient(url, pinned, instance=instance, client_id=client_id,
+                                   key=key) as api:
+            return (await api.publish(data)).as_dict()
+
+    try:
+        receipt = _run(go())
+    except IntegrityError as exc:
+        _fail(f"verification failed: {exc.diagnostics()}", EXIT_REFUSED)
+    _out(as_json, receipt, "\n".join(f"{k}: {v}" for k, v in receipt.items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,187 @@
+"""Data directory layout and settings (``chronicle.toml``, Chronicle's key names).
+
+A data directory holds ``chronicle.toml``, the server's signing key
+(``signing-secret.key``, base64url of libsodium's 64-byte secret key, mode 0600, the same
+format as PHP Chronicle's ``local/signing-secret.key``) and, by default, ``chronicle.db``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from chronicle.core.encoding import parse_interval
+from chronicle.core.errors import ChronicleError
+from chronicle.core.sapient import SigningKey
+
+CONFIG_FILE = "chronicle.toml"
+KEY_FILE = "signing-secret.key"
+DEFAULT_DB = "sqlite:chronicle.db"
+MIN_BODY = 1 << 20
+DEFAULT_BODY = 8 << 20
+
+
+class ConfigError(ChronicleError):
+    """A setting is missing or malformed, or the data directory is not usable."""
+
+    status = 500
+
+
+# key -> (default, description); the order is the order written by `chronicle init`.
+SETTINGS: dict[str, tuple[Any, str]] = {
+    "database": (DEFAULT_DB, "sqlite:PATH (relative to the data dir)"),
+    "signing-key-file": (KEY_FILE, "server signing key file (relative to the data dir)"),
+    "paginate-export": (0, "page size for export/since; 0 = unpaginated (PHP: null)"),
+    "request-timeout": ("10 minutes", "window for signed timestamps; \"\" disables"),
+    "publish-new-clients": (True, "append a server message when a client is registered"),
+    "publish-revoked-clients": (True, "append a server message when a client is revoked"),
+    "instances": ([], "extra chain names selectable with ?instance=NAME"),
+    "max-body-size": (DEFAULT_BODY, "largest request body in bytes (at least 1 MiB)"),
+    "max-batch": (512, "most entries committed in one transaction"),
+    "max-queue": (8192, "pending publishes before answering 503"),
+    "export-cache": (True, "keep the signed unpaginated export until the chain grows"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: str = DEFAULT_DB
+    signing_key_file: str = KEY_FILE
+    paginate_export: int = 0
+    request_timeout: timedelta | None = timedelta(minutes=10)
+    publish_new_clients: bool = True
+    publish_revoked_clients: bool = True
+    instances: tuple[str, ...] = ("",)
+    max_body_size: int = DEFAULT_BODY
+    max_batch: int = 512
+    max_queue: int = 8192
+    export_cache: bool = True
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> Settings:
+        unknown = sorted(set(data) - set(SETTINGS))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        merged = {k: data.get(k, default) for k, (default, _) in SETTINGS.items()}
+        try:
+            page = int(merged["paginate-export"] or 0)
+            timeout_text = str(merged["request-timeout"] or "")
+            timeout = parse_interval(timeout_text) if timeout_text else None
+            extra = merged["instances"]
+            if isinstance(extra, dict):  # Chronicle's {"name": "prefix"} form
+                extra = list(extra)
+            names = ("", *sorted({str(n) for n in extra if str(n)}))
+            body = int(merged["max-body-size"])
+        except (TypeError, ValueError, ChronicleError) as exc:
+            raise ConfigError(f"invalid setting: {exc}") from exc
+        if page < 0:
+            raise ConfigError("paginate-export must be >= 0")
+        if body < MIN_BODY:
+            raise ConfigError(f"max-body-size must be at least {MIN_BODY} bytes")
+        for name in names[1:]:
+            if not name.replace("-", "").replace("_", "").isalnum() or name == "replication":
+                raise ConfigError(f"invalid instance name {name!r} ([A-Za-z0-9_-]+)")
+        return cls(
+            database=str(merged["database"]),
+            signing_key_file=str(merged["signing-key-file"]),
+            paginate_export=page,
+            request_timeout=timeout,
+            publish_new_clients=bool(merged["publish-new-clients"]),
+            publish_revoked_clients=bool(merged["publish-revoked-clients"]),
+            instances=names,
+            max_body_size=body,
+            max_batch=max(1, int(merged["max-batch"])),
+            max_queue=max(1, int(merged["max-queue"])),
+            export_cache=bool(merged["export-cache"]),
+            raw=dict(data),
+        )
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Turn a CLI string into the type the setting has (``config set``)."""
+    if key not in SETTINGS:
+        raise ConfigError(f"unknown setting: {key}")
+    default = SETTINGS[key][0]
+    if isinstance(default, bool):
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key} takes true or false")
+    if isinstance(default, int):
+        if text.strip().lower() in ("", "null", "none"):
+            return 0
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key} takes a whole number") from None
+    if isinstance(default, list):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+class DataDir:
+    """Paths and files of one ledger's data directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def read_raw(self) -> dict[str, Any]:
+        try:
+            with self.config_path.open("rb") as fh:
+                return tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{self.path} is not a chronicle data directory "
+                              f"(no {CONFIG_FILE}; run `chronicle init`)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{self.config_path}: {exc}") from exc
+
+    def write_raw(self, data: dict[str, Any]) -> None:
+        Settings.from_mapping(data)  # never write a file we could not read back
+        tmp = self.config_path.with_suffix(".toml.tmp")
+        tmp.write_text(tomli_w.dumps(data))
+        os.replace(tmp, self.config_path)
+
+    def settings(self) -> Settings:
+        return Settings.from_mapping(self.read_raw())
+
+    def key_path(self, settings: Settings) -> Path:
+        path = Path(settings.signing_key_file)
+        return path if path.is_absolute() else self.path / path
+
+    def signing_key(self, settings: Settings) -> SigningKey:
+        path = self.key_path(settings)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from exc
+        try:
+            return SigningKey.from_text(text)
+        except ChronicleError as exc:
+            raise ConfigError(f"signing key {path}: {exc.message}") from exc
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path / "cache"
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Create a file readable by its owner only (mode 0600), refusing to overwrite."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")

@@ -1,0 +1,147 @@
+"""The BLAKE2b hash chain (protocol.md "The chain"; paragonie/blakechain).
+
+- ``currhash[n] = BLAKE2b-256(created || pk(32) || sig(64) || contents, key=currhash[n-1])``,
+  unkeyed for the first entry;
+- ``summaryhash[n] = BLAKE2b-256(currhash[0] || ... || currhash[n])``, unkeyed;
+- ``hashstate[n]``: libsodium's 384-byte ``crypto_generichash`` state after those updates,
+  unfinalised. PyNaCl's state buffer is byte-identical, so a stored state lets us append
+  without rehashing history and lets us import a PHP Chronicle database as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from nacl import bindings as sodium
+from nacl._sodium import ffi
+
+from chronicle.core.encoding import b64u_encode
+from chronicle.core.errors import IntegrityError
+
+HASH_BYTES = 32
+STATE_BYTES = 384
+PUBLICKEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+def entry_preimage(created: str, publickey: bytes, signature: bytes, contents: bytes) -> bytes:
+    """The bytes a currhash covers: the timestamp string exactly as stored, then raw fields."""
+    return created.encode("utf-8") + publickey + signature + contents
+
+
+def currhash(prevhash: bytes | None, created: str, publickey: bytes, signature: bytes,
+             contents: bytes) -> bytes:
+    """Keyed BLAKE2b-256 of the entry preimage; key = previous currhash (none for the first)."""
+    h = hashlib.blake2b(digest_size=HASH_BYTES, key=prevhash or b"")
+    h.update(created.encode("utf-8"))
+    h.update(publickey)
+    h.update(signature)
+    h.update(contents)
+    return h.digest()
+
+
+class SummaryState:
+    """Running unkeyed BLAKE2b-256 over all currhashes, exportable as libsodium's state."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: object | None = None) -> None:
+        self._state = state if state is not None else sodium.crypto_generichash_blake2b_init(
+            digest_size=HASH_BYTES)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SummaryState:
+        """Restore from a stored 384-byte libsodium state (ours or PHP Chronicle's)."""
+        if len(raw) != STATE_BYTES:
+            raise IntegrityError(f"hash state must be {STATE_BYTES} bytes, got {len(raw)}",
+                                 field="hashstate")
+        state = sodium.crypto_generichash_blake2b_init(digest_size=HASH_BYTES)
+        ffi.memmove(state._statebuf, raw, STATE_BYTES)
+        return cls(state)
+
+    def to_bytes(self) -> bytes:
+        return bytes(ffi.buffer(self._state._statebuf, STATE_BYTES))  # type: ignore[attr-defined]
+
+    def copy(self) -> SummaryState:
+        return SummaryState(self._state.copy())  # type: ignore[attr-defined]
+
+    def update(self, currhash_raw: bytes) -> None:
+        sodium.crypto_generichash_blake2b_update(self._state, currhash_raw)
+
+    def digest(self) -> bytes:
+        """The summary hash so far (finalises a copy; this state stays usable)."""
+        return bytes(sodium.crypto_generichash_blake2b_final(self._state.copy()))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One chain row. ``index`` is the 0-based position; raw bytes for every hash and key."""
+
+    index: int
+    contents: bytes
+    prevhash: bytes | None
+    currhash: bytes
+    summaryhash: bytes
+    hashstate: bytes
+    publickey: bytes
+    signature: bytes
+    created: str
+
+    def receipt(self) -> dict[str, str]:
+        """What a publisher is told: ``{currhash, summaryhash, created}``."""
+        return {
+            "currhash": b64u_encode(self.currhash),
+            "summaryhash": b64u_encode(self.summaryhash),
+            "created": self.created,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """What appending needs to know about the newest entry."""
+
+    index: int
+    currhash: bytes
+    summaryhash: bytes
+    hashstate: bytes
+    created: str
+
+    @classmethod
+    def of(cls, entry: Entry) -> ChainHead:
+        return cls(entry.index, entry.currhash, entry.summaryhash, entry.hashstate, entry.created)
+
+
+class ChainBuilder:
+    """Extends a chain in memory: the single place where new entries get their hashes."""
+
+    def __init__(self, head: ChainHead | None) -> None:
+        self._next_index = 0 if head is None else head.index + 1
+        self._prev = None if head is None else head.currhash
+        self._state = SummaryState() if head is None else SummaryState.from_bytes(head.hashstate)
+
+    @property
+    def next_index(self) -> int:
+        return self._next_index
+
+    @property
+    def prevhash(self) -> bytes | None:
+        return self._prev
+
+    def append(self, contents: bytes, publickey: bytes, signature: bytes, created: str) -> Entry:
+        cur = currhash(self._prev, created, publickey, signature, contents)
+        self._state.update(cur)
+        entry = Entry(
+            index=self._next_index,
+            contents=contents,
+            prevhash=self._prev,
+            currhash=cur,
+            summaryhash=self._state.digest(),
+            hashstate=self._state.to_bytes(),
+            publickey=publickey,
+            signature=signature,
+            created=created,
+        )
+        self._prev = cur
+        self._next_index += 1
+        return entry

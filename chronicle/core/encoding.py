@@ -1,0 +1,124 @@
+"""Wire encodings: strict base64url, ATOM timestamps, PHP-identical pretty JSON, intervals.
+
+Spec: protocol.md "Encodings". Every hash, key and signature travels as base64url *with*
+``=`` padding; we accept only the canonical form (the one we would produce ourselves), so
+one value has one spelling and lookups cannot be fooled by an alternative encoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chronicle.core.errors import EncodingError
+
+_B64U_RE = re.compile(r"\A[A-Za-z0-9_-]*={0,2}\Z")
+
+
+def b64u_encode(raw: bytes) -> str:
+    """base64url with padding, as PHP's ``Base64UrlSafe::encode``."""
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def b64u_decode(text: str | bytes, length: int | None = None, *, what: str = "value") -> bytes:
+    """Decode canonical padded base64url; raise :class:`EncodingError` on anything else.
+
+    ``length`` (bytes) is enforced when given. Non-canonical spellings (missing padding,
+    non-zero trailing bits, standard-alphabet ``+/``) are refused.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise EncodingError(f"Invalid {what}: not base64url") from None
+    if len(text) % 4 != 0 or not _B64U_RE.match(text):
+        raise EncodingError(f"Invalid {what}: not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(text)
+    except (binascii.Error, ValueError):
+        raise EncodingError(f"Invalid {what}: not base64url") from None
+    if base64.urlsafe_b64encode(raw).decode("ascii") != text:
+        raise EncodingError(f"Invalid {what}: non-canonical base64url")
+    if length is not None and len(raw) != length:
+        raise EncodingError(f"Invalid {what}: expected {length} bytes, got {len(raw)}")
+    return raw
+
+
+def atom(moment: datetime) -> str:
+    """PHP ``DateTime::ATOM`` (``2006-01-02T15:04:05+00:00``), second precision, UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+_TS_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%z",
+    "%Y-%m-%dT%H:%M:%S.%f%z",
+    "%Y-%m-%d %H:%M:%S%z",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S.%f",
+)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse the timestamp forms clients send (ATOM/RFC 3339, ``Z`` or offsets, naive = UTC)."""
+    if not isinstance(text, str) or not text or len(text) > 64:
+        raise EncodingError("Invalid timestamp")
+    candidate = text.strip()
+    if candidate.endswith(("Z", "z")):
+        candidate = candidate[:-1] + "+00:00"
+    for fmt in _TS_FORMATS:
+        try:
+            moment = datetime.strptime(candidate, fmt)
+        except ValueError:
+            continue
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment
+    raise EncodingError("Invalid timestamp")
+
+
+_INTERVAL_RE = re.compile(r"\s*(\d+)\s*([a-zA-Z]+)\s*")
+_UNITS = {
+    "sec": 1, "secs": 1, "second": 1, "seconds": 1, "s": 1,
+    "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+    "hour": 3600, "hours": 3600, "h": 3600,
+    "day": 86400, "days": 86400, "d": 86400,
+    "week": 604800, "weeks": 604800,
+}
+
+
+def parse_interval(text: str) -> timedelta:
+    """Parse Chronicle's interval settings ("10 minutes", "7 days", "1 hour 30 minutes")."""
+    pos, total = 0, 0
+    if not text.strip():
+        raise EncodingError(f"Invalid interval: {text!r}")
+    while pos < len(text):
+        match = _INTERVAL_RE.match(text, pos)
+        if not match or match.group(2).lower() not in _UNITS:
+            raise EncodingError(f"Invalid interval: {text!r}")
+        total += int(match.group(1)) * _UNITS[match.group(2).lower()]
+        pos = match.end()
+    return timedelta(seconds=total)
+
+
+def php_json(value: Any) -> str:
+    """``json_encode($value, JSON_PRETTY_PRINT)`` byte for byte.
+
+    4-space indent, ``": "`` after keys, ``/`` escaped as ``\\/``, all non-ASCII escaped as
+    lowercase ``\\uXXXX`` (surrogate pairs above U+FFFF), no trailing newline. The ``/``
+    replacement is safe: outside strings JSON never contains a slash.
+    """
+    return json.dumps(value, indent=4, ensure_ascii=True).replace("/", "\\/")
+
+
+def php_json_string(text: str) -> str:
+    """One JSON string literal exactly as PHP writes it (for streamed documents)."""
+    return json.dumps(text, ensure_ascii=True).replace("/", "\\/")

@@ -1,0 +1,201 @@
+"""The sequencer: the one writer of a chain.
+
+Every entry, from a client's publish, a server message or a CLI command, goes through
+:meth:`Ledger.append`. Requests queue up; one task takes them in batches, re-reads the
+chain head inside the database write lock, hashes each entry (core.blakechain), inserts
+the batch in one transaction and commits it durably, and only then answers every waiter
+(group commit). A failed commit answers every waiter of that batch with an error and
+leaves the chain as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from chronicle.core.blakechain import ChainBuilder, ChainHead, Entry
+from chronicle.core.encoding import atom, parse_timestamp, utcnow
+from chronicle.core.errors import (
+    AuthError,
+    ChronicleError,
+    EncodingError,
+    OverloadedError,
+    RequestError,
+    StorageError,
+)
+from chronicle.core.protocol import MSG_CLIENT_NOT_FOUND
+from chronicle.store.base import Store, WriteTx
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+TxAction = Callable[[WriteTx], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class AppendRequest:
+    """An entry to add. ``client_id`` set: that client must still be active at commit time.
+
+    ``action`` runs inside the same transaction, before the entry is inserted (a client
+    registration and the server's record of it commit together or not at all).
+    """
+
+    contents: bytes
+    publickey: bytes
+    signature: bytes
+    client_id: str | None = None
+    action: TxAction | None = None
+    future: asyncio.Future[Entry] = field(default_factory=lambda: asyncio.get_running_loop()
+                                          .create_future())
+
+
+class Ledger:
+    """Serialises appends to one chain (``instance``) of ``store``."""
+
+    def __init__(self, store: Store, instance: str = "", *, clock: Clock = utcnow,
+                 max_batch: int = 512, max_queue: int = 8192) -> None:
+        self.store = store
+        self.instance = instance
+        self.clock = clock
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._queue: deque[AppendRequest] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches = 0
+        self.committed = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                               name=f"ledger:{self.instance}")
+
+    async def stop(self) -> None:
+        """Stop taking requests, finish everything queued, then end the task."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def append(self, contents: bytes, publickey: bytes, signature: bytes, *,
+                     client_id: str | None = None, action: TxAction | None = None) -> Entry:
+        """Queue one entry and wait until it is durably committed; return the stored entry.
+
+        If an entry with the same signature is already stored (a client retrying a publish
+        whose answer it lost), that entry is returned and nothing new is stored.
+        """
+        if self._closing:
+            raise OverloadedError("Server is shutting down, retry later")
+        if len(self._queue) >= self.max_queue:
+            raise OverloadedError()
+        if self._task is None:
+            self.start()
+        req = AppendRequest(contents, publickey, signature, client_id, action)
+        self._queue.append(req)
+        self._wakeup.set()
+        return await req.future
+
+    def _take_batch(self) -> list[AppendRequest]:
+        # A request with a transactional side effect runs alone, so its failure cannot
+        # take unrelated publishes down with it.
+        first = self._queue.popleft()
+        batch = [first]
+        if first.action is not None:
+            return batch
+        while self._queue and len(batch) < self.max_batch and self._queue[0].action is None:
+            batch.append(self._queue.popleft())
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take_batch()
+            try:
+                outcomes = await self._commit(batch)
+            except ChronicleError as exc:
+                self._fail(batch, exc)
+            except Exception as exc:
+                log.exception("append batch of %d failed", len(batch))
+                self._fail(batch, StorageError(f"could not store the entry: {exc}"))
+            except asyncio.CancelledError:
+                self._fail(batch, OverloadedError("Server is shutting down, retry later"))
+                raise
+            else:
+                self.batches += 1
+                for req, outcome in zip(batch, outcomes, strict=True):
+                    if req.future.done():
+                        continue
+                    if isinstance(outcome, Entry):
+                        req.future.set_result(outcome)
+                    else:
+                        req.future.set_exception(outcome)
+
+    @staticmethod
+    def _fail(batch: list[AppendRequest], exc: ChronicleError) -> None:
+        # A storage failure is ours, and nothing was stored: the client may retry safely.
+        if isinstance(exc, StorageError):
+            exc = StorageError(f"Nothing was stored, retry later ({exc.message})",
+                               status=503, headers={"Retry-After": "1"})
+        for req in batch:
+            if not req.future.done():
+                req.future.set_exception(exc)
+
+    def _created(self, head: ChainHead | None) -> str:
+        now = self.clock()
+        if head is not None:
+            with contextlib.suppress(EncodingError):
+                if parse_timestamp(head.created) > now:
+                    return head.created  # the clock went backwards: never let created do so
+        return atom(now)
+
+    async def _commit(self, batch: list[AppendRequest]) -> list[Entry | ChronicleError]:
+        async with self.store.write(self.instance) as tx:
+            head = await tx.head()
+            existing = await tx.find_signatures([r.signature for r in batch])
+            wanted = [r.client_id for r in batch if r.client_id is not None]
+            clients = await tx.active_clients(wanted) if wanted else {}
+            builder = ChainBuilder(head)
+            created = self._created(head)
+            outcomes: list[Entry | ChronicleError] = []
+            fresh: list[Entry] = []
+            by_sig: dict[bytes, Entry] = dict(existing)
+            for req in batch:
+                if req.client_id is not None:
+                    client = clients.get(req.client_id)
+                    if client is None or client.publickey != req.publickey:
+                        outcomes.append(AuthError(MSG_CLIENT_NOT_FOUND))
+                        continue
+                stored = by_sig.get(req.signature)
+                if stored is not None:
+                    if stored.contents == req.contents and stored.publickey == req.publickey:
+                        outcomes.append(stored)
+                    else:
+                        outcomes.append(RequestError(
+                            "This signature is already stored with a different entry",
+                            status=409))
+                    continue
+                if req.action is not None:
+                    await req.action(tx)
+                entry = builder.append(req.contents, req.publickey, req.signature, created)
+                fresh.append(entry)
+                by_sig[entry.signature] = entry
+                outcomes.append(entry)
+            await tx.insert_entries(fresh)
+        self.committed += len(fresh)
+        return outcomes
