@@ -19,7 +19,15 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from chronicle import __version__, admin
-from chronicle.config import DEFAULT_DB, KEY_FILE, SETTINGS, ConfigError, DataDir, parse_value, write_secret_file
+from chronicle.config import (
+    DEFAULT_DB,
+    KEY_FILE,
+    SETTINGS,
+    ConfigError,
+    DataDir,
+    parse_value,
+    write_secret_file,
+)
 from chronicle.core.encoding import atom, b64u_encode, utcnow
 from chronicle.core.errors import (
     ChronicleError,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from nacl import bindings as sodium
 from nacl._sodium import ffi
+from nacl.bindings.crypto_generichash import Blake2State
 
 from chronicle.core.encoding import b64u_encode
 from chronicle.core.errors import IntegrityError
@@ -46,7 +47,7 @@ class SummaryState:
 
     __slots__ = ("_state",)
 
-    def __init__(self, state: object | None = None) -> None:
+    def __init__(self, state: Blake2State | None = None) -> None:
         self._state = state if state is not None else sodium.crypto_generichash_blake2b_init(
             digest_size=HASH_BYTES)
 
@@ -61,17 +62,17 @@ class SummaryState:
         return cls(state)
 
     def to_bytes(self) -> bytes:
-        return bytes(ffi.buffer(self._state._statebuf, STATE_BYTES))  # type: ignore[attr-defined]
+        return bytes(ffi.buffer(self._state._statebuf, STATE_BYTES))
 
     def copy(self) -> SummaryState:
-        return SummaryState(self._state.copy())  # type: ignore[attr-defined]
+        return SummaryState(self._state.copy())
 
     def update(self, currhash_raw: bytes) -> None:
         sodium.crypto_generichash_blake2b_update(self._state, currhash_raw)
 
     def digest(self) -> bytes:
         """The summary hash so far (finalises a copy; this state stays usable)."""
-        return bytes(sodium.crypto_generichash_blake2b_final(self._state.copy()))  # type: ignore[attr-defined]
+        return bytes(sodium.crypto_generichash_blake2b_final(self._state.copy()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,13 @@ from chronicle import admin
 from chronicle.core import protocol
 from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import atom, b64u_decode, b64u_encode
-from chronicle.core.errors import AuthError, ChronicleError, EncodingError, NotFoundError, RequestError
+from chronicle.core.errors import (
+    AuthError,
+    ChronicleError,
+    EncodingError,
+    NotFoundError,
+    RequestError,
+)
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, verify
 from chronicle.server.context import ServerContext
 from chronicle.server.export import SMALL_DOCUMENT_ROWS, DocumentBuilder, stream_file

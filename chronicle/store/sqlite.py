@@ -14,6 +14,7 @@ Connections, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -71,7 +72,8 @@ CREATE TABLE mirrors (
 """,
 }
 
-_ENTRY_COLS = "idx, contents, prevhash, currhash, summaryhash, hashstate, publickey, signature, created"
+_ENTRY_COLS = ("idx, contents, prevhash, currhash, summaryhash, hashstate, publickey, "
+               "signature, created")
 
 
 def _entry(row: Sequence[Any]) -> Entry:
@@ -273,7 +275,8 @@ class SqliteStore(Store):
         except KeyError:
             self._load_instances()
             if instance not in self._instances:
-                raise StorageError(f"instance {instance!r} does not exist in the database") from None
+                raise StorageError(
+                    f"instance {instance!r} does not exist in the database") from None
             return self._instances[instance]
 
     # --- writes ------------------------------------------------------------------------
@@ -300,10 +303,9 @@ class SqliteStore(Store):
 
     async def _rollback(self) -> None:
         assert self._writer is not None
-        try:
+        # SQLite may already have ended the transaction itself; nothing left to undo then.
+        with contextlib.suppress(sqlite3.Error):
             await self._writer.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # no transaction left to roll back (SQLite ended it itself)
 
     # --- reads -------------------------------------------------------------------------
 

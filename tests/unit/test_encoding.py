@@ -1,0 +1,101 @@
+"""Encodings: strict base64url, timestamps, intervals, and PHP's pretty JSON byte for byte."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from chronicle.core.encoding import (
+    atom,
+    b64u_decode,
+    b64u_encode,
+    parse_interval,
+    parse_timestamp,
+    php_json,
+)
+from chronicle.core.errors import EncodingError
+from tests.helpers import load_vector
+
+EXCHANGES = load_vector("exchanges.json")["exchanges"]
+
+
+@pytest.mark.parametrize("bad", [
+    "abc",                       # not a multiple of 4
+    "ab+/",                      # standard alphabet
+    "a===",                      # too much padding
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=",  # non-zero trailing bits
+    "unknown-hash-value",
+    "YQ==\n",
+    "",
+])
+def test_b64u_rejects_non_canonical(bad: str) -> None:
+    with pytest.raises(EncodingError):
+        b64u_decode(bad, 32)
+
+
+def test_b64u_round_trip_and_length() -> None:
+    raw = bytes(range(32))
+    text = b64u_encode(raw)
+    assert text.endswith("=") and len(text) == 44
+    assert b64u_decode(text, 32) == raw
+    with pytest.raises(EncodingError, match="expected 64 bytes"):
+        b64u_decode(text, 64)
+
+
+def test_atom_format() -> None:
+    moment = datetime(2026, 11, 28, 4, 58, 21, 999999, tzinfo=UTC)
+    assert atom(moment) == "2026-11-28T04:58:21+00:00"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2026-11-28T04:58:21+00:00", datetime(2026, 11, 28, 4, 58, 21, tzinfo=UTC)),
+    ("2026-11-28T05:58:21+01:00", datetime(2026, 11, 28, 4, 58, 21, tzinfo=UTC)),
+    ("2026-11-28T04:58:21Z", datetime(2026, 11, 28, 4, 58, 21, tzinfo=UTC)),
+    ("2026-11-28 04:58:21", datetime(2026, 11, 28, 4, 58, 21, tzinfo=UTC)),
+])
+def test_parse_timestamp(text: str, expected: datetime) -> None:
+    assert parse_timestamp(text) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-13-01T00:00:00+00:00", "", "x" * 100])
+def test_parse_timestamp_rejects(text: str) -> None:
+    with pytest.raises(EncodingError):
+        parse_timestamp(text)
+
+
+def test_intervals() -> None:
+    assert parse_interval("10 minutes") == timedelta(minutes=10)
+    assert parse_interval("7 days") == timedelta(days=7)
+    assert parse_interval("1 hour 30 minutes") == timedelta(minutes=90)
+    with pytest.raises(EncodingError):
+        parse_interval("ten minutes")
+
+
+def _json_bodies() -> list[tuple[str, str]]:
+    """Every response PHP marked as pretty JSON, and every pretty (createSignedJsonRequest)
+    request body; compact raw request bodies were not produced by json_encode."""
+    out = []
+    for ex in EXCHANGES:
+        if ex["checks"].get("response_body_is_php_pretty_json"):
+            out.append((f"{ex['id']}-response", ex["response"]["body_text"]))
+        text = ex["request"].get("body_text") or ""
+        if text.startswith("{\n    "):
+            out.append((f"{ex['id']}-request", text))
+    return out
+
+
+JSON_BODIES = _json_bodies()
+
+
+def test_every_signed_json_response_is_covered() -> None:
+    signed = [e for e in EXCHANGES if e["checks"]["response_signature_valid_for_server_key"]]
+    pretty = [e for e in EXCHANGES if e["checks"].get("response_body_is_php_pretty_json")]
+    assert len(pretty) == len(signed) > 120
+
+
+@pytest.mark.parametrize("label,text", JSON_BODIES, ids=[b[0] for b in JSON_BODIES])
+def test_php_json_reencodes_recorded_bodies(label: str, text: str) -> None:
+    """Every pretty-printed body PHP produced re-encodes to the same bytes."""
+    assert php_json(json.loads(text)) == text
