@@ -38,11 +38,17 @@ def load_vector(name: str) -> Any:
     return json.loads((VECTORS / name).read_text())
 
 
+# The database integration tests run against; tests/integration/conftest.py switches it
+# between SQLite and PostgreSQL for every test (both backends pass the same suite).
+DATABASE = {"url": "sqlite:chronicle.db"}
+
+
 async def init_data_dir(path: Path, key: SigningKey | None = None, **settings: Any) -> DataDir:
     """What `chronicle init` does, callable from a running event loop."""
     key = key or SigningKey.generate()
     path.mkdir(parents=True, exist_ok=True)
     raw = {k: default for k, (default, _) in SETTINGS.items()}
+    raw["database"] = DATABASE["url"]
     raw.update({k.replace("_", "-"): v for k, v in settings.items()})
     store = store_for_url(raw["database"], path)
     try:

@@ -11,7 +11,7 @@ __all__ = ["SCHEMA_VERSION", "Client", "Mirror", "Store", "WriteTx", "store_for_
 
 
 def store_for_url(url: str, base_dir: Path | None = None) -> Store:
-    """Pick the driver from a database URL: ``sqlite:PATH`` (relative to ``base_dir``)."""
+    """Pick the driver: ``sqlite:PATH`` (relative to ``base_dir``) or ``postgresql://…``."""
     if url.startswith("sqlite:"):
         from chronicle.store.sqlite import SqliteStore
 
@@ -19,4 +19,12 @@ def store_for_url(url: str, base_dir: Path | None = None) -> Store:
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         return SqliteStore(path)
-    raise StorageError(f"unsupported database URL: {url!r} (expected sqlite:PATH)")
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from chronicle.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StorageError("PostgreSQL support needs asyncpg: "
+                               "pip install 'chronicle[postgres]'") from exc
+        return PostgresStore(url)
+    raise StorageError(f"unsupported database URL: {url!r} "
+                       "(expected sqlite:PATH or postgresql://...)")

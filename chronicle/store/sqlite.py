@@ -172,6 +172,7 @@ class SqliteStore(Store):
     # --- lifecycle ---------------------------------------------------------------------
 
     async def _connect(self) -> None:
+        await self.close()
         try:
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
             await self._writer.execute("PRAGMA journal_mode=WAL")

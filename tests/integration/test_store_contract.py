@@ -1,0 +1,180 @@
+"""The storage contract: every backend behaves the same (run on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chronicle.core.blakechain import ChainBuilder, Entry
+from chronicle.core.errors import RequestError, SchemaMismatchError, StorageError
+from chronicle.core.sapient import SigningKey
+from chronicle.store import Client, Mirror, Store, store_for_url
+from tests import helpers
+
+
+async def _store(tmp_path: Path, *, create: bool = True) -> Store:
+    store = store_for_url(helpers.DATABASE["url"], tmp_path)
+    if create:
+        await store.create_schema()
+        await store.ensure_instance("")
+    return store
+
+
+def _entries(n: int, start: list[Entry] | None = None) -> list[Entry]:
+    key = SigningKey.generate()
+    builder = ChainBuilder(None)
+    out = []
+    for i in range(n):
+        body = f"entry {i}".encode()
+        out.append(builder.append(body, key.public, key.sign(body), "2026-01-01T00:00:00+00:00"))
+    return out
+
+
+async def test_fresh_schema_then_open_checks_version(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    await store.close()
+    reopened = await _store(tmp_path, create=False)
+    await reopened.open()
+    assert await reopened.head("") is None
+    with pytest.raises(StorageError, match="already"):
+        await reopened.create_schema()
+    await reopened.close()
+
+
+async def test_open_refuses_an_empty_database(tmp_path: Path) -> None:
+    store = await _store(tmp_path, create=False)
+    with pytest.raises(SchemaMismatchError, match="chronicle init"):
+        await store.open()
+
+
+async def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    async with store.write("") as tx:
+        conn = tx._conn  # type: ignore[attr-defined]
+        sql = "UPDATE meta SET value = '99' WHERE key = 'schema_version'"
+        await conn.execute(sql)
+    await store.close()
+    again = await _store(tmp_path, create=False)
+    with pytest.raises(SchemaMismatchError, match="newer than this software"):
+        await again.open()
+    with pytest.raises(SchemaMismatchError):
+        await again.migrate()
+    await again.close()
+
+
+async def test_append_read_and_lookup(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        entries = _entries(25)
+        async with store.write("") as tx:
+            assert await tx.head() is None
+            await tx.insert_entries(entries)
+        head = await store.head("")
+        assert head == entries[-1]
+        assert await store.entry_at("", 7) == entries[7]
+        assert await store.lookup("", entries[3].currhash) == [entries[3]]
+        assert await store.lookup("", entries[3].summaryhash) == [entries[3]]
+        assert await store.lookup("", b"\x00" * 32) == []
+        assert await store.range("", 5, 9) == entries[5:9]
+        assert await store.range("", 24, 100) == entries[24:]
+        pages = [p async for p in store.iter_range("", 0, 25, page=10)]
+        assert [len(p) for p in pages] == [10, 10, 5]
+        assert [e for p in pages for e in p] == entries
+        async with store.write("") as tx:
+            got = await tx.head()
+            assert got is not None and got.currhash == entries[-1].currhash
+            found = await tx.find_signatures([entries[2].signature, b"\x01" * 64])
+            assert found == {entries[2].signature: entries[2]}
+    finally:
+        await store.close()
+
+
+async def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        entries = _entries(3)
+        with pytest.raises(RuntimeError):
+            async with store.write("") as tx:
+                await tx.insert_entries(entries)
+                raise RuntimeError("boom")
+        assert await store.head("") is None
+        async with store.write("") as tx:
+            await tx.insert_entries(entries)
+        assert (await store.head("")) == entries[-1]
+    finally:
+        await store.close()
+
+
+async def test_duplicate_signature_or_index_is_refused_by_the_database(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        entries = _entries(2)
+        async with store.write("") as tx:
+            await tx.insert_entries(entries)
+        with pytest.raises(Exception):  # noqa: B017, PT011 - driver-specific unique violation
+            async with store.write("") as tx:
+                await tx.insert_entries([entries[1]])
+        assert (await store.head("")) == entries[-1]
+    finally:
+        await store.close()
+
+
+async def test_clients(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        key = SigningKey.generate()
+        client = Client("cid", key.public, False, "note", "2026-01-01T00:00:00+00:00")
+        async with store.write("") as tx:
+            await tx.add_client(client)
+        assert await store.get_client("", "cid") == client
+        with pytest.raises(RequestError) as info:
+            async with store.write("") as tx:
+                await tx.add_client(client)
+        assert info.value.status == 409
+        async with store.write("") as tx:
+            assert set(await tx.active_clients(["cid", "other"])) == {"cid"}
+            await tx.revoke_client("cid", "2026-01-02T00:00:00+00:00")
+        assert await store.get_client("", "cid") is None
+        assert await store.list_clients("") == []
+        revoked = await store.list_clients("", include_revoked=True)
+        assert [c.revoked for c in revoked] == ["2026-01-02T00:00:00+00:00"]
+        async with store.write("") as tx:  # the id can be reused after revocation
+            await tx.add_client(client)
+        assert await store.get_client("", "cid") == client
+    finally:
+        await store.close()
+
+
+async def test_instances_are_separate_chains(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        await store.ensure_instance("other")
+        await store.ensure_instance("other")
+        entries = _entries(2)
+        async with store.write("other") as tx:
+            await tx.insert_entries(entries)
+        assert await store.head("") is None
+        assert await store.head("other") == entries[-1]
+        assert await store.lookup("", entries[0].currhash) == []
+        async with store.write("") as tx:  # the same entries may exist on another chain
+            await tx.insert_entries(entries)
+        with pytest.raises(StorageError, match="does not exist"):
+            await store.head("missing")
+    finally:
+        await store.close()
+
+
+async def test_mirrors(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        await store.add_mirror("", Mirror("https://b", "pkB", "B", 5), "t")
+        await store.add_mirror("", Mirror("https://a", "pkA", None, 1), "t")
+        assert [m.url for m in await store.list_mirrors("")] == ["https://a", "https://b"]
+        await store.add_mirror("", Mirror("https://b", "pkB2", "B2", 0), "t")
+        assert (await store.list_mirrors(""))[0] == Mirror("https://b", "pkB2", "B2", 0)
+        assert await store.remove_mirror("", "https://b")
+        assert not await store.remove_mirror("", "https://b")
+        assert [m.url for m in await store.list_mirrors("")] == ["https://a"]
+    finally:
+        await store.close()
