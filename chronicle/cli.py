@@ -473,5 +473,7 @@ def publish(url: str, client_id: str, secret_key_file: Path, server_key: str, in
     _out(as_json, receipt, "\n".join(f"{k}: {v}" for k, v in receipt.items()))
 
 
+from chronicle.audit.command import audit as _audit_command  # noqa: E402, I001
+main.add_command(_audit_command)
 if __name__ == "__main__":  # pragma: no cover
     main()

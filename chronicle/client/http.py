@@ -1,22 +1,75 @@
-"""An async client that trusts nothing it has not verified against the pinned server key."""
+"""An async Chronicle client that believes nothing it has not verified.
+
+Every answer is checked against the pinned server key (``Body-Signature-Ed25519`` over the
+exact body), its ``datetime`` must be fresh, and it must fit the request: a lookup returns
+the hash asked for, a ``since`` continues from it, pages of an export continue each other.
+Entries are verified as they arrive: their Ed25519 signature, their link, their currhash,
+and — when the history is known (``export``, or ``since`` from a saved
+:class:`~chronicle.core.verify.ChainState`) — their summaryhash.
+
+Works against our server and a PHP Chronicle 1.3 alike, including a replica's
+``/chronicle/replica/{source}`` API (give that URL as the base).
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
-from chronicle.core.blakechain import currhash
-from chronicle.core.encoding import b64u_decode, b64u_encode
-from chronicle.core.errors import ChronicleError, IntegrityError, RequestError, TransportError
-from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey, verify
+from chronicle.client.document import DocumentParser
+from chronicle.client.errors import (
+    ServerRefused,
+    StaleResponseError,
+    UnexpectedResponseError,
+    refusal,
+)
+from chronicle.core.encoding import b64u_encode, parse_timestamp, utcnow
+from chronicle.core.errors import EncodingError, RequestError, TransportError
+from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey
+from chronicle.core.verify import (
+    EXPORT_KEYS,
+    ROW_KEYS,
+    AnchorError,
+    ChainFault,
+    ChainState,
+    ChainVerifier,
+    DocumentSignatureError,
+    MalformedError,
+    RowKeys,
+    SignedContents,
+    StreamingVerifier,
+    check_entry_signature,
+    decode_b64_field,
+    verify_row,
+)
+
+__all__ = [
+    "ChronicleClient",
+    "DocumentStream",
+    "Head",
+    "Receipt",
+    "ServerRefused",
+    "VerifiedEntry",
+    "api_base",
+    "chronicle_root",
+]
+
+DEFAULT_FRESHNESS = 600.0
+SMALL_BODY_LIMIT = 64 << 20
+CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Receipt:
+    """What a publish returns: where the entry landed."""
+
     currhash: str
     summaryhash: str
     created: str
@@ -26,70 +79,319 @@ class Receipt:
                 "created": self.created}
 
 
-class ServerRefused(RequestError):
-    """The server answered a signed error (``status: ERROR``)."""
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The newest entry's hashes, as a signed ``lasthash`` states them."""
+
+    currhash: str
+    summaryhash: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEntry:
+    """One chain entry whose signature, link and hashes were checked.
+
+    ``index`` is the 0-based position when the history is known (``export``, ``since``
+    from a saved state), else None. Hashes, keys and signatures are the wire's base64url.
+    """
+
+    index: int | None
+    contents: bytes
+    prevhash: str | None
+    currhash: str
+    summaryhash: str
+    created: str
+    publickey: str
+    signature: str
+
+    @property
+    def text(self) -> str:
+        return self.contents.decode("utf-8")
+
+    def receipt(self) -> Receipt:
+        return Receipt(self.currhash, self.summaryhash, self.created)
+
+    @classmethod
+    def of(cls, row: dict[str, Any], keys: RowKeys, signed: SignedContents,
+           index: int | None) -> VerifiedEntry:
+        prev = row.get(keys.prev)
+        return cls(index, signed.contents, prev or None, row[keys.curr], row[keys.summary],
+                   row["created"], row["publickey"], row["signature"])
+
+
+def api_base(url: str) -> str:
+    """The API root for a URL: given as is if it already points into ``/chronicle``
+    (e.g. a replica's ``…/chronicle/replica/{source}``), else the server root plus
+    ``/chronicle`` (cli.md: client commands take the base URL without it)."""
+    url = url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise RequestError(f"not an http(s) URL: {url!r}")
+    segments = parts.path.split("/")
+    if "chronicle" in segments:
+        return url
+    return url + "/chronicle"
+
+
+def chronicle_root(base: str) -> str:
+    """``http://h/chronicle/replica/x`` -> ``http://h/chronicle`` (where links start)."""
+    parts = urlsplit(base)
+    segments = parts.path.split("/")
+    root = "/".join(segments[:segments.index("chronicle") + 1])
+    return urlunsplit(parts._replace(path=root, query="", fragment=""))
+
+
+def _header_status(header: dict[str, Any]) -> str | None:
+    status = header.get("status")
+    return status if isinstance(status, str) else None
+
+
+class DocumentStream:
+    """One signed response, read incrementally: rows as they arrive, signature at the end.
+
+    Use ``async with client.document(path) as doc: async for rows in doc.rows(): …``.
+    The signature covers the whole body, so it is known only at its end; a consumer that
+    finds a fault in the rows mid-way calls :meth:`drain` first: if the document itself is
+    forged, that (:class:`DocumentSignatureError`) is the diagnosis, not the entry fault.
+    """
+
+    def __init__(self, client: ChronicleClient, path: str, *, fresh: bool,
+                 from_root: bool = False) -> None:
+        self.client = client
+        self.path = path
+        self.from_root = from_root
+        self.fresh = fresh
+        self.status = 0
+        self.header: dict[str, Any] = {}
+        self.rows_count = 0
+        self.finished = False
+        self._resp: aiohttp.ClientResponse | None = None
+        self._ctx: Any = None
+        self._verifier: StreamingVerifier | None = None
+        self._parser = DocumentParser()
+
+    async def __aenter__(self) -> DocumentStream:
+        session = self.client._require_session()
+        url = self.client.url_for(self.path, from_root=self.from_root)
+        try:
+            self._ctx = session.get(url)
+            self._resp = await self._ctx.__aenter__()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
+        self.status = self._resp.status
+        self._verifier = self.client._response_verifier(self._resp, "GET", self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ctx is not None:
+            await self._ctx.__aexit__(None, None, None)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        assert self._resp is not None
+        try:
+            async for chunk in self._resp.content.iter_chunked(self.client.chunk_size):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(f"connection lost reading {self.path}: "
+                                 f"{exc or type(exc).__name__}") from exc
+
+    async def rows(self) -> AsyncIterator[list[Any]]:
+        """Parsed rows of ``results`` in batches; at the end the signature, the envelope
+        (``status: OK`` else :class:`ServerRefused`) and the ``datetime`` are checked."""
+        assert self._verifier is not None
+        async for chunk in self._chunks():
+            self._verifier.update(chunk)
+            batch = self._parser.feed(chunk)
+            if batch:
+                self.rows_count += len(batch)
+                yield batch
+        try:
+            batch = self._parser.close()
+        except MalformedError:
+            self._check_signature()
+            raise
+        self._check_signature()
+        if batch:
+            self.rows_count += len(batch)
+            yield batch
+        self.header = self._parser.header
+        self.finished = True
+        self.client._check_envelope(self.header, self.status, self._resp_headers(),
+                                    self.path, fresh=self.fresh)
+
+    def _resp_headers(self) -> dict[str, str]:
+        assert self._resp is not None
+        return {k: v for k, v in self._resp.headers.items() if k.lower() == "retry-after"}
+
+    def _check_signature(self) -> None:
+        assert self._verifier is not None
+        if not self._verifier.verify():
+            raise DocumentSignatureError(
+                f"response to GET {self.path} has an invalid signature for the pinned key",
+                field=SIGNATURE_HEADER)
+
+    async def drain(self) -> None:
+        """Read the rest of the body into the signature check only; raise if it fails."""
+        assert self._verifier is not None
+        if self.finished:
+            return
+        async for chunk in self._chunks():
+            self._verifier.update(chunk)
+        self._check_signature()
+
+    @property
+    def header_so_far(self) -> dict[str, Any]:
+        return self._parser.header
 
 
 class ChronicleClient:
-    """One server, pinned by its public key. Use as ``async with ChronicleClient(...)``."""
+    """One Chronicle, pinned by its public key. ``async with ChronicleClient(...) as c:``.
+
+    ``freshness`` (seconds, None to disable) bounds how far a response's signed
+    ``datetime`` may be from our clock. A whole-chain unpaginated export is exempt: a
+    server may serve it from a cache built when the chain last changed; anchor it with a
+    fresh :meth:`lasthash` instead (the auditor does).
+    """
 
     def __init__(self, url: str, server_key: bytes, *, instance: str = "",
                  client_id: str | None = None, key: SigningKey | None = None,
-                 timeout: float = 30.0) -> None:
-        self.base = url.rstrip("/") + "/chronicle"
+                 timeout: float = 30.0, freshness: float | None = DEFAULT_FRESHNESS,
+                 session: aiohttp.ClientSession | None = None,
+                 clock: Callable[[], datetime] = utcnow, chunk_size: int = CHUNK) -> None:
+        self.base = api_base(url)
+        self.root = chronicle_root(self.base)
         self.server_key = server_key
         self.instance = instance
         self.client_id = client_id
         self.key = key
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self.freshness = None if freshness is None else timedelta(seconds=freshness)
+        self.clock = clock
+        self.chunk_size = chunk_size
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout,
+                                              sock_read=timeout)
+        self._session = session
+        self._own_session = session is None
 
     async def __aenter__(self) -> ChronicleClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
 
-    def _url(self, path: str) -> str:
-        url = self.base + path
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+            self._session = None
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RequestError("use the client as an async context manager")
+        return self._session
+
+    def url_for(self, path: str, *, from_root: bool = False) -> str:
+        """``path`` under the API base, or (``from_root``: pagination links, which PHP makes
+        relative to ``/chronicle`` even on a replica) under the server's ``/chronicle``."""
+        url = (self.root if from_root else self.base) + path
         if self.instance:
             url += "?instance=" + quote(self.instance, safe="")
         return url
 
+    # --- verification of answers --------------------------------------------------------
+
+    def _response_verifier(self, resp: aiohttp.ClientResponse, method: str,
+                           path: str) -> StreamingVerifier:
+        sigs = resp.headers.getall(SIGNATURE_HEADER, [])
+        if not sigs:
+            if resp.status >= 500:
+                raise TransportError(f"{method} {path}: HTTP {resp.status} from the server "
+                                     "(unsigned error page)")
+            raise DocumentSignatureError(f"response to {method} {path} (HTTP {resp.status}) "
+                                         "is not signed", field=SIGNATURE_HEADER)
+        if len(sigs) > 1:
+            raise DocumentSignatureError(f"response to {method} {path} has {len(sigs)} "
+                                         "signature headers", field=SIGNATURE_HEADER)
+        signature = decode_b64_field(sigs[0].strip(), 64)
+        if signature is None:
+            raise DocumentSignatureError(f"response to {method} {path} has a malformed "
+                                         "signature header", field=SIGNATURE_HEADER,
+                                         found=sigs[0][:100])
+        return StreamingVerifier(self.server_key, signature)
+
+    def _check_envelope(self, header: dict[str, Any], status: int, headers: dict[str, str],
+                        path: str, *, fresh: bool) -> None:
+        state = _header_status(header)
+        if state == "ERROR":
+            raise refusal(status, str(header.get("message", "request refused")), headers)
+        if state != "OK":
+            raise UnexpectedResponseError(f"answer to {path} has no status OK",
+                                          field="status", expected="OK",
+                                          found=repr(header.get("status")))
+        if fresh:
+            self._check_fresh(header, path)
+
+    def _check_fresh(self, header: dict[str, Any], path: str) -> None:
+        if self.freshness is None:
+            return
+        stamp = header.get("datetime")
+        try:
+            moment = parse_timestamp(stamp) if isinstance(stamp, str) else None
+        except EncodingError:
+            moment = None
+        if moment is None:
+            raise UnexpectedResponseError(f"answer to {path} has no valid datetime",
+                                          field="datetime", found=repr(stamp))
+        now = self.clock()
+        if abs(now - moment) > self.freshness:
+            raise StaleResponseError(
+                f"answer to {path} is not fresh: signed at {stamp}, our clock says "
+                f"{now.isoformat(timespec='seconds')} (window "
+                f"{int(self.freshness.total_seconds())} s)", field="datetime",
+                expected=f"within {int(self.freshness.total_seconds())} s of now",
+                found=stamp)
+
     async def _call(self, method: str, path: str, body: bytes | None = None,
                     headers: dict[str, str] | None = None) -> dict[str, Any]:
-        assert self._session is not None, "use the client as an async context manager"
+        """A small request: whole body read (bounded), verified, envelope checked."""
+        session = self._require_session()
+        url = self.url_for(path)
         try:
-            async with self._session.request(method, self._url(path), data=body,
-                                             headers=headers) as resp:
-                raw = await resp.read()
-                sigs = resp.headers.getall(SIGNATURE_HEADER, [])
+            async with session.request(method, url, data=body, headers=headers) as resp:
+                verifier = self._response_verifier(resp, method, path)
+                raw = bytearray()
+                async for chunk in resp.content.iter_chunked(self.chunk_size):
+                    raw += chunk
+                    if len(raw) > SMALL_BODY_LIMIT:
+                        raise UnexpectedResponseError(f"answer to {path} is too large")
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransportError(f"cannot reach {self.base}: {exc or type(exc).__name__}") from exc
-        if len(sigs) != 1:
-            raise IntegrityError(f"response to {method} {path} (HTTP {status}) is not signed")
-        try:
-            sig = b64u_decode(sigs[0], 64, what="response signature")
-        except ChronicleError as exc:
-            raise IntegrityError(exc.message) from None
-        if not verify(self.server_key, raw, sig):
-            raise IntegrityError(f"response to {method} {path} has an invalid signature "
-                                 "for the pinned server key")
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise IntegrityError(f"response to {method} {path} is not JSON") from None
-        if not isinstance(doc, dict):
-            raise IntegrityError(f"response to {method} {path} is not a JSON object")
-        if doc.get("status") != "OK":
-            raise ServerRefused(str(doc.get("message", "request refused")), status=status)
+                extra = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
+        verifier.update(raw)
+        if not verifier.verify():
+            raise DocumentSignatureError(f"response to {method} {path} has an invalid "
+                                         "signature for the pinned server key",
+                                         field=SIGNATURE_HEADER)
+        parser = DocumentParser()
+        rows = parser.feed(bytes(raw)) + parser.close()
+        doc = parser.header
+        if parser.results_is_list:
+            doc["results"] = rows
+        self._check_envelope(doc, status, extra, path, fresh=True)
         return doc
 
-    async def publish(self, body: bytes) -> Receipt:
-        """Sign and publish ``body``; verify the receipt against a signed lookup of it."""
+    # --- writes ---------------------------------------------------------------------------
+
+    async def publish(self, body: bytes, *, confirm: bool = True) -> Receipt:
+        """Sign ``body`` with the client key, publish it, verify the signed receipt.
+
+        With ``confirm`` (default) the entry is then looked up and must be exactly what
+        was sent (contents, key, signature), and its currhash must hash it. Raises
+        :class:`ServerRefused` subclasses when the server says no, a
+        :class:`~chronicle.core.verify.ChainFault` when an answer lies.
+        """
         if self.key is None or self.client_id is None:
             raise RequestError("publishing needs a client id and a secret key")
         signature = self.key.sign(body)
@@ -97,38 +399,195 @@ class ChronicleClient:
             CLIENT_HEADER: self.client_id, SIGNATURE_HEADER: b64u_encode(signature)})
         results = doc.get("results")
         if not isinstance(results, dict):
-            raise IntegrityError("publish answer has no results object")
-        try:
-            receipt = Receipt(str(results["currhash"]), str(results["summaryhash"]),
-                              str(results["created"]))
-        except KeyError as exc:
-            raise IntegrityError(f"publish answer lacks {exc.args[0]}") from None
-        await self._check_receipt(receipt, body, signature)
+            raise UnexpectedResponseError("publish answer has no results object",
+                                          field="results")
+        fields = {k: results.get(k) for k in ("currhash", "summaryhash", "created")}
+        for name, value in fields.items():
+            if not isinstance(value, str) or (name != "created"
+                                              and decode_b64_field(value, 32) is None):
+                raise UnexpectedResponseError(f"publish answer has no valid {name}",
+                                              field=name, found=repr(value))
+        receipt = Receipt(str(fields["currhash"]), str(fields["summaryhash"]),
+                          str(fields["created"]))
+        if confirm:
+            await self._confirm(receipt, body, signature)
         return receipt
 
-    async def _check_receipt(self, receipt: Receipt, body: bytes, signature: bytes) -> None:
+    async def _confirm(self, receipt: Receipt, body: bytes, signature: bytes) -> None:
         assert self.key is not None
-        rows = (await self._call("GET", "/lookup/" + receipt.currhash)).get("results")
-        if not isinstance(rows, list) or len(rows) != 1 or not isinstance(rows[0], dict):
-            raise IntegrityError("lookup of the receipt did not return exactly one entry")
-        row = rows[0]
-        if (row.get("contents") != body.decode("utf-8")
-                or row.get("signature") != b64u_encode(signature)
-                or row.get("publickey") != b64u_encode(self.key.public)
-                or row.get("currhash") != receipt.currhash
-                or row.get("summaryhash") != receipt.summaryhash
-                or row.get("created") != receipt.created):
-            raise IntegrityError("the stored entry does not match what was published")
-        prev = row.get("prevhash")
-        prev_raw = b64u_decode(prev, 32) if prev else None
-        expected = currhash(prev_raw, receipt.created, self.key.public, signature, body)
-        if b64u_encode(expected) != receipt.currhash:
-            raise IntegrityError("receipt currhash does not hash the published entry",
-                                 field="currhash", expected=b64u_encode(expected),
-                                 found=receipt.currhash)
+        entries = [e async for e in self.lookup(receipt.currhash)]
+        mine = [e for e in entries if e.currhash == receipt.currhash]
+        if len(mine) != 1:
+            raise UnexpectedResponseError("lookup of the receipt did not return its entry",
+                                          field="currhash", expected=receipt.currhash)
+        entry = mine[0]
+        checks = (("contents", entry.contents, body),
+                  ("signature", entry.signature, b64u_encode(signature)),
+                  ("publickey", entry.publickey, b64u_encode(self.key.public)),
+                  ("summaryhash", entry.summaryhash, receipt.summaryhash),
+                  ("created", entry.created, receipt.created))
+        for name, found, expected in checks:
+            if found != expected:
+                raise UnexpectedResponseError("the stored entry is not what was published",
+                                              field=name, expected=str(expected)[:120],
+                                              found=str(found)[:120])
 
-    async def lasthash(self) -> dict[str, Any] | None:
-        rows = (await self._call("GET", "/lasthash")).get("results")
-        if not isinstance(rows, list):
-            raise IntegrityError("lasthash answer has no results list")
-        return rows[0] if rows else None
+    # --- reads ----------------------------------------------------------------------------
+
+    async def head(self) -> Head | None:
+        """The signed head (``lasthash``): None for an empty chain. Replicas answer an
+        object ``{"curr-hash", "summary-hash"}`` instead of a row; both are accepted."""
+        results = (await self._call("GET", "/lasthash")).get("results")
+        if isinstance(results, dict) and "curr-hash" in results:
+            cur, summ = results.get("curr-hash"), results.get("summary-hash")
+            if decode_b64_field(cur, 32) is None or decode_b64_field(summ, 32) is None:
+                raise UnexpectedResponseError("replica lasthash has no valid hashes",
+                                              field="curr-hash")
+            return Head(str(cur), str(summ))
+        if not isinstance(results, list) or len(results) > 1:
+            raise UnexpectedResponseError("lasthash answer is not a list of at most one row",
+                                          field="results")
+        if not results:
+            return None
+        entry = self._single(results[0], "lasthash")
+        return Head(entry.currhash, entry.summaryhash)
+
+    async def lasthash(self) -> VerifiedEntry | None:
+        """The newest entry, verified (signature, currhash from its prevhash)."""
+        results = (await self._call("GET", "/lasthash")).get("results")
+        if isinstance(results, dict) and "summary-hash" in results:
+            head = Head(str(results.get("curr-hash")), str(results.get("summary-hash")))
+            for entry in [e async for e in self.lookup(head.summaryhash)]:
+                if entry.currhash == head.currhash and entry.summaryhash == head.summaryhash:
+                    return entry
+            raise UnexpectedResponseError("replica lasthash names an entry lookup lacks",
+                                          field="summary-hash", expected=head.summaryhash)
+        if not isinstance(results, list) or len(results) > 1:
+            raise UnexpectedResponseError("lasthash answer is not a list of at most one row",
+                                          field="results")
+        return self._single(results[0], "lasthash") if results else None
+
+    def _single(self, row: Any, what: str) -> VerifiedEntry:
+        if not isinstance(row, dict):
+            raise UnexpectedResponseError(f"{what} row is not an object")
+        signed = verify_row(row, keys=ROW_KEYS)
+        return VerifiedEntry.of(row, ROW_KEYS, signed, None)
+
+    async def lookup(self, hash_: str) -> AsyncIterator[VerifiedEntry]:
+        """Entries whose currhash or summaryhash is ``hash_`` (normally exactly one).
+
+        Each is verified on its own, and must carry the hash asked for. A hash the server
+        does not have raises :class:`~chronicle.client.errors.RecordNotFound`.
+        """
+        results = (await self._call("GET", "/lookup/" + quote(hash_, safe=""))).get("results")
+        if not isinstance(results, list) or not results:
+            raise UnexpectedResponseError("lookup answer has no entries", field="results")
+        for row in results:
+            entry = self._single(row, "lookup")
+            if hash_ not in (entry.currhash, entry.summaryhash):
+                raise UnexpectedResponseError("lookup answered an entry with another hash",
+                                              field="currhash", expected=hash_,
+                                              found=entry.currhash)
+            yield entry
+
+    async def since(self, hash_: str, *, state: ChainState | None = None
+                    ) -> AsyncIterator[VerifiedEntry]:
+        """Entries after the one with ``hash_`` (currhash or summaryhash), following pages.
+
+        Without ``state`` the entry is looked up first so the answer must continue from
+        it (its first ``prevhash``); links and currhashes are checked. With a
+        :class:`ChainState` for that entry (e.g. saved by an audit) summaryhashes are
+        recomputed too and ``index`` is known.
+        """
+        if state is not None and state.summaryhash is not None and hash_ in (
+                b64u_encode(state.summaryhash),
+                b64u_encode(state.currhash) if state.currhash else None):
+            verifier = ChainVerifier(state, keys=ROW_KEYS)
+            absolute = True
+        else:
+            anchor = None
+            async for entry in self.lookup(hash_):
+                anchor = anchor or entry
+            assert anchor is not None
+            start = ChainState(1, _raw(anchor.currhash), _raw(anchor.summaryhash))
+            verifier = ChainVerifier(start, keys=ROW_KEYS, check_summary=False, index=0)
+            absolute = False
+        path = "/since/" + quote(hash_, safe="")
+        async for row, signed in self.walk(path, verifier, fresh=True):
+            yield VerifiedEntry.of(row, ROW_KEYS, signed, signed.index if absolute else None)
+
+    async def export(self) -> AsyncIterator[VerifiedEntry]:
+        """The whole chain from its first entry, every entry fully verified, following
+        pages. Entries of a very large unpaginated export are yielded before the end of
+        the document; its signature is checked at the end (a failure raises there)."""
+        verifier = ChainVerifier(None, keys=EXPORT_KEYS)
+        async for row, signed in self.walk("/export", verifier, fresh=None):
+            yield VerifiedEntry.of(row, EXPORT_KEYS, signed, signed.index)
+
+    async def walk(self, path: str, verifier: ChainVerifier, *, fresh: bool | None
+                   ) -> AsyncIterator[tuple[dict[str, Any], SignedContents]]:
+        """Verified rows of a paginated walk, one entry signature at a time (in order)."""
+        async with aclosing(self.documents(path, fresh=fresh)) as docs:
+            async for doc in docs:
+                try:
+                    async for rows in doc.rows():
+                        for row in rows:
+                            signed = verifier.check(row)
+                            check_entry_signature(signed)
+                            yield row, signed
+                except ChainFault:
+                    await doc.drain()
+                    raise
+
+    async def documents(self, path: str, *, fresh: bool | None
+                        ) -> AsyncGenerator[DocumentStream, None]:
+        """Signed documents of a paginated walk: ``path``, then each ``next`` link.
+
+        The consumer reads each document's :meth:`DocumentStream.rows` fully. Checks the
+        links stay on this server and never repeat, and ``total`` (an unpaginated answer:
+        its own rows; a paginated ``since``: all rows, on its last page). ``fresh=None``
+        checks ``datetime`` on paginated pages only (an unpaginated export may be cached).
+        """
+        seen: set[str] = set()
+        total_rows = 0
+        page_fresh = bool(fresh)
+        from_root = False
+        while True:
+            seen.add(path)
+            async with DocumentStream(self, path, fresh=page_fresh, from_root=from_root) as doc:
+                yield doc
+                if not doc.finished:
+                    raise RequestError("documents(): each document must be read to its end")
+                header = doc.header
+                rows = doc.rows_count
+            total_rows += rows
+            paginated = header.get("paginated") is True
+            if fresh is None and paginated and not page_fresh:
+                self._check_fresh(header, path)
+                page_fresh = True
+            nxt = header.get("next") if paginated else None
+            total = header.get("total")
+            if isinstance(total, bool) or (total is not None and not isinstance(total, int)):
+                raise UnexpectedResponseError(f"answer to {path} has a non-integer total",
+                                              field="total", found=repr(total))
+            if nxt is None or rows == 0:
+                counted = total_rows if paginated else rows
+                if total is not None and total != counted:
+                    raise AnchorError(f"the answer says total {total} but carries {counted} "
+                                      "entries", field="total", expected=str(total),
+                                      found=str(counted))
+                return
+            if not isinstance(nxt, str) or not nxt.startswith("/") or nxt.startswith("//"):
+                raise UnexpectedResponseError(f"answer to {path} has an invalid next link",
+                                              field="next", found=repr(nxt))
+            if nxt in seen:
+                raise UnexpectedResponseError(f"pagination loops back to {nxt}", field="next",
+                                              found=nxt)
+            path, from_root = nxt, True
+
+
+def _raw(text: str) -> bytes:
+    raw = decode_b64_field(text, 32)
+    if raw is None:
+        raise UnexpectedResponseError("not a base64url hash", found=text)
+    return raw

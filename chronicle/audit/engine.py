@@ -1,0 +1,164 @@
+"""The audit engine: rows in, the first fault (by chain order) out. No I/O here.
+
+Sequential part (this thread): :class:`~chronicle.core.verify.ChainVerifier` checks each
+row's link, currhash and summaryhash. Parallel part: :class:`SignaturePool` checks entry
+signatures. A fault is reported for the lowest entry index at which anything is wrong,
+and within an entry in the order signature, link, currhash, summaryhash — whatever the
+scheduling, the same damaged chain gets the same diagnosis.
+
+Incremental audits: with a remembered :class:`ChainState` the engine either continues
+from it (a ``since`` stream: only new entries arrive) or, re-reading a whole export,
+re-hashes the old prefix (cheap) but skips its signatures (they were verified last time;
+the recomputed summaryhash equal to the remembered one proves the prefix is unchanged),
+and insists the remembered head is still there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chronicle.audit.pool import SignaturePool
+from chronicle.core.encoding import b64u_encode
+from chronicle.core.verify import (
+    ChainFault,
+    ChainState,
+    ChainVerifier,
+    HistoryRewrittenError,
+    RowKeys,
+)
+
+#: Exit codes of ``chronicle audit`` per fault class (cli.md: refinements of 1 are >= 10).
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_IO = 3
+FAULT_EXIT_CODES = {
+    "document-signature": 10,
+    "entry-signature": 11,
+    "broken-link": 12,
+    "hash-mismatch": 13,
+    "anchor": 14,
+    "malformed": 15,
+    "history-rewritten": 16,
+    "split-view": 17,
+}
+
+
+@dataclass
+class AuditReport:
+    """What a successful audit proved."""
+
+    source: str
+    entries: int = 0
+    verified: int = 0
+    resumed_from: int | None = None
+    first_currhash: str | None = None
+    last: dict[str, Any] | None = None
+    anchors: list[dict[str, Any]] = field(default_factory=list)
+    peers: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    state: ChainState | None = None
+    state_file: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        rate = self.verified / self.seconds if self.seconds > 0 else None
+        return {
+            "ok": True,
+            "source": self.source,
+            "entries": self.entries,
+            "verified": self.verified,
+            "resumed-from": self.resumed_from,
+            "first": None if self.first_currhash is None else {
+                "index": 0, "currhash": self.first_currhash},
+            "last": self.last,
+            "anchors": self.anchors,
+            "peers": self.peers,
+            "seconds": round(self.seconds, 3),
+            "entries-per-second": None if rate is None else round(rate, 1),
+            "state-file": self.state_file,
+        }
+
+
+class ChainAuditor:
+    """Feed it rows in chain order; it raises the first fault, or :meth:`finish` passes."""
+
+    def __init__(self, pool: SignaturePool, *, start: ChainState | None = None,
+                 remembered: ChainState | None = None, keys: RowKeys | None = None,
+                 track_hashstate: bool = False, anchors: Iterable[bytes] = (),
+                 on_rows: Callable[[int], None] | None = None) -> None:
+        self.pool = pool
+        self.verifier = ChainVerifier(start, keys=keys, track_hashstate=track_hashstate,
+                                      anchors=anchors)
+        self.start_count = self.verifier.count
+        # Re-reading a whole export after an earlier audit: skip re-verifying signatures
+        # of the prefix that audit covered, and check its head is still where it was.
+        self.remembered = remembered if start is None and remembered and remembered.count \
+            else None
+        self._skip_below = self.remembered.count if self.remembered else 0
+        self.first_currhash: str | None = None
+        self.on_rows = on_rows
+
+    @property
+    def count(self) -> int:
+        return self.verifier.count
+
+    @property
+    def verified(self) -> int:
+        """Entries whose signatures this run checks (new ones)."""
+        return self.verifier.count - max(self.start_count, self._skip_below)
+
+    def feed(self, rows: list[Any]) -> None:
+        check = self.verifier.check
+        submit = self.pool.submit
+        skip = self._skip_below
+        for row in rows:
+            try:
+                signed = check(row)
+            except ChainFault as fault:
+                raise self.pool.failure_upto(
+                    fault.index if fault.index is not None else self.verifier.count) or fault \
+                    from None
+            index = signed.index
+            if index >= skip:
+                submit(signed)
+            elif index == skip - 1:
+                self._check_remembered()
+            if index == 0:
+                self.first_currhash = b64u_encode(self.verifier.last_currhash or b"")
+        if rows:
+            self.pool.poll()
+            if self.on_rows is not None:
+                self.on_rows(self.verifier.count)
+
+    def _check_remembered(self) -> None:
+        assert self.remembered is not None
+        index = self.remembered.count - 1
+        for name, found, expected in (
+                ("summaryhash", self.verifier.last_summaryhash, self.remembered.summaryhash),
+                ("currhash", self.verifier.last_currhash, self.remembered.currhash)):
+            if found != expected:
+                raise HistoryRewrittenError(
+                    f"the entry audited earlier as #{index} has changed: history was "
+                    "rewritten", index=index, field=name,
+                    expected=None if expected is None else b64u_encode(expected),
+                    found=None if found is None else b64u_encode(found))
+
+    def finish(self) -> None:
+        """All rows fed: wait for the signatures, check the remembered head was reached."""
+        self.pool.finish()
+        if self.remembered is not None and self.verifier.count < self.remembered.count:
+            raise HistoryRewrittenError(
+                f"the chain has {self.verifier.count} entries but an earlier audit verified "
+                f"{self.remembered.count}: its head is no longer on the chain",
+                index=self.verifier.count, field="summaryhash",
+                expected=None if self.remembered.summaryhash is None
+                else b64u_encode(self.remembered.summaryhash), found="end of chain")
+
+    def last(self) -> dict[str, Any] | None:
+        v = self.verifier
+        if v.count == 0 or v.last_currhash is None or v.last_summaryhash is None:
+            return None
+        return {"index": v.count - 1, "currhash": b64u_encode(v.last_currhash),
+                "summaryhash": b64u_encode(v.last_summaryhash), "created": v.last_created}
