@@ -29,11 +29,12 @@ from chronicle.core.errors import (
     StorageError,
 )
 from chronicle.core.protocol import MSG_CLIENT_NOT_FOUND
-from chronicle.store.base import Store, WriteTx
+from chronicle.store.base import BatchView, Store, WriteTx
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+Outcome = Entry | ChronicleError
 TxAction = Callable[[WriteTx], Awaitable[None]]
 
 
@@ -164,38 +165,54 @@ class Ledger:
                     return head.created  # the clock went backwards: never let created do so
         return atom(now)
 
-    async def _commit(self, batch: list[AppendRequest]) -> list[Entry | ChronicleError]:
-        async with self.store.write(self.instance) as tx:
-            head = await tx.head()
-            existing = await tx.find_signatures([r.signature for r in batch])
-            wanted = [r.client_id for r in batch if r.client_id is not None]
-            clients = await tx.active_clients(wanted) if wanted else {}
-            builder = ChainBuilder(head)
-            created = self._created(head)
-            outcomes: list[Entry | ChronicleError] = []
-            fresh: list[Entry] = []
-            by_sig: dict[bytes, Entry] = dict(existing)
-            for req in batch:
-                if req.client_id is not None:
-                    client = clients.get(req.client_id)
-                    if client is None or client.publickey != req.publickey:
-                        outcomes.append(AuthError(MSG_CLIENT_NOT_FOUND))
-                        continue
-                stored = by_sig.get(req.signature)
-                if stored is not None:
-                    if stored.contents == req.contents and stored.publickey == req.publickey:
-                        outcomes.append(stored)
-                    else:
-                        outcomes.append(RequestError(
-                            "This signature is already stored with a different entry",
-                            status=409))
+    def _plan(self, batch: list[AppendRequest], view: BatchView
+              ) -> tuple[list[Entry], list[Outcome]]:
+        """Decide each request's fate and hash the new entries (runs under the head lock)."""
+        builder = ChainBuilder(view.head)
+        created = self._created(view.head)
+        outcomes: list[Outcome] = []
+        fresh: list[Entry] = []
+        by_sig: dict[bytes, Entry] = dict(view.existing)
+        for req in batch:
+            if req.client_id is not None:
+                client = view.clients.get(req.client_id)
+                if client is None or client.publickey != req.publickey:
+                    outcomes.append(AuthError(MSG_CLIENT_NOT_FOUND))
                     continue
-                if req.action is not None:
-                    await req.action(tx)
-                entry = builder.append(req.contents, req.publickey, req.signature, created)
-                fresh.append(entry)
-                by_sig[entry.signature] = entry
-                outcomes.append(entry)
-            await tx.insert_entries(fresh)
-        self.committed += len(fresh)
+            stored = by_sig.get(req.signature)
+            if stored is not None:
+                if stored.contents == req.contents and stored.publickey == req.publickey:
+                    outcomes.append(stored)
+                else:
+                    outcomes.append(RequestError(
+                        "This signature is already stored with a different entry", status=409))
+                continue
+            entry = builder.append(req.contents, req.publickey, req.signature, created)
+            fresh.append(entry)
+            by_sig[entry.signature] = entry
+            outcomes.append(entry)
+        return fresh, outcomes
+
+    async def _commit(self, batch: list[AppendRequest]) -> list[Outcome]:
+        signatures = [r.signature for r in batch]
+        client_ids = [r.client_id for r in batch if r.client_id is not None]
+        action = batch[0].action
+        if action is None:
+            # The common case: the whole group commit in one storage round trip.
+            def plan(view: BatchView) -> tuple[list[Entry], tuple[int, list[Outcome]]]:
+                fresh, outcomes = self._plan(batch, view)
+                return fresh, (len(fresh), outcomes)
+
+            added, outcomes = await self.store.append_batch(
+                self.instance, signatures, client_ids, plan)
+        else:
+            # A client change travels alone and commits together with its chain entry.
+            async with self.store.write(self.instance) as tx:
+                view = BatchView(await tx.head(), await tx.find_signatures(signatures),
+                                 await tx.active_clients(client_ids) if client_ids else {})
+                await action(tx)
+                fresh, outcomes = self._plan(batch, view)
+                await tx.insert_entries(fresh)
+                added = len(fresh)
+        self.committed += added
         return outcomes

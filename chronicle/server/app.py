@@ -87,7 +87,8 @@ async def _authenticate(request: web.Request, instance: str, *, admin_only: bool
         raise AuthError(protocol.MSG_NO_CLIENT_HEADER)
     if len(ids) > 1:
         raise AuthError(protocol.MSG_TWO_CLIENT_HEADERS)
-    client = await ctx.store.get_client(instance, ids[0])
+    # Admin rights are checked against the database itself, never a cached answer.
+    client = await ctx.clients.get(instance, ids[0], fresh=admin_only)
     if client is None or (admin_only and not client.is_admin):
         raise AuthError(protocol.MSG_CLIENT_NOT_FOUND)
     if client.publickey == ctx.key.public:
@@ -103,7 +104,17 @@ async def _authenticate(request: web.Request, instance: str, *, admin_only: bool
     except EncodingError:
         raise AuthError(protocol.MSG_BAD_SIGNATURE) from None
     if not verify(client.publickey, body, signature):
-        raise AuthError(protocol.MSG_BAD_SIGNATURE)
+        # The cached key may be stale (the id was revoked and registered again): ask the
+        # database before refusing.
+        current = await ctx.clients.get(instance, ids[0], fresh=True)
+        if current is None:
+            raise AuthError(protocol.MSG_CLIENT_NOT_FOUND)
+        if current.publickey == ctx.key.public:
+            raise AuthError(protocol.MSG_SERVER_KEY)
+        if current.publickey == client.publickey \
+                or not verify(current.publickey, body, signature):
+            raise AuthError(protocol.MSG_BAD_SIGNATURE)
+        client = current
     return client, body, signature
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,37 @@ from chronicle.config import Settings
 from chronicle.core.encoding import utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
-from chronicle.store.base import Store
+from chronicle.store.base import Client, Store
+
+
+class ClientCache:
+    """Active clients seen recently, to spare publishes a database read each.
+
+    Only a hint: a revoked client still gets past it for up to ``ttl`` seconds, but the
+    sequencer re-checks every client inside the write transaction, so nothing a revoked
+    client sends is stored (it is answered 403 "Client not found"). Unknown ids are never
+    cached, so a client added from the CLI can publish at once.
+    """
+
+    def __init__(self, store: Store, ttl: float = 2.0) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._entries: dict[tuple[str, str], tuple[float, Client]] = {}
+
+    async def get(self, instance: str, publicid: str, *, fresh: bool = False) -> Client | None:
+        key = (instance, publicid)
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and not fresh and now - hit[0] < self.ttl:
+            return hit[1]
+        client = await self.store.get_client(instance, publicid)
+        if client is None:
+            self._entries.pop(key, None)
+        else:
+            if len(self._entries) > 100_000:
+                self._entries.clear()
+            self._entries[key] = (now, client)
+        return client
 
 
 @dataclass
@@ -24,6 +55,10 @@ class ServerContext:
     ledger_clock: Clock | None = None
     new_client_id: Callable[[], str] = new_client_id
     ledgers: dict[str, Ledger] = field(default_factory=dict)
+    clients: ClientCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clients = ClientCache(self.store)
 
     def ledger(self, instance: str) -> Ledger:
         ledger = self.ledgers.get(instance)

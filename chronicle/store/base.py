@@ -8,9 +8,10 @@ bytes; ``created`` as the exact string that was hashed.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from chronicle.core.blakechain import ChainHead, Entry
 
@@ -35,6 +36,20 @@ class Mirror:
     publickey: str
     comment: str | None
     sortpriority: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchView:
+    """What the sequencer needs to know, read under the chain-head lock, to plan a batch."""
+
+    head: ChainHead | None
+    existing: dict[bytes, Entry]
+    clients: dict[str, Client]
+
+
+T = TypeVar("T")
+#: Plans a batch from a :class:`BatchView`: the entries to insert, and a result to return.
+Planner = Callable[[BatchView], tuple[Sequence[Entry], T]]
 
 
 class WriteTx(abc.ABC):
@@ -87,6 +102,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def write(self, instance: str) -> AbstractAsyncContextManager[WriteTx]: ...
 
+    async def append_batch(self, instance: str, signatures: Sequence[bytes],
+                           client_ids: Sequence[str], plan: Planner[T]) -> T:
+        """One group commit: lock, read the :class:`BatchView`, ``plan``, insert, commit.
+
+        ``plan`` is synchronous and pure (the sequencer's hashing); a driver may run the
+        whole transaction in one round trip (SQLite does, on its writer thread).
+        """
+        async with self.write(instance) as tx:
+            view = BatchView(await tx.head(), await tx.find_signatures(signatures),
+                             await tx.active_clients(client_ids) if client_ids else {})
+            entries, result = plan(view)
+            await tx.insert_entries(entries)
+        return result
+
     # chain reads
     @abc.abstractmethod
     async def head(self, instance: str) -> Entry | None: ...
@@ -100,7 +129,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def range(self, instance: str, start: int, stop: int) -> list[Entry]:
-        """Entries with ``start <= index < stop`` in order (a keyset range, not OFFSET)."""
+        """Entries with ``start <= index < stop`` in order (a keyset range, not OFFSET).
+
+        Their ``hashstate`` is left empty (``b""``): only appending needs it, and it is a
+        third of a row; use :meth:`entry_at` or :meth:`head` for a full entry.
+        """
 
     async def iter_range(self, instance: str, start: int, stop: int,
                          page: int = 2000) -> AsyncIterator[list[Entry]]:

@@ -71,6 +71,7 @@ CREATE TABLE mirrors (
 
 _ENTRY_COLS = ("idx, contents, prevhash, currhash, summaryhash, hashstate, publickey, "
                "signature, created")
+_RANGE_COLS = _ENTRY_COLS.replace("hashstate", "''::bytea")
 _CLIENT_COLS = "publicid, publickey, is_admin, comment, created, revoked"
 
 
@@ -317,7 +318,7 @@ class PostgresStore(Store):
 
     async def range(self, instance: str, start: int, stop: int) -> list[Entry]:
         rows = await self._fetch(
-            f"SELECT {_ENTRY_COLS} FROM entries WHERE instance = $1 "  # noqa: S608
+            f"SELECT {_RANGE_COLS} FROM entries WHERE instance = $1 "  # noqa: S608
             "AND idx >= $2 AND idx < $3 ORDER BY idx", await self._iid(instance), start, stop)
         return [_entry(r) for r in rows]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ from chronicle.core.blakechain import ChainBuilder, Entry
 from chronicle.core.errors import RequestError, SchemaMismatchError, StorageError
 from chronicle.core.sapient import SigningKey
 from chronicle.store import Client, Mirror, Store, store_for_url
+from chronicle.store.postgres import PostgresStore
+from chronicle.store.sqlite import SqliteStore
 from tests import helpers
 
 
@@ -48,12 +52,20 @@ async def test_open_refuses_an_empty_database(tmp_path: Path) -> None:
         await store.open()
 
 
+async def _set_schema_version(store: Store, version: int) -> None:
+    """Tamper with the version row directly, as an older or newer chronicle would leave it."""
+    sql = f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'"
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as conn:
+            conn.execute(sql)
+    else:
+        assert isinstance(store, PostgresStore)
+        await store.pool.execute(sql)
+
+
 async def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
     store = await _store(tmp_path)
-    async with store.write("") as tx:
-        conn = tx._conn  # type: ignore[attr-defined]
-        sql = "UPDATE meta SET value = '99' WHERE key = 'schema_version'"
-        await conn.execute(sql)
+    await _set_schema_version(store, 99)
     await store.close()
     again = await _store(tmp_path, create=False)
     with pytest.raises(SchemaMismatchError, match="newer than this software"):
@@ -76,11 +88,12 @@ async def test_append_read_and_lookup(tmp_path: Path) -> None:
         assert await store.lookup("", entries[3].currhash) == [entries[3]]
         assert await store.lookup("", entries[3].summaryhash) == [entries[3]]
         assert await store.lookup("", b"\x00" * 32) == []
-        assert await store.range("", 5, 9) == entries[5:9]
-        assert await store.range("", 24, 100) == entries[24:]
+        bare = [replace(e, hashstate=b"") for e in entries]  # ranges omit the hash state
+        assert await store.range("", 5, 9) == bare[5:9]
+        assert await store.range("", 24, 100) == bare[24:]
         pages = [p async for p in store.iter_range("", 0, 25, page=10)]
         assert [len(p) for p in pages] == [10, 10, 5]
-        assert [e for p in pages for e in p] == entries
+        assert [e for p in pages for e in p] == bare
         async with store.write("") as tx:
             got = await tx.head()
             assert got is not None and got.currhash == entries[-1].currhash
@@ -112,7 +125,7 @@ async def test_duplicate_signature_or_index_is_refused_by_the_database(tmp_path:
         entries = _entries(2)
         async with store.write("") as tx:
             await tx.insert_entries(entries)
-        with pytest.raises(Exception):  # noqa: B017, PT011 - driver-specific unique violation
+        with pytest.raises(Exception):  # noqa: B017 - driver-specific unique violation
             async with store.write("") as tx:
                 await tx.insert_entries([entries[1]])
         assert (await store.head("")) == entries[-1]
