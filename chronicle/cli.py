@@ -103,14 +103,32 @@ def _data_dir_option(fn: F) -> F:
                         help="Ledger data directory (default: $CHRONICLE_DATA_DIR).")(fn)
 
 
-def _public_key(text: str) -> bytes:
+def _public_key(text: str, hint: str = "--public-key") -> bytes:
     try:
         return parse_public_key(text.strip())
     except ChronicleError as exc:
-        raise click.BadParameter(exc.message) from None
+        raise click.BadParameter(exc.message, param_hint=hint) from None
 
 
-@click.group()
+class ChronicleGroup(click.Group):
+    """Click group whose own usage errors follow cli.md too: one ``error: …`` line, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(EXIT_REFUSED)
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+@click.group(cls=ChronicleGroup)
 @click.version_option(__version__, prog_name="chronicle")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 def main(debug: bool) -> None:
@@ -435,6 +453,30 @@ def mirror_remove(data_dir: Path, url: str, instance: str) -> None:
     click.echo(f"mirror {url} removed")
 
 
+# --- migration from PHP Chronicle ------------------------------------------------------------
+
+@main.command("import")
+@_data_dir_option
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def import_(data_dir: Path, source: str, as_json: bool) -> None:
+    """Import a PHP Chronicle 1.3 chain, verifying every entry.
+
+    SOURCE: a PHP Chronicle SQLite database file, a postgresql:// DSN of its database, or
+    an export document (*.json). Clients, mirrors and instances come along from a
+    database. On the first fault nothing of that chain is stored and the entry's index is
+    reported (exit 1).
+    """
+    from chronicle.importer import run_import
+
+    report = _run(run_import(DataDir(data_dir), source))
+    text = "\n".join(
+        f"{c.instance or '(default)'}: {c.entries} entries, {c.clients} clients, "
+        f"{c.mirrors} mirrors; head summaryhash {c.head}" for c in report.chains)
+    _out(as_json, report.as_dict(), text)
+
+
 # --- publishing --------------------------------------------------------------------------------
 
 @main.command()
@@ -452,7 +494,7 @@ def publish(url: str, client_id: str, secret_key_file: Path, server_key: str, in
     """Publish BODY (or stdin with `-`, as exact bytes) and print the verified receipt."""
     from chronicle.client import ChronicleClient
 
-    pinned = _public_key(server_key)
+    pinned = _public_key(server_key, "--server-key")
     if body is None:
         raise click.UsageError("give BODY, or - to read stdin")
     data = sys.stdin.buffer.read() if body == "-" else body.encode("utf-8")

@@ -212,7 +212,9 @@ async def since(request: web.Request) -> web.StreamResponse:
         envelope = protocol.ok_envelope(now, None, total=total)
         return await _document(request, envelope, instance, start, head.index + 1, export=False)
     first = start + page.offset
-    entries = await ctx.store.range(instance, first, min(first + page.size, head.index + 1))
+    end = head.index + 1
+    entries = [] if first >= end else await ctx.store.range(
+        instance, first, min(first + page.size, end))
     links = page.links(f"/since/{request.match_info['hash']}", total)
     return resp.ok([protocol.row(e) for e in entries], paginated=True, **links, total=total)
 
@@ -224,7 +226,8 @@ async def export(request: web.Request) -> web.StreamResponse:
     count = head.index + 1 if head else 0
     page = _page(request)
     if page is not None:
-        entries = await ctx.store.range(instance, page.offset, min(page.offset + page.size, count))
+        entries = [] if page.offset >= count else await ctx.store.range(
+            instance, page.offset, min(page.offset + page.size, count))
         links = page.links("/export", count)
         return resp.ok([protocol.export_row(e) for e in entries], paginated=True, **links)
     if head is None or count <= SMALL_DOCUMENT_ROWS:

@@ -1,0 +1,421 @@
+"""The `chronicle` command, per the shared cli.md conventions.
+
+Offline commands run in-process with click's CliRunner; commands that talk to a live
+server run as real subprocesses (`python -m chronicle.cli`) against a `chronicle serve`
+subprocess on loopback, sharing its data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from click.testing import CliRunner, Result
+
+from chronicle import __version__
+from chronicle.cli import main
+from chronicle.config import KEY_FILE, write_secret_file
+from chronicle.core.encoding import b64u_decode
+from chronicle.core.sapient import SigningKey
+from chronicle.store import store_for_url
+from tests import helpers
+from tests.helpers import (
+    Identity,
+    ServerProcess,
+    free_port,
+    http_publish,
+    http_request,
+    init_data_dir,
+    start_server,
+    stop_process,
+    verify_chain,
+)
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def cli(*args: str, input: bytes | str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+def assert_error_line(stderr: str) -> str:
+    """cli.md: errors are one line on stderr, `error: …`, no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got: {stderr!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+def init_dir(path: Path, *extra: str) -> str:
+    res = cli("init", "--data-dir", str(path), "--database", helpers.DATABASE["url"], *extra)
+    assert res.exit_code == EXIT_OK, (res.stdout, res.stderr)
+    return res.stdout.strip()
+
+
+def stored_rows(data_dir: Path) -> list[Any]:
+    async def go() -> list[Any]:
+        from chronicle.config import DataDir
+
+        store = store_for_url(DataDir(data_dir).settings().database, data_dir)
+        await store.open()
+        try:
+            return await store.range("", 0, 1_000_000)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _flatten(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _flatten(v)]
+    return [value]
+
+
+async def run_cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """`python -m chronicle.cli ARGS` as a real process."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chronicle.cli", *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+# --- offline commands ---------------------------------------------------------------------
+
+def test_version() -> None:
+    res = cli("--version")
+    assert res.exit_code == EXIT_OK
+    assert __version__ in res.stdout and "chronicle" in res.stdout
+
+
+def test_keygen_json() -> None:
+    res = cli("keygen", "--json")
+    assert res.exit_code == EXIT_OK, res.stderr
+    doc = json.loads(res.stdout)
+    assert sorted(doc) == ["public-key", "secret-key"]
+    key = SigningKey.from_text(doc["secret-key"])
+    assert key.public_b64 == doc["public-key"]
+    assert len(b64u_decode(doc["secret-key"], 64)) == 64
+
+
+def test_keygen_out(tmp_path: Path) -> None:
+    out = tmp_path / "client.key"
+    res = cli("keygen", "--out", str(out))
+    assert res.exit_code == EXIT_OK, res.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    key = SigningKey.from_text(out.read_text())
+    assert res.stdout.strip() == key.public_b64
+
+    before = out.read_text()
+    res = cli("keygen", "--out", str(out))  # never overwrite a secret key
+    assert res.exit_code != EXIT_OK
+    assert_error_line(res.stderr)
+    assert out.read_text() == before
+
+
+def test_init(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    public = init_dir(data_dir)
+    key_file = data_dir / KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert SigningKey.from_text(key_file.read_text()).public_b64 == public
+    assert (data_dir / "chronicle.toml").exists()
+    assert stored_rows(data_dir) == []
+
+    res = cli("init", "--data-dir", str(data_dir), "--database", helpers.DATABASE["url"])
+    assert res.exit_code == EXIT_REFUSED
+    assert_error_line(res.stderr)
+    assert SigningKey.from_text(key_file.read_text()).public_b64 == public  # untouched
+
+
+def test_init_json_and_existing_key(tmp_path: Path) -> None:
+    res = cli("init", "--data-dir", str(tmp_path / "a"), "--database", helpers.DATABASE["url"],
+              "--json")
+    assert res.exit_code == EXIT_OK, res.stderr
+    doc = json.loads(res.stdout)
+    assert list(doc) == ["public-key"]
+    assert SigningKey.from_text((tmp_path / "a" / KEY_FILE).read_text()).public_b64 == \
+        doc["public-key"]
+
+    key = SigningKey.generate()
+    key_file = tmp_path / "php-signing-secret.key"
+    key_file.write_text(key.to_text() + "\n")
+    url = helpers.DATABASE["url"]
+    if url.startswith("postgres"):
+        url += "_b"  # a second, separate schema for the second ledger
+    res = cli("init", "--data-dir", str(tmp_path / "b"), "--database", url,
+              "--signing-key", str(key_file), "--json")
+    assert res.exit_code == EXIT_OK, res.stderr
+    assert json.loads(res.stdout) == {"public-key": key.public_b64}
+    stored = tmp_path / "b" / KEY_FILE
+    assert SigningKey.from_text(stored.read_text()).secret == key.secret
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+
+
+def test_config_get_set(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    dd = ["--data-dir", str(data_dir)]
+    res = cli("config", "get", *dd, "paginate-export")
+    assert res.exit_code == EXIT_OK and res.stdout.strip() == "0"
+
+    res = cli("config", "set", *dd, "paginate-export", "5")
+    assert res.exit_code == EXIT_OK, res.stderr
+    res = cli("config", "get", *dd, "paginate-export")
+    assert res.exit_code == EXIT_OK and res.stdout.strip() == "5"
+    res = cli("config", "get", *dd, "paginate-export", "--json")
+    assert json.loads(res.stdout) == {"paginate-export": 5}
+    from chronicle.config import DataDir
+
+    assert DataDir(data_dir).settings().paginate_export == 5
+
+    res = cli("config", "set", *dd, "publish-new-clients", "false")
+    assert res.exit_code == EXIT_OK
+    assert DataDir(data_dir).settings().publish_new_clients is False
+
+    for args in (("get", *dd, "no-such-setting"), ("set", *dd, "no-such-setting", "1"),
+                 ("set", *dd, "paginate-export", "lots")):
+        res = cli("config", *args)
+        assert res.exit_code == EXIT_USAGE, (args, res.stdout, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert DataDir(data_dir).settings().paginate_export == 5  # unchanged by the failures
+
+
+def test_usage_errors_are_one_error_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    res = cli("config", "get", "--data-dir", str(data_dir), "no-such-setting")
+    assert res.exit_code == EXIT_USAGE
+    assert_error_line(res.stderr)
+    res = cli("client", "add", "--data-dir", str(data_dir), "--public-key", "garbage")
+    assert res.exit_code == EXIT_USAGE
+    assert_error_line(res.stderr)
+
+
+def test_client_add_list_revoke(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    server_public = init_dir(data_dir)
+    dd = ["--data-dir", str(data_dir)]
+    key = SigningKey.generate()
+
+    res = cli("client", "add", *dd, "--public-key", key.public_b64, "--comment", "ci", "--json")
+    assert res.exit_code == EXIT_OK, res.stderr
+    doc = json.loads(res.stdout)
+    assert list(doc) == ["client-id"]
+    cid = doc["client-id"]
+    assert len(b64u_decode(cid, 24)) == 24
+
+    admin_key = SigningKey.generate()
+    res = cli("client", "add", *dd, "--public-key", admin_key.public_b64, "--admin",
+              "--client-id", "my-admin-id")
+    assert res.exit_code == EXIT_OK, res.stderr
+    assert res.stdout.strip() == "my-admin-id"
+
+    res = cli("client", "list", *dd, "--json")
+    assert res.exit_code == EXIT_OK, res.stderr
+    listed = json.loads(res.stdout)
+    assert isinstance(listed, dict)
+    values = _flatten(listed)
+    assert {cid, key.public_b64, "my-admin-id", admin_key.public_b64} <= set(values)
+    res = cli("client", "list", *dd)
+    assert res.exit_code == EXIT_OK and cid in res.stdout and "my-admin-id" in res.stdout
+
+    # publish-new-clients (default true): the chain records both registrations
+    rows = stored_rows(data_dir)
+    assert len(rows) == 2
+    messages = [json.loads(e.contents) for e in rows]
+    assert [m["server-action"] for m in messages] == ["New Client Registration"] * 2
+    assert [m["clientid"] for m in messages] == [cid, "my-admin-id"]
+    assert all(e.publickey == b64u_decode(server_public, 32) for e in rows)
+
+    # the same id twice, a bad key, the server's own key
+    res = cli("client", "add", *dd, "--public-key", key.public_b64, "--client-id", cid)
+    assert res.exit_code == EXIT_REFUSED
+    assert_error_line(res.stderr)
+    for bad in ("not-a-key", key.to_text(), ""):
+        res = cli("client", "add", *dd, "--public-key", bad)
+        assert res.exit_code == EXIT_USAGE, (bad, res.stderr)
+    res = cli("client", "add", *dd, "--public-key", server_public)
+    assert res.exit_code == EXIT_REFUSED
+    assert_error_line(res.stderr)
+
+    res = cli("client", "revoke", *dd, "--client-id", cid, "--json")
+    assert res.exit_code == EXIT_OK, res.stderr
+    assert isinstance(json.loads(res.stdout), dict)
+    res = cli("client", "list", *dd, "--json")
+    assert cid not in _flatten(json.loads(res.stdout))
+    rows = stored_rows(data_dir)
+    assert json.loads(rows[-1].contents)["server-action"] == "Client Access Revocation"
+    assert json.loads(rows[-1].contents)["clientid"] == cid
+
+    res = cli("client", "revoke", *dd, "--client-id", cid)
+    assert res.exit_code == EXIT_REFUSED
+    assert_error_line(res.stderr)
+    assert len(stored_rows(data_dir)) == 3
+
+
+def test_missing_data_dir_is_io_error(tmp_path: Path) -> None:
+    res = cli("client", "list", "--data-dir", str(tmp_path / "nothing-here"))
+    assert res.exit_code == EXIT_IO
+    assert_error_line(res.stderr)
+
+
+# --- against a live `chronicle serve` -----------------------------------------------------------
+
+async def _live(tmp_path: Path) -> tuple[Path, SigningKey, ServerProcess]:
+    data_dir = tmp_path / "ledger"
+    server_key = SigningKey.generate()
+    await init_data_dir(data_dir, server_key)
+    sp = ServerProcess(data_dir)
+    await sp.start()
+    return data_dir, server_key, sp
+
+
+async def test_client_add_and_revoke_while_serving(tmp_path: Path) -> None:
+    data_dir, server_key, sp = await _live(tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            key = SigningKey.generate()
+            ident = Identity("new", key, "cli-added-client")
+            res = await http_publish(session, sp.url, server_key.public, ident, "too early")
+            assert res.status == 403
+            assert res.json["message"] == "Client not found"
+
+            code, out, err = await run_cli("client", "add", "--data-dir", str(data_dir),
+                                           "--public-key", key.public_b64, "--json",
+                                           "--client-id", ident.client_id)
+            assert code == EXIT_OK, err
+            assert json.loads(out) == {"client-id": ident.client_id}
+
+            res = await http_publish(session, sp.url, server_key.public, ident, "hi, I am new")
+            assert res.status == 200, res.body
+            receipt = res.json["results"]
+
+            code, out, err = await run_cli("client", "revoke", "--data-dir", str(data_dir),
+                                           "--client-id", ident.client_id)
+            assert code == EXIT_OK, err
+            res = await http_publish(session, sp.url, server_key.public, ident, "refused now")
+            assert res.status == 403
+            assert res.json["message"] == "Client not found"
+
+            doc = (await http_request(session, sp.url, server_key.public, "GET",
+                                      "/chronicle/export")).json
+            rows = doc["results"]
+            verify_chain(rows)
+            actions = [json.loads(r["contents"]).get("server-action")
+                       if r["publickey"] == server_key.public_b64 else r["contents"]
+                       for r in rows]
+            assert actions == ["New Client Registration", "hi, I am new",
+                               "Client Access Revocation"]
+            assert rows[1]["hash"] == receipt["currhash"]
+        assert await stop_process(sp, graceful=True) == 0
+    finally:
+        await stop_process(sp)
+
+
+async def test_publish_command(tmp_path: Path) -> None:
+    data_dir, server_key, sp = await _live(tmp_path)
+    try:
+        key = SigningKey.generate()
+        key_file = tmp_path / "client.key"
+        write_secret_file(key_file, key.to_text())
+        code, out, err = await run_cli("client", "add", "--data-dir", str(data_dir),
+                                       "--public-key", key.public_b64, "--json")
+        assert code == EXIT_OK, err
+        cid = json.loads(out)["client-id"]
+        common = ["--url", sp.url, "--client-id", cid, "--secret-key-file", str(key_file)]
+        pinned = ["--server-key", server_key.public_b64]
+
+        code, out, err = await run_cli("publish", *common, *pinned, "--json", "hello / world")
+        assert code == EXIT_OK, err
+        receipt = json.loads(out)
+        assert list(receipt) == ["currhash", "summaryhash", "created"]
+
+        raw = b"  exact\r\nbytes \xc3\xa9 \xf0\x9f\x9a\x80\n\n"
+        code, out, err = await run_cli("publish", *common, *pinned, "-", stdin=raw)
+        assert code == EXIT_OK, err
+        human = out
+
+        async with aiohttp.ClientSession() as session:
+            doc = (await http_request(session, sp.url, server_key.public, "GET",
+                                      f"/chronicle/lookup/{receipt['currhash']}")).json
+            row = doc["results"][0]
+            assert row["contents"] == "hello / world"
+            assert (row["summaryhash"], row["created"]) == \
+                (receipt["summaryhash"], receipt["created"])
+            last = (await http_request(session, sp.url, server_key.public, "GET",
+                                       "/chronicle/lasthash")).json["results"][0]
+            assert last["contents"].encode("utf-8") == raw
+            assert last["prevhash"] == receipt["currhash"]
+            assert last["currhash"] in human and last["summaryhash"] in human
+
+        # a wrong pinned key: verification fails, exit 1, nothing printed on stdout
+        other = SigningKey.generate().public_b64
+        code, out, err = await run_cli("publish", *common, "--server-key", other, "x")
+        assert code == EXIT_REFUSED
+        assert out == ""
+        assert_error_line(err)
+
+        # unreachable server: transport error, exit 3
+        code, out, err = await run_cli("publish", "--url", f"http://127.0.0.1:{free_port()}",
+                                       "--client-id", cid, "--secret-key-file", str(key_file),
+                                       *pinned, "y")
+        assert code == EXIT_IO
+        assert_error_line(err)
+
+        # a missing key file: I/O error, exit 3
+        code, out, err = await run_cli("publish", "--url", sp.url, "--client-id", cid,
+                                       "--secret-key-file", str(tmp_path / "missing.key"),
+                                       *pinned, "z")
+        assert code == EXIT_IO
+        assert_error_line(err)
+
+        # refused by the server (unknown client): exit 1 with the server's message
+        code, out, err = await run_cli("publish", "--url", sp.url, "--client-id", "nobody",
+                                       "--secret-key-file", str(key_file), *pinned, "w")
+        assert code == EXIT_REFUSED
+        assert "Client not found" in assert_error_line(err)
+        assert await stop_process(sp, graceful=True) == 0
+    finally:
+        await stop_process(sp)
+
+
+def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    monkeypatch.setenv("CHRONICLE_DATA_DIR", str(data_dir))
+    res = cli("config", "get", "request-timeout")
+    assert res.exit_code == EXIT_OK, res.stderr
+    assert res.stdout.strip() == "10 minutes"
+
+
+async def test_config_set_applies_at_next_start(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    data_dir = await init_data_dir(tmp_path / "ledger", key)
+    code, _, err = await run_cli("config", "set", "--data-dir", str(data_dir.path),
+                                   "paginate-export", "2")
+    assert code == EXIT_OK, err
+    srv = await start_server(data_dir)
+    try:
+        alice = await srv.add_client("alice")
+        for i in range(3):
+            assert (await srv.publish(alice, f"entry {i}")).status == 200
+        doc = (await srv.request("GET", "/chronicle/export")).json
+        assert doc["paginated"] is True and doc["next"] == "/export/2"
+        assert [r["contents"] for r in doc["results"]] == ["entry 0", "entry 1"]
+    finally:
+        await srv.close()
