@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -29,7 +29,7 @@ from chronicle.core.errors import (
     StorageError,
 )
 from chronicle.core.protocol import MSG_CLIENT_NOT_FOUND
-from chronicle.store.base import BatchView, Store, WriteTx
+from chronicle.store.base import BatchView, Client, Store, WriteTx
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +216,30 @@ class Ledger:
                 added = len(fresh)
         self.committed += added
         return outcomes
+
+    async def import_chain(self, batches: AsyncIterator[Sequence[Entry]],
+                           clients: Sequence[Client] = ()) -> int:
+        """Append an already verified chain (an import) to this *empty* chain, atomically.
+
+        One transaction: the clients and every entry commit together or not at all. Each
+        batch must continue exactly where the previous one ended (index and link).
+        """
+        count = 0
+        async with self.store.write(self.instance) as tx:
+            head = await tx.head()
+            if head is not None:
+                raise RequestError(f"chain {self.instance or '(default)'} already holds "
+                                   f"{head.index + 1} entries; import needs an empty chain",
+                                   status=409)
+            for client in clients:
+                await tx.add_client(client)
+            prev: bytes | None = None
+            async for batch in batches:
+                for entry in batch:
+                    if entry.index != count or entry.prevhash != prev:
+                        raise RequestError(f"import batch out of order at entry {count}")
+                    prev = entry.currhash
+                    count += 1
+                await tx.insert_entries(batch)
+        self.committed += count
+        return count

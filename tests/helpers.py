@@ -334,3 +334,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def separate_database(tag: str) -> str:
+    """A database URL for a second data dir in the same test (SQLite paths are per dir;
+    on PostgreSQL it is another schema)."""
+    url = DATABASE["url"]
+    if url.startswith("sqlite:"):
+        return url
+    return re.sub(r"schema=([^&]+)", lambda m: f"schema={m.group(1)}_{tag}", url)

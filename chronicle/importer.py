@@ -1,0 +1,400 @@
+"""Migration from PHP Chronicle 1.3: import its database, or an export document, verified.
+
+Sources:
+
+- a PHP Chronicle SQLite database file (``local/chronicle.db``);
+- a PostgreSQL DSN of a PHP Chronicle database (``postgresql://…``); MySQL DSNs are
+  recognised and refused with a clear message unless a driver is installed (none is
+  bundled);
+- an export document (``GET /chronicle/export`` saved to a file; parsed incrementally).
+
+Every entry is verified while importing: its Ed25519 signature, the link to the previous
+entry, the currhash, the summaryhash and, when the source stores it, the 384-byte hash
+state. The first fault stops the import with the entry's index (0-based) and PHP row id,
+and nothing is stored: each chain is imported in one transaction through
+:meth:`chronicle.ledger.Ledger.import_chain`. Clients and mirrors come along (a database
+source); an export carries neither. PHP instances (tables ``chronicle_<prefix>_chain``)
+become chains of the same name.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chronicle.client.document import DocumentParser
+from chronicle.config import DataDir
+from chronicle.core.blakechain import ChainBuilder, Entry
+from chronicle.core.encoding import atom, b64u_decode, b64u_encode, utcnow
+from chronicle.core.errors import (
+    ChronicleError,
+    EncodingError,
+    IntegrityError,
+    RequestError,
+    StorageError,
+)
+from chronicle.core.sapient import verify
+from chronicle.ledger import Ledger
+from chronicle.store import store_for_url
+from chronicle.store.base import Client, Mirror
+
+PAGE = 2000
+_PREFIX_RE = re.compile(r"^chronicle_(?:([A-Za-z0-9_-]+)_)?chain$")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """One chain row as the source stores it (text fields, as PHP does)."""
+
+    rowid: int | None
+    contents: str
+    prevhash: str | None
+    currhash: str
+    summaryhash: str
+    hashstate: str | None
+    publickey: str
+    signature: str
+    created: str
+
+
+@dataclass
+class ImportedChain:
+    instance: str
+    entries: int
+    clients: int
+    mirrors: int
+    head: str | None
+
+
+@dataclass
+class ImportReport:
+    source: str
+    chains: list[ImportedChain] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "chains": [
+            {"instance": c.instance, "entries": c.entries, "clients": c.clients,
+             "mirrors": c.mirrors, "summaryhash": c.head} for c in self.chains]}
+
+
+class Source:
+    """Where a PHP Chronicle's data comes from."""
+
+    name: str
+
+    async def instances(self) -> list[str]:
+        raise NotImplementedError
+
+    async def clients(self, instance: str) -> list[Client]:
+        return []
+
+    async def mirrors(self, instance: str) -> list[Mirror]:
+        return []
+
+    def rows(self, instance: str) -> AsyncIterator[list[SourceRow]]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+def _table(instance: str, name: str) -> str:
+    return f"chronicle_{instance}_{name}" if instance else f"chronicle_{name}"
+
+
+def _client_row(row: Sequence[Any]) -> Client:
+    """``publicid, publickey, isAdmin, comment, created`` of a PHP clients row."""
+    try:
+        key = b64u_decode(str(row[1]), 32, what="client public key")
+    except EncodingError as exc:
+        raise IntegrityError(f"client {row[0]}: {exc.message}", field="publickey") from None
+    return Client(publicid=str(row[0]), publickey=key, is_admin=bool(row[2]),
+                  comment=row[3], created=str(row[4] or ""))
+
+
+class SqliteSource(Source):
+    """A PHP Chronicle SQLite database, opened read-only."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        if not path.is_file():
+            raise StorageError(f"{path}: no such file")
+        try:
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self._tables = {r[0] for r in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            raise StorageError(f"{path}: not a readable SQLite database ({exc})") from exc
+
+    async def instances(self) -> list[str]:
+        found = []
+        for table in self._tables:
+            match = _PREFIX_RE.match(table)
+            if match and match.group(1) != "replication":
+                found.append(match.group(1) or "")
+        if not found:
+            raise StorageError(f"{self.name} holds no chronicle_chain table")
+        return sorted(found)
+
+    async def clients(self, instance: str) -> list[Client]:
+        table = _table(instance, "clients")
+        if table not in self._tables:
+            return []
+        return [_client_row(r) for r in self._conn.execute(
+            f"SELECT publicid, publickey, isAdmin, comment, created FROM {table} ORDER BY id")]  # noqa: S608
+
+    async def mirrors(self, instance: str) -> list[Mirror]:
+        table = _table(instance, "mirrors")
+        if table not in self._tables:
+            return []
+        return [Mirror(url=r[0], publickey=r[1], comment=r[2], sortpriority=int(r[3] or 0))
+                for r in self._conn.execute(
+                    f"SELECT url, publickey, comment, sortpriority FROM {table} ORDER BY id")]  # noqa: S608
+
+    async def rows(self, instance: str) -> AsyncIterator[list[SourceRow]]:
+        table = _table(instance, "chain")
+        last = -1
+        while True:
+            page = self._conn.execute(
+                f"SELECT id, data, prevhash, currhash, summaryhash, hashstate, publickey, "  # noqa: S608
+                f"signature, created FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
+                (last, PAGE)).fetchall()
+            if not page:
+                return
+            yield [SourceRow(int(r[0]), _text(r[1]), r[2], r[3], r[4], r[5], r[6], r[7],
+                             str(r[8])) for r in page]
+            last = int(page[-1][0])
+
+    async def close(self) -> None:
+        self._conn.close()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+class PostgresSource(Source):
+    """A PHP Chronicle PostgreSQL database (read only; keyset pages by id)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.name = dsn.split("@")[-1]
+        self._dsn = dsn
+        self._conn: Any = None
+
+    async def _c(self) -> Any:
+        if self._conn is None:
+            import asyncpg
+
+            from chronicle.store.postgres import split_url
+
+            dsn, schema = split_url(self._dsn)
+            settings = {"search_path": schema} if schema else {}
+            try:
+                self._conn = await asyncpg.connect(dsn, server_settings=settings)
+            except (OSError, asyncpg.PostgresError) as exc:
+                raise StorageError(f"cannot connect to {self.name}: {exc}") from exc
+        return self._conn
+
+    async def _tables(self) -> set[str]:
+        conn = await self._c()
+        rows = await conn.fetch("SELECT table_name FROM information_schema.tables "
+                                "WHERE table_schema = ANY(current_schemas(false))")
+        return {r[0] for r in rows}
+
+    async def instances(self) -> list[str]:
+        found = []
+        for table in await self._tables():
+            match = _PREFIX_RE.match(table)
+            if match and match.group(1) != "replication":
+                found.append(match.group(1) or "")
+        if not found:
+            raise StorageError(f"{self.name} holds no chronicle_chain table")
+        return sorted(found)
+
+    async def clients(self, instance: str) -> list[Client]:
+        table = _table(instance, "clients")
+        if table not in await self._tables():
+            return []
+        conn = await self._c()
+        rows = await conn.fetch(f'SELECT publicid, publickey, "isAdmin"::int, comment, '  # noqa: S608
+                                f'created::text FROM {table} ORDER BY id')
+        return [_client_row(r) for r in rows]
+
+    async def mirrors(self, instance: str) -> list[Mirror]:
+        table = _table(instance, "mirrors")
+        if table not in await self._tables():
+            return []
+        conn = await self._c()
+        rows = await conn.fetch(f"SELECT url, publickey, comment, sortpriority FROM {table} "  # noqa: S608
+                                "ORDER BY id")
+        return [Mirror(r[0], r[1], r[2], int(r[3] or 0)) for r in rows]
+
+    async def rows(self, instance: str) -> AsyncIterator[list[SourceRow]]:
+        conn = await self._c()
+        table = _table(instance, "chain")
+        last = -1
+        while True:
+            page = await conn.fetch(
+                f"SELECT id, data, prevhash, currhash, summaryhash, hashstate, publickey, "  # noqa: S608
+                f"signature, created::text FROM {table} WHERE id > $1 ORDER BY id LIMIT $2",
+                last, PAGE)
+            if not page:
+                return
+            yield [SourceRow(int(r[0]), _text(r[1]), r[2], r[3], r[4], r[5], r[6], r[7],
+                             str(r[8])) for r in page]
+            last = int(page[-1][0])
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+class ExportSource(Source):
+    """An export document (unpaginated ``/chronicle/export`` body) in a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        if not path.is_file():
+            raise StorageError(f"{path}: no such file")
+        self._path = path
+
+    async def instances(self) -> list[str]:
+        return [""]
+
+    async def rows(self, instance: str) -> AsyncIterator[list[SourceRow]]:
+        parser = DocumentParser()
+        with self._path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                rows = parser.feed(chunk)
+                if rows:
+                    yield [_export_row(r) for r in rows]
+            rows = parser.close()
+        if rows:
+            yield [_export_row(r) for r in rows]
+        if parser.header.get("status") != "OK" or not parser.results_is_list:
+            raise IntegrityError(f"{self.name} is not a successful export document")
+        total = parser.header.get("total")
+        if total is not None and total != parser.rows_seen:
+            raise IntegrityError(f"export says total {total} but holds {parser.rows_seen} "
+                                 "entries", field="total", expected=str(total),
+                                 found=str(parser.rows_seen))
+
+
+def _export_row(row: Any) -> SourceRow:
+    if not isinstance(row, dict):
+        raise IntegrityError("export entry is not an object")
+    try:
+        return SourceRow(None, row["contents"], row.get("prev"), row["hash"], row["summary"],
+                         None, row["publickey"], row["signature"], row["created"])
+    except KeyError as exc:
+        raise IntegrityError(f"export entry lacks {exc.args[0]}", field=str(exc.args[0])) \
+            from None
+
+
+def open_source(spec: str) -> Source:
+    """Pick the source from its spelling: a DSN, a ``.json`` document, or a SQLite file."""
+    if spec.startswith(("postgresql://", "postgres://")):
+        return PostgresSource(spec)
+    if spec.startswith(("mysql://", "mysql:")):
+        raise StorageError("MySQL sources need a MySQL driver, which chronicle does not "
+                           "bundle; dump the tables to SQLite or export the chain instead")
+    path = Path(spec)
+    if path.suffix.lower() == ".json":
+        return ExportSource(path)
+    return SqliteSource(path)
+
+
+class RowVerifier:
+    """Recompute each source row from its signed parts and compare every stored field."""
+
+    def __init__(self) -> None:
+        self.builder = ChainBuilder(None)
+
+    def entry(self, row: SourceRow) -> Entry:
+        index = self.builder.next_index
+        where = f" (PHP row id {row.rowid})" if row.rowid is not None else ""
+
+        def fault(message: str, field_name: str, expected: str | None,
+                  found: str | None) -> IntegrityError:
+            return IntegrityError(message + where, index=index, field=field_name,
+                                  expected=expected, found=found)
+
+        try:
+            publickey = b64u_decode(row.publickey, 32, what="publickey")
+            signature = b64u_decode(row.signature, 64, what="signature")
+        except EncodingError as exc:
+            raise fault(exc.message, "publickey/signature", None, None) from None
+        try:
+            contents = row.contents.encode("utf-8")
+        except UnicodeEncodeError:
+            raise fault("contents are not valid UTF-8", "contents", None, None) from None
+        if not verify(publickey, contents, signature):
+            raise fault("entry signature does not verify", "signature",
+                        "valid Ed25519 signature", row.signature)
+        expected_prev = self.builder.prevhash
+        prev_text = None if expected_prev is None else b64u_encode(expected_prev)
+        found_prev = row.prevhash or None  # PHP replicas store "" for the first entry
+        if found_prev != prev_text:
+            raise fault("entry does not link to the previous entry", "prevhash", prev_text,
+                        row.prevhash)
+        entry = self.builder.append(contents, publickey, signature, row.created)
+        checks = [("currhash", entry.currhash, row.currhash),
+                  ("summaryhash", entry.summaryhash, row.summaryhash)]
+        if row.hashstate is not None:
+            checks.append(("hashstate", entry.hashstate, row.hashstate))
+        for name, computed, stored in checks:
+            if b64u_encode(computed) != stored:
+                raise fault(f"{name} does not match", name, b64u_encode(computed), stored)
+        return entry
+
+
+async def verified_batches(source: Source, instance: str) -> AsyncIterator[list[Entry]]:
+    verifier = RowVerifier()
+    async for page in source.rows(instance):
+        yield [verifier.entry(row) for row in page]
+
+
+async def run_import(data_dir: DataDir, spec: str) -> ImportReport:
+    """Import ``spec`` into the ledger at ``data_dir`` (each chain must be empty there)."""
+    source = open_source(spec)
+    settings = data_dir.settings()
+    store = store_for_url(settings.database, data_dir.path)
+    report = ImportReport(source=source.name)
+    try:
+        await store.open()
+        instances = await source.instances()
+        for instance in instances:
+            await store.ensure_instance(instance)
+            if await store.head(instance) is not None:
+                raise RequestError(f"chain {instance or '(default)'} is not empty; "
+                                   "import into a fresh data directory", status=409)
+        for instance in instances:
+            clients = await source.clients(instance)
+            count = await Ledger(store, instance).import_chain(
+                verified_batches(source, instance), clients)
+            mirrors = await source.mirrors(instance)
+            for mirror in mirrors:
+                await store.add_mirror(instance, mirror, atom(utcnow()))
+            head = await store.head(instance)
+            report.chains.append(ImportedChain(
+                instance, count, len(clients), len(mirrors),
+                None if head is None else b64u_encode(head.summaryhash)))
+    finally:
+        await source.close()
+        await store.close()
+    extra = [i for i in instances if i and i not in settings.instances]
+    if extra:
+        raw = data_dir.read_raw()
+        raw["instances"] = sorted({*raw.get("instances", []), *extra})
+        data_dir.write_raw(raw)
+    return report
+
+
+__all__ = ["ChronicleError", "ExportSource", "ImportReport", "PostgresSource", "SqliteSource",
+           "open_source", "run_import", "verified_batches"]
