@@ -211,12 +211,14 @@ def init(data_dir: Path, signing_key: Path | None, database: str, as_json: bool)
 @_data_dir_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes sharing the port (appends stay strictly ordered).")
 @handle_errors
-def serve(data_dir: Path, host: str, port: int) -> None:
+def serve(data_dir: Path, host: str, port: int, workers: int) -> None:
     """Serve the ledger over HTTP until SIGTERM (drains, then exits 0)."""
     from chronicle.server.runner import run
 
-    run(data_dir, host, port)
+    run(data_dir, host, port, workers=workers)
 
 
 @main.command()

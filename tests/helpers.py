@@ -157,15 +157,16 @@ async def start_server(data_dir: DataDir, *, clock: Callable[[], datetime] = utc
 class ServerProcess:
     """`chronicle serve` in a subprocess, for tests that kill and restart it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *extra_args: str) -> None:
         self.data_dir = data_dir
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     async def start(self, timeout: float = 20.0) -> str:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chronicle.cli", "serve", "--data-dir", str(self.data_dir),
-             "--port", "0"],
+             "--port", "0", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert self.proc.stderr is not None

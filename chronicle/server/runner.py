@@ -1,13 +1,25 @@
-"""``chronicle serve``: run the HTTP server for one data directory until SIGTERM/SIGINT."""
+"""``chronicle serve``: run the HTTP server for one data directory until SIGTERM/SIGINT.
+
+With ``--workers N`` the parent binds the socket, forks N server processes that share it
+(the kernel spreads connections), restarts a worker that dies, and on SIGTERM stops them
+all. Each worker has its own database connections and its own sequencer; appends from all
+of them are ordered by the database's chain-head lock (SQLite's write lock, PostgreSQL's
+row lock), so the chain stays gap-free however many processes write.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
+import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -28,7 +40,8 @@ async def open_context(data_dir: DataDir) -> ServerContext:
                          cache_dir=data_dir.cache_dir)
 
 
-async def serve(data_dir: DataDir, host: str, port: int, *, shutdown_timeout: float = 30.0) -> None:
+async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket | None = None,
+                shutdown_timeout: float = 30.0) -> None:
     """Serve until a stop signal, then drain: stop accepting, finish requests, commit queues."""
     ctx = await open_context(data_dir)
     app = build_app(ctx)
@@ -36,12 +49,15 @@ async def serve(data_dir: DataDir, host: str, port: int, *, shutdown_timeout: fl
                            shutdown_timeout=shutdown_timeout)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
-        server = site._server  # the bound socket tells the real port when port was 0
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
-        print(f"listening on http://{host}:{bound}", file=sys.stderr, flush=True)
+        if sock is None:
+            bound = runner.addresses[0][1] if runner.addresses else port
+            print(f"listening on http://{host}:{bound}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -54,10 +70,85 @@ async def serve(data_dir: DataDir, host: str, port: int, *, shutdown_timeout: fl
             await ctx.store.close()
 
 
-def run(data_dir: Path, host: str, port: int) -> None:
+def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on some platforms
-        asyncio.run(serve(DataDir(data_dir), host, port))
+        asyncio.run(coro)
     else:
-        uvloop.run(serve(DataDir(data_dir), host, port))
+        uvloop.run(coro)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _run_workers(data_dir: DataDir, host: str, port: int, workers: int) -> None:
+    """The supervisor: fork ``workers`` servers on one socket; restart any that dies."""
+    data_dir.signing_key(data_dir.settings())  # fail here, once, on a bad configuration
+    sock = _bind(host, port)
+    stopping = False
+    children: dict[int, int] = {}  # pid -> slot
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                _run_loop(serve(data_dir, host, port, sock=sock))
+            except BaseException:
+                log.exception("worker %d failed", slot)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = slot
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for slot in range(workers):
+        spawn(slot)
+    # Connections queue on the bound socket until a worker accepts them.
+    print(f"listening on http://{host}:{sock.getsockname()[1]} ({workers} workers)",
+          file=sys.stderr, flush=True)
+    failed = False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        if pid not in children:
+            continue
+        slot = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            failed = failed or code not in (0, -signal.SIGTERM)
+            continue
+        log.error("worker %d (pid %d) exited with %d; restarting it", slot, pid, code)
+        time.sleep(1.0)
+        if not stopping:
+            spawn(slot)
+    sock.close()
+    if failed:
+        sys.exit(1)
+
+
+def run(data_dir: Path, host: str, port: int, *, workers: int = 1) -> None:
+    if workers > 1:
+        _run_workers(DataDir(data_dir), host, port, workers)
+    else:
+        _run_loop(serve(DataDir(data_dir), host, port))
