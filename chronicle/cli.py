@@ -455,6 +455,25 @@ def mirror_remove(data_dir: Path, url: str, instance: str) -> None:
     click.echo(f"mirror {url} removed")
 
 
+@main.command()
+@_data_dir_option
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def backup(data_dir: Path, out: Path, as_json: bool) -> None:
+    """Write a consistent, verified snapshot of a SQLite ledger to OUT (works while serving).
+
+    OUT becomes a complete data directory (settings, signing key, database): restore by
+    serving it, or by copying it back in place of DIR.
+    """
+    from chronicle.backup import run_backup
+
+    report = _run(run_backup(DataDir(data_dir), out))
+    text = "\n".join(f"{name or '(default)'}: {info['entries']} entries, summaryhash "
+                     f"{info['summaryhash']}" for name, info in report.chains.items())
+    _out(as_json, report.as_dict(), f"backup written to {out}\n{text}")
+
+
 # --- migration from PHP Chronicle ------------------------------------------------------------
 
 @main.command("import")
