@@ -61,6 +61,6 @@ async def test_backup_refuses_a_non_empty_target(tmp_path: Path) -> None:
     target = tmp_path / "busy"
     target.mkdir()
     (target / "something").write_text("x")
-    with pytest.raises(RequestError, match="not empty|pg_dump"):
+    with pytest.raises(RequestError, match=r"not empty|pg_dump"):
         await run_backup(dd, target)
     assert (target / "something").read_text() == "x"
