@@ -87,13 +87,21 @@ def _client(row: Sequence[Any]) -> Client:
                   comment=row[3], created=row[4], revoked=row[5])
 
 
-def split_url(url: str) -> tuple[str, str | None]:
-    """Separate our ``schema`` parameter from what asyncpg understands."""
+_OURS = ("schema", "statement_cache_size")
+
+
+def _our_params(url: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schema
+    ours = {k: v for k, v in query if k in _OURS}
+    rest = urlencode([(k, v) for k, v in query if k not in _OURS])
+    return urlunsplit(parts._replace(query=rest)), ours
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """Separate our ``schema`` parameter from what asyncpg understands."""
+    dsn, ours = _our_params(url)
+    return dsn, ours.get("schema")
 
 
 class _PgWriteTx(WriteTx):
@@ -156,7 +164,10 @@ class PostgresStore(Store):
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10,
                  lock_timeout_ms: int = 10_000) -> None:
         self.url = url
-        self._dsn, self._schema = split_url(url)
+        self._dsn, ours = _our_params(url)
+        self._schema = ours.get("schema")
+        # Behind a transaction-pooling PgBouncer: ?statement_cache_size=0
+        self._statement_cache = int(ours.get("statement_cache_size", "100"))
         self._min, self._max = min_size, max_size
         self._lock_timeout_ms = lock_timeout_ms
         self._pool: asyncpg.Pool | None = None
@@ -178,7 +189,8 @@ class PostgresStore(Store):
         try:
             self._pool = await asyncpg.create_pool(self._dsn, min_size=self._min,
                                                    max_size=self._max,
-                                                   server_settings=settings)
+                                                   server_settings=settings,
+                                                   statement_cache_size=self._statement_cache)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
 

@@ -191,3 +191,20 @@ async def test_mirrors(tmp_path: Path) -> None:
         assert [m.url for m in await store.list_mirrors("")] == ["https://a"]
     finally:
         await store.close()
+
+
+async def test_postgres_url_parameters(tmp_path: Path, postgres_database: str) -> None:
+    """``schema`` and ``statement_cache_size`` (PgBouncer transaction mode) are ours."""
+    url = f"{postgres_database}?schema=params_{tmp_path.name[-6:]}&statement_cache_size=0"
+    store = PostgresStore(url)
+    await store.create_schema()
+    try:
+        await store.ensure_instance("")
+        entries = _entries(3)
+        async with store.write("") as tx:
+            await tx.insert_entries(entries)
+        assert await store.head("") == entries[-1]
+        assert await store.pool.fetchval("SHOW search_path") == \
+            f"params_{tmp_path.name[-6:]}"
+    finally:
+        await store.close()
