@@ -106,6 +106,18 @@ def _table(instance: str, name: str) -> str:
     return f"chronicle_{instance}_{name}" if instance else f"chronicle_{name}"
 
 
+def _instances(source: str, tables: set[str]) -> list[str]:
+    """PHP instance prefixes ("" for the default chain) from the chain tables present."""
+    found = []
+    for table in tables:
+        match = _PREFIX_RE.match(table)
+        if match and match.group(1) != "replication":  # PHP's reserved replica tables
+            found.append(match.group(1) or "")
+    if not found:
+        raise StorageError(f"{source} holds no chronicle_chain table")
+    return sorted(found)
+
+
 def _client_row(row: Sequence[Any]) -> Client:
     """``publicid, publickey, isAdmin, comment, created`` of a PHP clients row."""
     try:
@@ -131,14 +143,7 @@ class SqliteSource(Source):
             raise StorageError(f"{path}: not a readable SQLite database ({exc})") from exc
 
     async def instances(self) -> list[str]:
-        found = []
-        for table in self._tables:
-            match = _PREFIX_RE.match(table)
-            if match and match.group(1) != "replication":
-                found.append(match.group(1) or "")
-        if not found:
-            raise StorageError(f"{self.name} holds no chronicle_chain table")
-        return sorted(found)
+        return _instances(self.name, self._tables)
 
     async def clients(self, instance: str) -> list[Client]:
         table = _table(instance, "clients")
@@ -208,14 +213,7 @@ class PostgresSource(Source):
         return {r[0] for r in rows}
 
     async def instances(self) -> list[str]:
-        found = []
-        for table in await self._tables():
-            match = _PREFIX_RE.match(table)
-            if match and match.group(1) != "replication":
-                found.append(match.group(1) or "")
-        if not found:
-            raise StorageError(f"{self.name} holds no chronicle_chain table")
-        return sorted(found)
+        return _instances(self.name, await self._tables())
 
     async def clients(self, instance: str) -> list[Client]:
         table = _table(instance, "clients")
