@@ -46,6 +46,9 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "max-batch": (512, "most entries committed in one transaction"),
     "max-queue": (8192, "pending publishes before answering 503"),
     "export-cache": (True, "keep the signed unpaginated export until the chain grows"),
+    "rate-limit": (0, "publishes per second per client (a burst of one second's worth); "
+                      "0 = unlimited"),
+    "read-only": (False, "refuse every write with 503 + Retry-After (maintenance, freeze)"),
 }
 
 
@@ -62,6 +65,8 @@ class Settings:
     max_batch: int = 512
     max_queue: int = 8192
     export_cache: bool = True
+    rate_limit: float = 0.0
+    read_only: bool = False
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -79,10 +84,13 @@ class Settings:
                 extra = list(extra)
             names = ("", *sorted({str(n) for n in extra if str(n)}))
             body = int(merged["max-body-size"])
+            rate = float(merged["rate-limit"] or 0)
         except (TypeError, ValueError, ChronicleError) as exc:
             raise ConfigError(f"invalid setting: {exc}") from exc
         if page < 0:
             raise ConfigError("paginate-export must be >= 0")
+        if rate < 0:
+            raise ConfigError("rate-limit must be >= 0")
         if body < MIN_BODY:
             raise ConfigError(f"max-body-size must be at least {MIN_BODY} bytes")
         for name in names[1:]:
@@ -100,6 +108,8 @@ class Settings:
             max_batch=max(1, int(merged["max-batch"])),
             max_queue=max(1, int(merged["max-queue"])),
             export_cache=bool(merged["export-cache"]),
+            rate_limit=rate,
+            read_only=bool(merged["read-only"]),
             raw=dict(data),
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from chronicle.core.errors import (
     ChronicleError,
     EncodingError,
     NotFoundError,
+    OverloadedError,
     RequestError,
 )
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, verify
@@ -238,10 +240,21 @@ async def export(request: web.Request) -> web.StreamResponse:
     return await stream_file(request, spooled, delete=False)
 
 
+def _check_writable(ctx: ServerContext) -> None:
+    if ctx.settings.read_only:
+        raise OverloadedError("This ledger is read-only at the moment; nothing was stored",
+                              retry_after=60)
+
+
 async def publish(request: web.Request) -> web.StreamResponse:
     ctx, resp = request.app[CTX], request.app[RESP]
     instance = _instance(request)
+    _check_writable(ctx)
     client, body, signature = await _authenticate(request, instance, admin_only=False)
+    wait = ctx.limiter.retry_after(instance, client.publicid)
+    if wait > 0:
+        raise RequestError("Rate limit exceeded, retry later", status=429,
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
@@ -255,6 +268,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
 async def register(request: web.Request) -> web.StreamResponse:
     ctx, resp = request.app[CTX], request.app[RESP]
     instance = _instance(request)
+    _check_writable(ctx)
     _, body, _ = await _authenticate(request, instance, admin_only=True)
     now = resp.clock()
     fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)
@@ -269,6 +283,7 @@ async def register(request: web.Request) -> web.StreamResponse:
 async def revoke(request: web.Request) -> web.StreamResponse:
     ctx, resp = request.app[CTX], request.app[RESP]
     instance = _instance(request)
+    _check_writable(ctx)
     _, body, _ = await _authenticate(request, instance, admin_only=True)
     now = resp.clock()
     fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)

@@ -45,6 +45,31 @@ class ClientCache:
         return client
 
 
+class RateLimiter:
+    """Token bucket per client: ``rate`` publishes per second, bursts of one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(rate, 1.0)
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def retry_after(self, instance: str, client_id: str) -> float:
+        """0 if a publish may go ahead now (and take a token), else seconds to wait."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        key = (instance, client_id)
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()
+        return (1.0 - tokens) / self.rate
+
+
 @dataclass
 class ServerContext:
     settings: Settings
@@ -56,9 +81,11 @@ class ServerContext:
     new_client_id: Callable[[], str] = new_client_id
     ledgers: dict[str, Ledger] = field(default_factory=dict)
     clients: ClientCache = field(init=False)
+    limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientCache(self.store)
+        self.limiter = RateLimiter(self.settings.rate_limit)
 
     def ledger(self, instance: str) -> Ledger:
         ledger = self.ledgers.get(instance)
