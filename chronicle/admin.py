@@ -11,7 +11,16 @@ import os
 from datetime import datetime
 
 from chronicle.core.encoding import atom, b64u_encode
-from chronicle.core.protocol import ACTION_NEW_CLIENT, ACTION_REVOKED_CLIENT, server_action_message
+from chronicle.core.errors import AuthError, NotFoundError, RequestError
+from chronicle.core.protocol import (
+    ACTION_NEW_CLIENT,
+    ACTION_REVOKED_CLIENT,
+    MSG_CLIENT_NOT_FOUND,
+    MSG_REVOKE_ADMIN,
+    MSG_REVOKE_UNKNOWN,
+    MSG_SERVER_KEY,
+    server_action_message,
+)
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Ledger
 from chronicle.store.base import Client, Store, WriteTx
@@ -22,14 +31,33 @@ def new_client_id() -> str:
     return b64u_encode(os.urandom(24))
 
 
+async def _require_admin(tx: WriteTx, admin_id: str | None) -> None:
+    """Inside the write transaction: the administrator asking is still an active admin.
+
+    The HTTP layer checked it when the request arrived; this closes the window between
+    that check and the commit (a revocation committed by another process meanwhile).
+    """
+    if admin_id is None:
+        return
+    found = (await tx.active_clients([admin_id])).get(admin_id)
+    if found is None or not found.is_admin:
+        raise AuthError(MSG_CLIENT_NOT_FOUND)
+
+
 async def register_client(store: Store, ledger: Ledger, key: SigningKey, *, publickey: bytes,
                           is_admin: bool, comment: str | None, client_id: str,
-                          now: datetime, publish: bool) -> Client:
-    """Add an active client; with ``publish``, record it on the chain atomically."""
+                          now: datetime, publish: bool, by_admin: str | None = None) -> Client:
+    """Add an active client; with ``publish``, record it on the chain atomically.
+
+    ``by_admin``: the administrator's client id when the request came over the API.
+    """
+    if publickey == key.public:
+        raise RequestError(MSG_SERVER_KEY, status=400)
     client = Client(publicid=client_id, publickey=publickey, is_admin=is_admin,
                     comment=comment, created=atom(now))
 
     async def add(tx: WriteTx) -> None:
+        await _require_admin(tx, by_admin)
         await tx.add_client(client)
 
     if publish:
@@ -43,10 +71,20 @@ async def register_client(store: Store, ledger: Ledger, key: SigningKey, *, publ
 
 
 async def revoke_client(store: Store, ledger: Ledger, key: SigningKey, *, client: Client,
-                        now: datetime, publish: bool) -> None:
-    """Revoke an active client (the row is kept, marked revoked, for the audit trail)."""
+                        now: datetime, publish: bool, by_admin: str | None = None) -> None:
+    """Revoke an active client (the row is kept, marked revoked, for the audit trail).
+
+    The client is re-checked inside the write transaction, so two concurrent revocations
+    cannot both succeed (nor record two revocations on the chain).
+    """
 
     async def revoke(tx: WriteTx) -> None:
+        await _require_admin(tx, by_admin)
+        current = (await tx.active_clients([client.publicid])).get(client.publicid)
+        if current is None or current.publickey != client.publickey:
+            raise NotFoundError(MSG_REVOKE_UNKNOWN)
+        if current.is_admin and by_admin is not None:
+            raise AuthError(MSG_REVOKE_ADMIN)
         await tx.revoke_client(client.publicid, atom(now))
 
     if publish:

@@ -23,6 +23,7 @@ from chronicle.core.encoding import atom, parse_timestamp, utcnow
 from chronicle.core.errors import (
     AuthError,
     ChronicleError,
+    CommitOutcomeUnknown,
     EncodingError,
     OverloadedError,
     RequestError,
@@ -85,10 +86,6 @@ class Ledger:
             await self._task
             self._task = None
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     async def append(self, contents: bytes, publickey: bytes, signature: bytes, *,
                      client_id: str | None = None, action: TxAction | None = None) -> Entry:
         """Queue one entry and wait until it is durably committed; return the stored entry.
@@ -133,7 +130,7 @@ class Ledger:
                 self._fail(batch, exc)
             except Exception as exc:
                 log.exception("append batch of %d failed", len(batch))
-                self._fail(batch, StorageError(f"could not store the entry: {exc}"))
+                self._fail(batch, StorageError(f"{type(exc).__name__}: {exc}"))
             except asyncio.CancelledError:
                 self._fail(batch, OverloadedError("Server is shutting down, retry later"))
                 raise
@@ -149,10 +146,15 @@ class Ledger:
 
     @staticmethod
     def _fail(batch: list[AppendRequest], exc: ChronicleError) -> None:
-        # A storage failure is ours, and nothing was stored: the client may retry safely.
+        # A storage failure is ours. The details go to the log, not to clients; the client
+        # is told whether anything may have been stored. Retrying a publish is safe either
+        # way: the same signed body is idempotent.
         if isinstance(exc, StorageError):
-            exc = StorageError(f"Nothing was stored, retry later ({exc.message})",
-                               status=503, headers={"Retry-After": "1"})
+            log.error("append batch of %d failed: %s", len(batch), exc.message)
+            message = ("The outcome is unknown (the commit failed); retrying the same signed "
+                       "request is safe" if isinstance(exc, CommitOutcomeUnknown)
+                       else "Nothing was stored, retry later")
+            exc = StorageError(message, status=503, headers={"Retry-After": "1"})
         for req in batch:
             if not req.future.done():
                 req.future.set_exception(exc)

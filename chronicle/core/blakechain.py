@@ -52,11 +52,26 @@ class SummaryState:
             digest_size=HASH_BYTES)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> SummaryState:
-        """Restore from a stored 384-byte libsodium state (ours or PHP Chronicle's)."""
+    def from_bytes(cls, raw: bytes, *, count: int | None = None) -> SummaryState:
+        """Restore from a stored 384-byte libsodium state (ours or PHP Chronicle's).
+
+        The state is copied into libsodium's own buffer, so it is checked first: a
+        ``buflen`` past the buffer would make the next update write out of bounds.
+        Layout (libsodium's blake2b_state): h[8] u64 @0, t[2] u64 @64, f[2] u64 @80,
+        buf[256] @96, buflen (size_t) @352, last_node u8 @360. With ``count`` (entries
+        hashed so far) the byte counter must also say exactly ``32 * count``.
+        """
         if len(raw) != STATE_BYTES:
             raise IntegrityError(f"hash state must be {STATE_BYTES} bytes, got {len(raw)}",
                                  field="hashstate")
+        buflen = int.from_bytes(raw[352:360], "little")
+        compressed = int.from_bytes(raw[64:80], "little")
+        if buflen > 256 or any(raw[80:96]) or raw[360] > 1:
+            raise IntegrityError("hash state is not a valid unfinalised BLAKE2b state",
+                                 field="hashstate")
+        if count is not None and compressed + buflen != HASH_BYTES * count:
+            raise IntegrityError(f"hash state covers {compressed + buflen} bytes, not the "
+                                 f"{HASH_BYTES * count} of {count} entries", field="hashstate")
         state = sodium.crypto_generichash_blake2b_init(digest_size=HASH_BYTES)
         ffi.memmove(state._statebuf, raw, STATE_BYTES)
         return cls(state)
@@ -119,7 +134,8 @@ class ChainBuilder:
     def __init__(self, head: ChainHead | None) -> None:
         self._next_index = 0 if head is None else head.index + 1
         self._prev = None if head is None else head.currhash
-        self._state = SummaryState() if head is None else SummaryState.from_bytes(head.hashstate)
+        self._state = SummaryState() if head is None else \
+            SummaryState.from_bytes(head.hashstate, count=head.index + 1)
 
     @property
     def next_index(self) -> int:

@@ -80,6 +80,10 @@ class StorageError(ChronicleError):
     status = 500
 
 
+class CommitOutcomeUnknown(StorageError):
+    """COMMIT itself failed (connection lost, I/O error): the batch may or may not be stored."""
+
+
 class SchemaMismatchError(StorageError):
     """The database schema version is not the one this code was built for."""
 

@@ -7,6 +7,7 @@ key orders and wording below are those recorded from PHP Chronicle 1.3.1.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -266,7 +267,7 @@ def check_publish_timestamp(body: bytes, now: datetime, window: timedelta | None
         return
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or nested too deep to read): as PHP
         return
     if isinstance(parsed, dict) and parsed.get("now"):
         check_fresh(parsed["now"], now, window)
@@ -278,7 +279,7 @@ def parse_admin_body(body: bytes, now: datetime, window: timedelta | None) -> di
         raise RequestError(MSG_NO_BODY, status=406)
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RequestError(MSG_INVALID_JSON, status=406) from None
     if not isinstance(parsed, dict):
         raise RequestError(MSG_INVALID_JSON, status=406)
@@ -299,11 +300,19 @@ def parse_register(body: dict[str, Any]) -> tuple[bytes, str | None]:
     try:
         key = b64u_decode(key_text, what="public key")
     except EncodingError as exc:
-        raise RequestError(f"Invalid public key: {exc.message}", status=400) from None
+        raise RequestError(exc.message, status=400) from None
     if len(key) != 32:
         raise RequestError(MSG_PUBKEY_SIZE, status=400)
     comment = body.get("comment")
     return key, comment if isinstance(comment, str) else None
+
+
+_CLIENT_ID_RE = re.compile(r"\A[A-Za-z0-9_=-]{1,128}\Z")
+
+
+def valid_client_id(text: str) -> bool:
+    """Client ids are base64url (ours and PHP's); anything else cannot name a client."""
+    return bool(_CLIENT_ID_RE.match(text))
 
 
 def parse_revoke(body: dict[str, Any]) -> tuple[str, str]:

@@ -77,3 +77,30 @@ def test_first_entry_is_unkeyed_and_later_ones_keyed() -> None:
     a = currhash(None, "t", b"p" * 32, b"s" * 64, b"x")
     b = currhash(b"\x00" * 32, "t", b"p" * 32, b"s" * 64, b"x")
     assert a != b
+
+
+def _state_after(n: int) -> bytes:
+    state = SummaryState()
+    for i in range(n):
+        state.update(bytes([i]) * 32)
+    return state.to_bytes()
+
+
+@pytest.mark.parametrize(("offset", "value"), [
+    (352, (257).to_bytes(8, "little")),      # buflen past the 256-byte buffer
+    (352, (1 << 40).to_bytes(8, "little")),  # (would write out of bounds in libsodium)
+    (80, b"\xff" * 8),                       # finalised (f[0] set)
+    (360, b"\x07"),                          # last_node
+])
+def test_corrupt_state_is_refused_before_libsodium_sees_it(offset: int, value: bytes) -> None:
+    raw = bytearray(_state_after(5))
+    raw[offset:offset + len(value)] = value
+    with pytest.raises(IntegrityError, match="not a valid"):
+        SummaryState.from_bytes(bytes(raw))
+
+
+def test_state_byte_count_must_match_the_entry_count() -> None:
+    raw = _state_after(5)
+    SummaryState.from_bytes(raw, count=5)
+    with pytest.raises(IntegrityError, match="covers 160 bytes, not the 192"):
+        SummaryState.from_bytes(raw, count=6)
