@@ -44,7 +44,7 @@ def _sqlite_path(dd: DataDir, url: str) -> Path:
 
 def snapshot_sqlite(source: Path, target: Path) -> None:
     """Online backup of ``source`` into a new file ``target`` (one consistent state)."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    src = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         dst = sqlite3.connect(target)
         try:

@@ -107,12 +107,17 @@ def _table(instance: str, name: str) -> str:
 
 
 def _instances(source: str, tables: set[str]) -> list[str]:
-    """PHP instance prefixes ("" for the default chain) from the chain tables present."""
+    """PHP instance prefixes ("" for the default chain) from the chain tables present.
+
+    An instance has a chain *and* a clients table; that tells instance ``p``'s replica
+    chain (``chronicle_p_replication_chain``, no clients table) from an instance.
+    """
     found = []
     for table in tables:
         match = _PREFIX_RE.match(table)
-        if match and match.group(1) != "replication":  # PHP's reserved replica tables
-            found.append(match.group(1) or "")
+        prefix = match.group(1) or "" if match else None
+        if prefix is not None and _table(prefix, "clients") in tables:
+            found.append(prefix)
     if not found:
         raise StorageError(f"{source} holds no chronicle_chain table")
     return sorted(found)
@@ -136,7 +141,7 @@ class SqliteSource(Source):
         if not path.is_file():
             raise StorageError(f"{path}: no such file")
         try:
-            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self._conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
             self._tables = {r[0] for r in self._conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as exc:
@@ -383,14 +388,14 @@ async def run_import(data_dir: DataDir, spec: str) -> ImportReport:
             report.chains.append(ImportedChain(
                 instance, count, len(clients), len(mirrors),
                 None if head is None else b64u_encode(head.summaryhash)))
+            if instance and instance not in settings.instances:
+                # Right away: a later chain's failure must not hide this one from serve.
+                raw = data_dir.read_raw()
+                raw["instances"] = sorted({*raw.get("instances", []), instance})
+                data_dir.write_raw(raw)
     finally:
         await source.close()
         await store.close()
-    extra = [i for i in instances if i and i not in settings.instances]
-    if extra:
-        raw = data_dir.read_raw()
-        raw["instances"] = sorted({*raw.get("instances", []), *extra})
-        data_dir.write_raw(raw)
     return report
 
 

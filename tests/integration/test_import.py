@@ -228,3 +228,21 @@ def test_cli_import_reports_the_faulty_entry(tmp_path: Path) -> None:
                               "summaryhash": CHAIN_A[-1]["summaryhash"]}]
     missing = runner.invoke(main, ["import", "--data-dir", str(data), str(tmp_path / "no.db")])
     assert missing.exit_code == 3 and "no such file" in missing.stderr
+
+
+async def test_replica_tables_of_an_instance_are_not_taken_for_instances(
+        tmp_path: Path) -> None:
+    weird = tmp_path / "dir #1"  # a '#' must not cut the path short
+    weird.mkdir()
+    source = php_sqlite(weird / "php.db", DB_A)
+    conn = sqlite3.connect(source)
+    conn.execute("CREATE TABLE chronicle_p_replication_chain (id INTEGER PRIMARY KEY, "
+                 "source INTEGER, data TEXT, prevhash TEXT, currhash TEXT, hashstate TEXT, "
+                 "summaryhash TEXT, publickey TEXT, signature TEXT, created TEXT)")
+    conn.execute("INSERT INTO chronicle_p_replication_chain (data) VALUES ('not ours')")
+    conn.commit()
+    conn.close()
+    dd = await _fresh_dir(tmp_path)
+    report = await run_import(dd, str(source))
+    assert [c.instance for c in report.chains] == [""]
+    assert dd.settings().instances == ("",)
