@@ -89,14 +89,28 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+QUICK_FAILURE_S = 10.0
+MAX_QUICK_FAILURES = 5
+
+
+async def _preflight(data_dir: DataDir) -> None:
+    ctx = await open_context(data_dir)
+    await ctx.store.close()
+
+
 def _run_workers(data_dir: DataDir, host: str, port: int, workers: int) -> None:
     """The supervisor: fork ``workers`` servers on one socket; restart any that dies."""
-    data_dir.signing_key(data_dir.settings())  # fail here, once, on a bad configuration
+    # Fail here, once, with a clear error, on a bad configuration, key or database:
+    # not in every worker, over and over.
+    asyncio.run(_preflight(data_dir))
     sock = _bind(host, port)
     stopping = False
     children: dict[int, int] = {}  # pid -> slot
+    started: dict[int, float] = {}  # slot -> when its current worker started
+    quick_failures = 0
 
     def spawn(slot: int) -> None:
+        started[slot] = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -137,6 +151,14 @@ def _run_workers(data_dir: DataDir, host: str, port: int, workers: int) -> None:
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             failed = failed or code not in (0, -signal.SIGTERM)
+            continue
+        lived = time.monotonic() - started.get(slot, 0.0)
+        quick_failures = quick_failures + 1 if lived < QUICK_FAILURE_S else 0
+        if quick_failures >= MAX_QUICK_FAILURES:
+            log.error("workers keep failing at start (last: worker %d, exit %d); stopping",
+                      slot, code)
+            stop(signal.SIGTERM, None)
+            failed = True
             continue
         log.error("worker %d (pid %d) exited with %d; restarting it", slot, pid, code)
         time.sleep(1.0)

@@ -13,15 +13,21 @@ import contextlib
 import os
 import shutil
 import signal
+import sqlite3
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from click.testing import CliRunner
 
+from chronicle.cli import main
 from chronicle.config import KEY_FILE, DataDir
 from chronicle.core.sapient import SigningKey
 from chronicle.store import store_for_url
+from chronicle.store.base import SCHEMA_VERSION
 from tests.helpers import (
     Identity,
     ServerProcess,
@@ -214,3 +220,19 @@ async def test_serve_workers_restarts_a_killed_worker(tmp_path: Path) -> None:
         assert await stop_process(sp, graceful=True) == 0
     finally:
         await stop_process(sp)
+
+
+def test_workers_refuse_a_bad_database_once(tmp_path: Path) -> None:
+    """A schema mismatch stops `serve --workers` at once with one error line (exit 3),
+    instead of workers restarting forever."""
+    data = tmp_path / "d"
+    assert CliRunner().invoke(main, ["init", "--data-dir", str(data)]).exit_code == 0
+    with sqlite3.connect(data / "chronicle.db") as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    proc = subprocess.run([sys.executable, "-m", "chronicle.cli", "serve", "--data-dir",
+                           str(data), "--port", "0", "--workers", "2"],
+                          capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 3
+    assert proc.stderr.decode().strip().splitlines() == [
+        f"error: database schema version 99, this chronicle needs {SCHEMA_VERSION} "
+        "(the database is newer than this software)"]
