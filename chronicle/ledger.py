@@ -60,12 +60,18 @@ class Ledger:
     """Serialises appends to one chain (``instance``) of ``store``."""
 
     def __init__(self, store: Store, instance: str = "", *, clock: Clock = utcnow,
-                 max_batch: int = 512, max_queue: int = 8192) -> None:
+                 max_batch: int = 512, max_queue: int = 8192,
+                 max_batch_bytes: int = 16 << 20, max_queue_bytes: int = 256 << 20) -> None:
         self.store = store
         self.instance = instance
         self.clock = clock
         self.max_batch = max_batch
         self.max_queue = max_queue
+        # Bodies can be megabytes: bound the queue and each batch by bytes as well, so
+        # neither memory nor one commit's hashing grows with body size times count.
+        self.max_batch_bytes = max_batch_bytes
+        self.max_queue_bytes = max_queue_bytes
+        self._queue_bytes = 0
         self._queue: deque[AppendRequest] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -95,12 +101,14 @@ class Ledger:
         """
         if self._closing:
             raise OverloadedError("Server is shutting down, retry later")
-        if len(self._queue) >= self.max_queue:
+        if len(self._queue) >= self.max_queue or \
+                (self._queue and self._queue_bytes + len(contents) > self.max_queue_bytes):
             raise OverloadedError()
         if self._task is None:
             self.start()
         req = AppendRequest(contents, publickey, signature, client_id, action)
         self._queue.append(req)
+        self._queue_bytes += len(contents)
         self._wakeup.set()
         return await req.future
 
@@ -109,10 +117,14 @@ class Ledger:
         # take unrelated publishes down with it.
         first = self._queue.popleft()
         batch = [first]
-        if first.action is not None:
-            return batch
-        while self._queue and len(batch) < self.max_batch and self._queue[0].action is None:
-            batch.append(self._queue.popleft())
+        size = len(first.contents)
+        if first.action is None:
+            while self._queue and len(batch) < self.max_batch \
+                    and self._queue[0].action is None \
+                    and size + len(self._queue[0].contents) <= self.max_batch_bytes:
+                batch.append(self._queue.popleft())
+                size += len(batch[-1].contents)
+        self._queue_bytes -= size
         return batch
 
     async def _run(self) -> None:
