@@ -35,6 +35,7 @@ from chronicle.core.errors import (
     StorageError,
     TransportError,
 )
+from chronicle.core.protocol import valid_client_id
 from chronicle.core.sapient import SigningKey, parse_public_key
 from chronicle.ledger import Ledger
 from chronicle.store import Mirror, Store, store_for_url
@@ -301,8 +302,9 @@ def client() -> None:
 def client_add(data_dir: Path, public_key: str, is_admin: bool, comment: str | None,
                client_id: str | None, instance: str, as_json: bool) -> None:
     pk = _public_key(public_key)
-    if client_id is not None and not client_id.strip():
-        raise click.BadParameter("must not be empty", param_hint="--client-id")
+    if client_id is not None and not valid_client_id(client_id):
+        raise click.BadParameter("1 to 128 characters of base64url ([A-Za-z0-9_=-])",
+                                 param_hint="--client-id")
     dd = DataDir(data_dir)
 
     async def go() -> str:
@@ -312,8 +314,6 @@ def client_add(data_dir: Path, public_key: str, is_admin: bool, comment: str | N
                 _fail(f"unknown instance {instance!r}", EXIT_REFUSED)
             await store.ensure_instance(instance)
             key = dd.signing_key(settings)
-            if pk == key.public:
-                _fail("the server's signing key cannot be used by a client", EXIT_REFUSED)
             cid = client_id or admin.new_client_id()
             if await store.get_client(instance, cid) is not None:
                 _fail(f"client id {cid} is already in use", EXIT_REFUSED)
@@ -538,5 +538,9 @@ def publish(url: str, client_id: str, secret_key_file: Path, server_key: str, in
 
 from chronicle.audit.command import audit as _audit_command  # noqa: E402, I001
 main.add_command(_audit_command)
+from chronicle.replication.commands import replica as _replica_command  # noqa: E402, I001
+from chronicle.replication.commands import cross_sign as _cross_sign_command  # noqa: E402
+main.add_command(_replica_command)
+main.add_command(_cross_sign_command)
 if __name__ == "__main__":  # pragma: no cover
     main()

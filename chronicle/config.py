@@ -49,6 +49,12 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "rate-limit": (0, "publishes per second per client (a burst of one second's worth); "
                       "0 = unlimited"),
     "read-only": (False, "refuse every write with 503 + Retry-After (maintenance, freeze)"),
+    "replicate-interval": ("1 minute", "how often `serve` pulls each replication source "
+                                       "(backs off on errors); \"\" disables the follower"),
+    "scheduled-attestation": ("7 days", "how often replicated heads are attested on our own "
+                                        "chain; \"\" disables"),
+    "cross-sign-interval": ("1 minute", "how often `serve` checks cross-sign policies; "
+                                        "\"\" disables cross-signing"),
 }
 
 
@@ -67,6 +73,9 @@ class Settings:
     export_cache: bool = True
     rate_limit: float = 0.0
     read_only: bool = False
+    replicate_interval: timedelta | None = timedelta(minutes=1)
+    scheduled_attestation: timedelta | None = timedelta(days=7)
+    cross_sign_interval: timedelta | None = timedelta(minutes=1)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -85,6 +94,8 @@ class Settings:
             names = ("", *sorted({str(n) for n in extra if str(n)}))
             body = int(merged["max-body-size"])
             rate = float(merged["rate-limit"] or 0)
+            intervals = {name: _optional_interval(merged[name]) for name in (
+                "replicate-interval", "scheduled-attestation", "cross-sign-interval")}
         except (TypeError, ValueError, ChronicleError) as exc:
             raise ConfigError(f"invalid setting: {exc}") from exc
         if page < 0:
@@ -108,10 +119,22 @@ class Settings:
             max_batch=max(1, int(merged["max-batch"])),
             max_queue=max(1, int(merged["max-queue"])),
             export_cache=bool(merged["export-cache"]),
+            replicate_interval=intervals["replicate-interval"],
+            scheduled_attestation=intervals["scheduled-attestation"],
+            cross_sign_interval=intervals["cross-sign-interval"],
             rate_limit=rate,
             read_only=bool(merged["read-only"]),
             raw=dict(data),
         )
+
+
+def _optional_interval(value: Any) -> timedelta | None:
+    """An interval setting; ``""`` (or 0) disables the job it schedules."""
+    text = str(value or "").strip()
+    if not text or text == "0":
+        return None
+    interval = parse_interval(text)
+    return interval if interval.total_seconds() > 0 else None
 
 
 def parse_value(key: str, text: str) -> Any:

@@ -13,10 +13,14 @@ Works against our server and a PHP Chronicle 1.3 alike, including a replica's
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -53,6 +57,7 @@ from chronicle.core.verify import (
 __all__ = [
     "ChronicleClient",
     "DocumentStream",
+    "FetchedDocument",
     "Head",
     "Receipt",
     "ServerRefused",
@@ -117,6 +122,46 @@ class VerifiedEntry:
         prev = row.get(keys.prev)
         return cls(index, signed.contents, prev or None, row[keys.curr], row[keys.summary],
                    row["created"], row["publickey"], row["signature"])
+
+
+@dataclass
+class FetchedDocument:
+    """One whole answer, kept as received: in memory, or (large) spooled to a file.
+
+    ``verified`` says whether ``Body-Signature-Ed25519`` is a valid signature of the exact
+    body by the pinned key; nothing in an unverified document may be believed, but its
+    bytes can be kept as evidence. Call :meth:`discard` when done (removes a spool file).
+    """
+
+    method: str
+    path: str
+    url: str
+    status: int
+    signature: str | None
+    verified: bool
+    size: int
+    body: bytes | None = None
+    file: Path | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        if self.body is not None:
+            for pos in range(0, len(self.body), size):
+                yield self.body[pos:pos + size]
+            return
+        assert self.file is not None
+        with self.file.open("rb") as fh:
+            while chunk := fh.read(size):
+                yield chunk
+
+    def read(self) -> bytes:
+        """The whole body (for small answers; a spooled one is read back from disk)."""
+        return self.body if self.body is not None else b"".join(self.chunks())
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.unlink(missing_ok=True)
+            self.file = None
 
 
 def api_base(url: str) -> str:
@@ -319,6 +364,81 @@ class ChronicleClient:
                                          "signature header", field=SIGNATURE_HEADER,
                                          found=sigs[0][:100])
         return StreamingVerifier(self.server_key, signature)
+
+    def check_envelope(self, header: dict[str, Any], status: int, headers: dict[str, str],
+                       path: str, *, fresh: bool) -> None:
+        """``status: OK`` (else the matching :class:`ServerRefused`), and a fresh signed
+        ``datetime`` when ``fresh``."""
+        self._check_envelope(header, status, headers, path, fresh=fresh)
+
+    async def fetch(self, path: str, *, method: str = "GET", body: bytes | None = None,
+                    headers: dict[str, str] | None = None, from_root: bool = False,
+                    spool_dir: Path | None = None, memory_limit: int = 8 << 20,
+                    max_size: int | None = None) -> FetchedDocument:
+        """One request; the whole answer read and its signature checked (not believed).
+
+        Up to ``memory_limit`` bytes stay in memory; beyond that the body goes to a file
+        in ``spool_dir`` (or, without one, the answer is refused as too large), so memory
+        stays bounded whatever the size of the answer (``max_size`` bounds the disk). An
+        unsigned 5xx page is a :class:`TransportError` (the server is broken, not lying).
+        """
+        session = self._require_session()
+        url = self.url_for(path, from_root=from_root)
+        fh: Any = None
+        spooled: Path | None = None
+        buffered = bytearray()
+        size = 0
+        try:
+            async with session.request(method, url, data=body, headers=headers) as resp:
+                sigs = resp.headers.getall(SIGNATURE_HEADER, [])
+                if not sigs and resp.status >= 500:
+                    raise TransportError(f"{method} {path}: HTTP {resp.status} from the server "
+                                         "(unsigned error page)")
+                raw_sig = decode_b64_field(sigs[0].strip(), 64) if len(sigs) == 1 else None
+                verifier = (StreamingVerifier(self.server_key, raw_sig)
+                            if raw_sig is not None else None)
+                async for chunk in resp.content.iter_chunked(self.chunk_size):
+                    size += len(chunk)
+                    if max_size is not None and size > max_size:
+                        raise UnexpectedResponseError(
+                            f"answer to {path} is larger than {max_size} bytes",
+                            field="document")
+                    if verifier is not None:
+                        verifier.update(chunk)
+                    if fh is not None:
+                        fh.write(chunk)
+                        continue
+                    buffered += chunk
+                    if len(buffered) > memory_limit:
+                        if spool_dir is None:
+                            raise UnexpectedResponseError(f"answer to {path} is too large")
+                        os.makedirs(spool_dir, exist_ok=True)
+                        fd, name = tempfile.mkstemp(prefix="fetch-", suffix=".json",
+                                                    dir=spool_dir)
+                        spooled = Path(name)
+                        fh = os.fdopen(fd, "wb")
+                        fh.write(buffered)
+                        buffered = bytearray()
+                status = resp.status
+                extra = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
+            raise TransportError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
+        except BaseException:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
+            raise
+        finally:
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    fh.close()
+        return FetchedDocument(
+            method=method, path=path, url=url, status=status,
+            signature=sigs[0] if len(sigs) == 1 else (", ".join(sigs) or None),
+            verified=verifier is not None and verifier.verify(), size=size,
+            body=None if spooled is not None else bytes(buffered), file=spooled,
+            headers=extra)
 
     def _check_envelope(self, header: dict[str, Any], status: int, headers: dict[str, str],
                         path: str, *, fresh: bool) -> None:

@@ -442,7 +442,7 @@ class ChainVerifier:
             self._digest = hashlib.blake2b(digest_size=HASH_BYTES)
             self._sodium = SummaryState() if track_hashstate else None
         elif start.hashstate is not None:
-            self._sodium = SummaryState.from_bytes(start.hashstate)
+            self._sodium = SummaryState.from_bytes(start.hashstate, count=start.count)
         else:
             self._check_summary = False
         #: summaryhashes (base64url) to locate on the chain -> (index, currhash) once seen
@@ -469,6 +469,12 @@ class ChainVerifier:
     @property
     def last_created(self) -> str | None:
         return self._created
+
+    @property
+    def hashstate(self) -> bytes | None:
+        """libsodium's 384-byte summary state after the last verified row (None when not
+        tracked): what a replica stores with each copied row to continue from it."""
+        return None if self._sodium is None else self._sodium.to_bytes()
 
     def expect_keys(self, keys: RowKeys | None) -> None:
         """Rows from now on use ``keys`` (None: detect from the next row): an audit that

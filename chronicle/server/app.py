@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from chronicle import admin
-from chronicle.core import protocol
+from chronicle.core import protocol, replica
 from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import atom, b64u_decode, b64u_encode
 from chronicle.core.errors import (
@@ -30,7 +30,7 @@ from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, verify
 from chronicle.server.context import ServerContext
 from chronicle.server.export import SMALL_DOCUMENT_ROWS, DocumentBuilder, stream_file
 from chronicle.server.responses import Responder
-from chronicle.store.base import Client
+from chronicle.store.base import Client, ReplicaSource
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ async def _authenticate(request: web.Request, instance: str, *, admin_only: bool
     if len(ids) > 1:
         raise AuthError(protocol.MSG_TWO_CLIENT_HEADERS)
     # Admin rights are checked against the database itself, never a cached answer.
-    client = await ctx.clients.get(instance, ids[0], fresh=admin_only)
+    client = await ctx.clients.get(instance, ids[0], fresh=admin_only) \
+        if protocol.valid_client_id(ids[0]) else None
     if client is None or (admin_only and not client.is_admin):
         raise AuthError(protocol.MSG_CLIENT_NOT_FOUND)
     if client.publickey == ctx.key.public:
@@ -132,7 +133,10 @@ def _page(request: web.Request) -> protocol.Page | None:
     size = request.app[CTX].settings.paginate_export
     if size <= 0:
         return None
-    return protocol.Page(number=int(request.match_info.get("page", "0") or 0), size=size)
+    digits = request.match_info.get("page", "0") or "0"
+    # Past 18 digits every page is past the end; don't let int() see 10,000 of them.
+    number = int(digits) if len(digits) <= 18 else 10**18
+    return protocol.Page(number=number, size=size)
 
 
 # --- handlers -----------------------------------------------------------------------------
@@ -150,7 +154,7 @@ async def index(request: web.Request) -> web.StreamResponse:
     instance = _instance(request)
     known = is_admin = False
     ids = request.headers.getall(CLIENT_HEADER, [])
-    if len(ids) == 1:
+    if len(ids) == 1 and protocol.valid_client_id(ids[0]):
         client = await ctx.store.get_client(instance, ids[0])
         known = client is not None
         is_admin = bool(client and client.is_admin)
@@ -269,14 +273,14 @@ async def register(request: web.Request) -> web.StreamResponse:
     ctx, resp = request.app[CTX], request.app[RESP]
     instance = _instance(request)
     _check_writable(ctx)
-    _, body, _ = await _authenticate(request, instance, admin_only=True)
+    admin_client, body, _ = await _authenticate(request, instance, admin_only=True)
     now = resp.clock()
     fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)
     publickey, comment = protocol.parse_register(fields)
     client = await admin.register_client(
         ctx.store, ctx.ledger(instance), ctx.key, publickey=publickey, is_admin=False,
         comment=comment, client_id=ctx.new_client_id(), now=now,
-        publish=ctx.settings.publish_new_clients)
+        publish=ctx.settings.publish_new_clients, by_admin=admin_client.publicid)
     return resp.ok({"client-id": client.publicid})
 
 
@@ -284,7 +288,7 @@ async def revoke(request: web.Request) -> web.StreamResponse:
     ctx, resp = request.app[CTX], request.app[RESP]
     instance = _instance(request)
     _check_writable(ctx)
-    _, body, _ = await _authenticate(request, instance, admin_only=True)
+    admin_client, body, _ = await _authenticate(request, instance, admin_only=True)
     now = resp.clock()
     fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)
     client_id, key_text = protocol.parse_revoke(fields)
@@ -294,7 +298,8 @@ async def revoke(request: web.Request) -> web.StreamResponse:
     if client.is_admin:
         raise AuthError(protocol.MSG_REVOKE_ADMIN)
     await admin.revoke_client(ctx.store, ctx.ledger(instance), ctx.key, client=client, now=now,
-                              publish=ctx.settings.publish_revoked_clients)
+                              publish=ctx.settings.publish_revoked_clients,
+                              by_admin=admin_client.publicid)
     return resp.ok({"deleted": True})
 
 
@@ -306,9 +311,117 @@ async def mirrors(request: web.Request) -> web.StreamResponse:
     return request.app[RESP].ok(rows, **{"public-key": ctx.key.public_b64})
 
 
+# --- replicas: the copies of other Chronicles this server keeps (core/replica.py) ------------
+
+async def _replica_source(request: web.Request) -> ReplicaSource:
+    """The source named by ``{source}`` (its uniqueid); else PHP's 404 "Unknown URI"."""
+    ref = request.match_info["source"]
+    source = await request.app[CTX].store.get_replica_source(ref, _instance(request))
+    if source is None or source.uniqueid != ref:
+        raise NotFoundError(protocol.MSG_UNKNOWN_URI)
+    return source
+
+
+def _replica_hash(request: web.Request) -> bytes:
+    """A replica answers an unknown or malformed hash with 404 (the main chain: 400)."""
+    try:
+        return b64u_decode(request.match_info["hash"], 32)
+    except EncodingError:
+        raise NotFoundError(protocol.MSG_NO_HASH) from None
+
+
+async def _replica_document(request: web.Request, source: ReplicaSource,
+                            envelope: dict[str, Any], start: int, stop: int, *,
+                            export: bool) -> web.StreamResponse:
+    ctx, docs, resp = request.app[CTX], request.app[DOCS], request.app[RESP]
+    if stop - start <= SMALL_DOCUMENT_ROWS:
+        entries = await ctx.store.replica_range(source.id, start, stop)
+        body, signature = await docs.small(envelope, entries, export, first_prev="")
+        return resp.raw(200, body, signature=signature)
+
+    def pages(a: int, b: int) -> AsyncIterator[list[Entry]]:
+        return ctx.store.iter_replica_range(source.id, a, b)
+
+    spooled = await docs.spool(f"replica:{source.uniqueid}", envelope, start, stop,
+                               export=export, keep=False, pages=pages, first_prev="")
+    return await stream_file(request, spooled, delete=True)
+
+
 async def replica_index(request: web.Request) -> web.StreamResponse:
-    _instance(request)
-    return request.app[RESP].ok([])
+    ctx = request.app[CTX]
+    sources = await ctx.store.list_replica_sources(_instance(request))
+    return request.app[RESP].ok([replica.index_row(s.uniqueid, s.url, s.name, s.publickey)
+                                 for s in sources])
+
+
+async def replica_subindex(request: web.Request) -> web.StreamResponse:
+    s = await _replica_source(request)
+    return request.app[RESP].ok(replica.subindex(
+        s.uniqueid, s.url, s.publickey, status=s.status, fault=s.fault, reason=s.reason,
+        since=s.status_since))
+
+
+async def replica_lasthash(request: web.Request) -> web.StreamResponse:
+    source = await _replica_source(request)
+    head = await request.app[CTX].store.replica_head(source.id)
+    return request.app[RESP].ok(replica.lasthash_results(head), notice=replica.NOTICE)
+
+
+async def replica_lookup(request: web.Request) -> web.StreamResponse:
+    source = await _replica_source(request)
+    entries = await request.app[CTX].store.replica_lookup(source.id, _replica_hash(request))
+    if not entries:
+        raise NotFoundError(protocol.MSG_NO_HASH)
+    return request.app[RESP].ok([replica.row(e) for e in entries], notice=replica.NOTICE)
+
+
+async def replica_since(request: web.Request) -> web.StreamResponse:
+    """Entries after the hash, in chain order (PHP 1.3.1 returns them sorted by summaryhash,
+    an accident of its query plan that no client can verify; see README)."""
+    ctx, resp = request.app[CTX], request.app[RESP]
+    source = await _replica_source(request)
+    matches = await ctx.store.replica_lookup(source.id, _replica_hash(request))
+    if not matches:
+        raise NotFoundError(protocol.MSG_NO_HASH)
+    head = await ctx.store.replica_head(source.id)
+    assert head is not None
+    start, end = matches[0].index + 1, head.index + 1
+    total = end - start
+    page = _page(request)
+    if page is None:
+        envelope = protocol.ok_envelope(resp.clock(), None, total=total)
+        return await _replica_document(request, source, envelope, start, end, export=False)
+    first = start + page.offset
+    entries = [] if first >= end else await ctx.store.replica_range(
+        source.id, first, min(first + page.size, end))
+    links = page.links(f"{replica.source_path(source.uniqueid)}/since/"
+                       f"{request.match_info['hash']}", total)
+    return resp.ok([replica.row(e) for e in entries], paginated=True, **links, total=total)
+
+
+async def replica_export(request: web.Request) -> web.StreamResponse:
+    ctx, resp = request.app[CTX], request.app[RESP]
+    source = await _replica_source(request)
+    head = await ctx.store.replica_head(source.id)
+    count = head.index + 1 if head else 0
+    page = _page(request)
+    if page is not None:
+        entries = [] if page.offset >= count else await ctx.store.replica_range(
+            source.id, page.offset, min(page.offset + page.size, count))
+        links = page.links(f"{replica.source_path(source.uniqueid)}/export", count)
+        return resp.ok([replica.export_row(e) for e in entries], paginated=True, **links)
+    if head is None or count <= SMALL_DOCUMENT_ROWS:
+        envelope = protocol.ok_envelope(resp.clock(), None, total=count)
+        return await _replica_document(request, source, envelope, 0, count, export=True)
+
+    def pages(a: int, b: int) -> AsyncIterator[list[Entry]]:
+        return ctx.store.iter_replica_range(source.id, a, b)
+
+    spooled = await request.app[DOCS].export(
+        f"replica:{source.uniqueid}", head,
+        lambda: protocol.ok_envelope(resp.clock(), None, total=count), pages=pages,
+        first_prev="")
+    return await stream_file(request, spooled, delete=False)
 
 
 async def replica_unknown(request: web.Request) -> web.StreamResponse:
@@ -369,6 +482,13 @@ def build_app(ctx: ServerContext) -> web.Application:
     r.add_post("/chronicle/revoke", revoke)
     r.add_get("/chronicle/mirrors", mirrors)
     r.add_get("/chronicle/replica", replica_index)
+    r.add_get("/chronicle/replica/{source}", replica_subindex)
+    r.add_get("/chronicle/replica/{source}/lasthash", replica_lasthash)
+    r.add_get("/chronicle/replica/{source}/lookup/{hash}", replica_lookup)
+    r.add_get("/chronicle/replica/{source}/since/{hash}", replica_since)
+    r.add_get(r"/chronicle/replica/{source}/since/{hash}/{page:\d+}", replica_since)
+    r.add_get("/chronicle/replica/{source}/export", replica_export)
+    r.add_get(r"/chronicle/replica/{source}/export/{page:\d+}", replica_export)
     r.add_get("/chronicle/replica/{tail:.+}", replica_unknown)
 
     async def on_startup(_: web.Application) -> None:

@@ -12,6 +12,7 @@ from chronicle.config import Settings
 from chronicle.core.encoding import utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
+from chronicle.replication.jobs import BackgroundJobs
 from chronicle.store.base import Client, Store
 
 
@@ -82,6 +83,7 @@ class ServerContext:
     ledgers: dict[str, Ledger] = field(default_factory=dict)
     clients: ClientCache = field(init=False)
     limiter: RateLimiter = field(init=False)
+    jobs: BackgroundJobs | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientCache(self.store)
@@ -101,7 +103,12 @@ class ServerContext:
         for name in self.settings.instances:
             await self.store.ensure_instance(name)
             self.ledger(name)
+        # Replica follower, cross-signing, attestation: run by the leader process only.
+        self.jobs = BackgroundJobs(self)
+        await self.jobs.start()
 
     async def stop(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.stop()
         for ledger in self.ledgers.values():
             await ledger.stop()

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 SMALL_DOCUMENT_ROWS = 1000
 PAGE_ROWS = 2000
 CHUNK = 1 << 20
+
+
+#: Reads entries ``[start, stop)`` of a chain page by page.
+PageReader = Callable[[int, int], AsyncIterator[list[Entry]]]
 
 
 @dataclass(frozen=True)
@@ -55,15 +59,22 @@ class DocumentBuilder:
         self.builds = 0
 
     async def small(self, envelope: dict[str, Any], entries: list[Entry],
-                    export: bool) -> tuple[bytes, str]:
+                    export: bool, *, first_prev: str | None = None) -> tuple[bytes, str]:
         doc = protocol.StreamedDocument.for_envelope(envelope)
-        body = "".join(doc.chunks(protocol.render_row_indented(e, export=export)
+        body = "".join(doc.chunks(protocol.render_row_indented(e, export=export,
+                                                               first_prev=first_prev)
                                   for e in entries)).encode("ascii")
         return body, self.key.sign_b64(body)
 
     async def export(self, instance: str, head: Entry,
-                     envelope_for: Callable[[], dict[str, Any]]) -> Spooled:
-        """The full export up to ``head``, from cache when the head is unchanged."""
+                     envelope_for: Callable[[], dict[str, Any]], *,
+                     pages: PageReader | None = None,
+                     first_prev: str | None = None) -> Spooled:
+        """The full export up to ``head``, from cache when the head is unchanged.
+
+        ``instance`` names the cache slot; ``pages`` reads another chain than the
+        instance's own (a replica's copy, whose first ``prev`` renders as ``first_prev``).
+        """
         key = (instance, head.currhash)
         cached = self._cached.get(instance)
         if self.cache_exports and cached and cached[0] == head.currhash \
@@ -76,7 +87,8 @@ class DocumentBuilder:
         self._inflight[key] = fut
         try:
             spooled = await self.spool(instance, envelope_for(), 0, head.index + 1,
-                                       export=True, keep=self.cache_exports)
+                                       export=True, keep=self.cache_exports, pages=pages,
+                                       first_prev=first_prev)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters (if any) get it via shield
@@ -93,7 +105,8 @@ class DocumentBuilder:
         return spooled
 
     async def spool(self, instance: str, envelope: dict[str, Any], start: int, stop: int,
-                    *, export: bool, keep: bool) -> Spooled:
+                    *, export: bool, keep: bool, pages: PageReader | None = None,
+                    first_prev: str | None = None) -> Spooled:
         """Render entries ``[start, stop)`` inside ``envelope`` to a file, signed."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         doc = protocol.StreamedDocument.for_envelope(envelope)
@@ -110,12 +123,15 @@ class DocumentBuilder:
                     return len(data)
 
                 def render_page(entries: list[Entry], first: bool) -> int:
-                    parts = [protocol.render_row_indented(e, export=export) for e in entries]
+                    parts = [protocol.render_row_indented(e, export=export,
+                                                          first_prev=first_prev)
+                             for e in entries]
                     text = ",\n".join(parts)
                     return emit((doc.head if first else ",\n") + text)
 
                 first = True
-                async for page in self.store.iter_range(instance, start, stop, PAGE_ROWS):
+                reader = pages or (lambda a, b: self.store.iter_range(instance, a, b, PAGE_ROWS))
+                async for page in reader(start, stop):
                     size += await asyncio.to_thread(render_page, page, first)
                     first = False
                 size += emit(doc.empty if first else doc.tail)

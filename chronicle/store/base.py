@@ -10,12 +10,13 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from chronicle.core.blakechain import ChainHead, Entry
+from chronicle.core.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,163 @@ class Mirror:
     publickey: str
     comment: str | None
     sortpriority: int
+
+
+# --- replication, cross-signing (schema version 2) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSource:
+    """An upstream Chronicle this server copies (PHP: ``chronicle_replication_sources``).
+
+    ``uniqueid`` is the public id in ``/replica/{uniqueid}`` (base64url of 33 random bytes,
+    as PHP); ``url`` the upstream's API base (``…/chronicle``); ``publickey`` the pinned
+    server key. ``status`` is ``active``, or ``forked`` / ``failed`` once a fault stopped
+    it (``fault`` names the kind, ``reason`` says why).
+    """
+
+    uniqueid: str
+    name: str
+    url: str
+    publickey: bytes
+    instance: str = ""
+    id: int = 0
+    status: str = "active"
+    fault: str | None = None
+    reason: str | None = None
+    status_since: str | None = None
+    created: str = ""
+    last_sync: str | None = None
+    last_attempt: str | None = None
+    last_error: str | None = None
+    failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPeer:
+    """Another view of a source's history to compare heads with (split-view detection).
+
+    ``kind`` is ``replica`` (the same chain served elsewhere: another replica's
+    ``…/replica/{id}``, or the upstream at another address) or ``xsign`` (a Chronicle the
+    upstream cross-signs its head onto; ``cursor`` is how far its chain was scanned).
+    """
+
+    url: str
+    publickey: bytes | None = None
+    kind: str = "replica"
+    cursor: str | None = None
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceDocument:
+    """One signed answer kept as evidence: the exact bytes (or, when very large, a file
+    under the data directory) with the signature header it came with."""
+
+    role: str
+    method: str
+    url: str
+    status: int
+    signature: str | None
+    signer: bytes | None
+    body: bytes | None = None
+    file: str | None = None
+    size: int = 0
+    sha256: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaFault:
+    """Why a source stopped (``status`` forked or failed), with its evidence."""
+
+    status: str
+    kind: str
+    message: str
+    recorded: str
+    details: dict[str, Any] = field(default_factory=dict)
+    documents: tuple[EvidenceDocument, ...] = ()
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One pinned server key of a source and when it was in force (key rotations)."""
+
+    publickey: bytes
+    since: str
+    retired: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class XsignTarget:
+    """A peer Chronicle we publish our head on (PHP: ``chronicle_xsign_targets``).
+
+    ``clientid`` is our server key's client id on the peer; ``policy`` the JSON of
+    ``push-after`` / ``push-days`` (as PHP stores it); ``last_index`` is the index of our
+    entry that was last cross-signed successfully, at ``last_run``.
+    """
+
+    name: str
+    url: str
+    publickey: bytes
+    clientid: str
+    policy: str
+    instance: str = ""
+    id: int = 0
+    created: str = ""
+    last_index: int | None = None
+    last_run: str | None = None
+    last_attempt: str | None = None
+    last_error: str | None = None
+    failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class XsignReceipt:
+    """One cross-sign push: our head, the message we signed, the peer's signed answer."""
+
+    target_id: int
+    recorded: str
+    status: str
+    index: int
+    currhash: bytes
+    summaryhash: bytes
+    message: bytes
+    signature: str
+    peer_currhash: str | None = None
+    peer_summaryhash: str | None = None
+    peer_created: str | None = None
+    response: bytes | None = None
+    response_signature: str | None = None
+    error: str | None = None
+    id: int = 0
+
+
+class ReplicaConflict(StorageError):
+    """A replica batch does not continue the stored copy (another process appended)."""
+
+    status = 409
+
+
+class LeaderLock(abc.ABC):
+    """Held by at most one process per deployment: the one that runs background jobs.
+
+    SQLite: ``flock`` on a lock file in the data directory; PostgreSQL: an advisory lock
+    on a dedicated connection. Both vanish with their holder (process death, lost
+    connection), so another process takes over.
+    """
+
+    @abc.abstractmethod
+    async def acquire(self) -> bool:
+        """Try once, without waiting; True when this process holds the lock now."""
+
+    @abc.abstractmethod
+    async def still_held(self) -> bool:
+        """False once the lock was lost (e.g. the database connection dropped)."""
+
+    @abc.abstractmethod
+    async def release(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +322,137 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_mirror(self, instance: str, url: str) -> bool: ...
+
+    # --- replication sources (schema version 2) -----------------------------------------
+
+    @abc.abstractmethod
+    async def add_replica_source(self, source: ReplicaSource,
+                                 peers: Sequence[ReplicaPeer] = ()) -> ReplicaSource:
+        """Store a new source (its key becomes the first :class:`KeyRecord`); a name or
+        uniqueid already in use raises :class:`RequestError` (409)."""
+
+    @abc.abstractmethod
+    async def list_replica_sources(self, instance: str | None = None) -> list[ReplicaSource]:
+        """Sources in creation order (of one instance, or of all when None)."""
+
+    @abc.abstractmethod
+    async def get_replica_source(self, ref: str, instance: str | None = None
+                                 ) -> ReplicaSource | None:
+        """The source whose uniqueid or name is ``ref``."""
+
+    @abc.abstractmethod
+    async def remove_replica_source(self, source_id: int) -> bool:
+        """Delete a source with its copy, peers, keys and evidence."""
+
+    @abc.abstractmethod
+    async def set_replica_url(self, source_id: int, url: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_replica_status(self, source_id: int, status: str, *, fault: str | None,
+                                 reason: str | None, when: str) -> None: ...
+
+    @abc.abstractmethod
+    async def record_replica_attempt(self, source_id: int, *, when: str,
+                                     error: str | None) -> None:
+        """After a sync: ``error`` None = success (``last_sync``, failures reset), else a
+        transient failure (``last_error``, one more consecutive failure)."""
+
+    @abc.abstractmethod
+    async def set_replica_key(self, source_id: int, publickey: bytes, *, when: str,
+                              reason: str | None) -> None:
+        """Pin a new server key (retiring the old one in the key history)."""
+
+    @abc.abstractmethod
+    async def replica_keys(self, source_id: int) -> list[KeyRecord]: ...
+
+    @abc.abstractmethod
+    async def set_replica_peers(self, source_id: int, peers: Sequence[ReplicaPeer]) -> None:
+        """Replace the source's peers."""
+
+    @abc.abstractmethod
+    async def list_replica_peers(self, source_id: int) -> list[ReplicaPeer]: ...
+
+    @abc.abstractmethod
+    async def set_peer_cursor(self, peer_id: int, cursor: str | None) -> None: ...
+
+    # --- replica chains -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def replica_head(self, source_id: int) -> Entry | None:
+        """The newest copied entry, with its hash state."""
+
+    @abc.abstractmethod
+    async def replica_append(self, source_id: int, entries: Sequence[Entry], *,
+                             replicated: str) -> None:
+        """Store verified upstream entries (consecutive, in order) in one transaction.
+
+        They must continue the stored copy (first index = head + 1, its prevhash = the
+        head's currhash), checked under the write lock; else :class:`ReplicaConflict`.
+        ``created`` is stored exactly as given; the first entry's prevhash as ``""``.
+        """
+
+    @abc.abstractmethod
+    async def replica_lookup(self, source_id: int, hash_raw: bytes) -> list[Entry]:
+        """Copied entries whose currhash **or** summaryhash is ``hash_raw``."""
+
+    @abc.abstractmethod
+    async def replica_entry_at(self, source_id: int, index: int) -> Entry | None: ...
+
+    @abc.abstractmethod
+    async def replica_range(self, source_id: int, start: int, stop: int) -> list[Entry]:
+        """Copied entries ``start <= index < stop`` in order (``hashstate`` left empty)."""
+
+    async def iter_replica_range(self, source_id: int, start: int, stop: int,
+                                 page: int = 2000) -> AsyncIterator[list[Entry]]:
+        pos = start
+        while pos < stop:
+            chunk = await self.replica_range(source_id, pos, min(stop, pos + page))
+            if not chunk:
+                return
+            yield chunk
+            pos = chunk[-1].index + 1
+
+    # --- faults and evidence --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def record_replica_fault(self, source_id: int, fault: ReplicaFault) -> int:
+        """Keep the fault and its documents and set the source's status, atomically."""
+
+    @abc.abstractmethod
+    async def list_replica_faults(self, source_id: int) -> list[ReplicaFault]:
+        """Every recorded fault of the source, oldest first, with its documents."""
+
+    # --- cross-signing --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_xsign_target(self, target: XsignTarget) -> XsignTarget: ...
+
+    @abc.abstractmethod
+    async def list_xsign_targets(self, instance: str | None = None) -> list[XsignTarget]: ...
+
+    @abc.abstractmethod
+    async def remove_xsign_target(self, instance: str, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def record_xsign_attempt(self, target_id: int, *, when: str, error: str | None,
+                                   index: int | None = None) -> None:
+        """``error`` None: ``index`` was cross-signed at ``when``; else one more failure."""
+
+    @abc.abstractmethod
+    async def add_xsign_receipt(self, receipt: XsignReceipt) -> int: ...
+
+    @abc.abstractmethod
+    async def list_xsign_receipts(self, target_id: int, limit: int = 20) -> list[XsignReceipt]:
+        """The newest receipts first."""
+
+    # --- background jobs ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_job_state(self, name: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def set_job_state(self, name: str, value: str) -> None: ...
+
+    @abc.abstractmethod
+    def leader_lock(self, name: str = "jobs") -> LeaderLock:
+        """The lock that elects the one process running background jobs."""

@@ -13,6 +13,8 @@ the tables in that schema (created if missing), used by the test suite to isolat
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,8 +23,28 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from chronicle.core.blakechain import ChainHead, Entry
-from chronicle.core.errors import RequestError, SchemaMismatchError, StorageError
-from chronicle.store.base import SCHEMA_VERSION, Client, Mirror, Store, WriteTx
+from chronicle.core.errors import (
+    CommitOutcomeUnknown,
+    RequestError,
+    SchemaMismatchError,
+    StorageError,
+)
+from chronicle.store.base import (
+    SCHEMA_VERSION,
+    Client,
+    EvidenceDocument,
+    KeyRecord,
+    LeaderLock,
+    Mirror,
+    ReplicaConflict,
+    ReplicaFault,
+    ReplicaPeer,
+    ReplicaSource,
+    Store,
+    WriteTx,
+    XsignReceipt,
+    XsignTarget,
+)
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -66,6 +88,117 @@ CREATE TABLE mirrors (
     created TEXT NOT NULL,
     UNIQUE (instance, url)
 );
+""",
+    2: """
+CREATE TABLE replication_sources (
+    id BIGSERIAL PRIMARY KEY,
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    uniqueid TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    publickey BYTEA NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',
+    fault TEXT,
+    reason TEXT,
+    status_since TEXT,
+    created TEXT NOT NULL,
+    last_sync TEXT,
+    last_attempt TEXT,
+    last_error TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (instance, name)
+);
+CREATE TABLE replication_peers (
+    id BIGSERIAL PRIMARY KEY,
+    source BIGINT NOT NULL REFERENCES replication_sources(id) ON DELETE CASCADE,
+    url TEXT NOT NULL,
+    publickey BYTEA,
+    kind TEXT NOT NULL,
+    cursor TEXT,
+    UNIQUE (source, url)
+);
+CREATE TABLE replication_keys (
+    id BIGSERIAL PRIMARY KEY,
+    source BIGINT NOT NULL REFERENCES replication_sources(id) ON DELETE CASCADE,
+    publickey BYTEA NOT NULL,
+    since TEXT NOT NULL,
+    retired TEXT,
+    reason TEXT
+);
+CREATE TABLE replica_entries (
+    id BIGSERIAL PRIMARY KEY,
+    source BIGINT NOT NULL REFERENCES replication_sources(id) ON DELETE CASCADE,
+    idx BIGINT NOT NULL,
+    contents BYTEA NOT NULL,
+    prevhash BYTEA NOT NULL,
+    currhash BYTEA NOT NULL,
+    summaryhash BYTEA NOT NULL,
+    hashstate BYTEA NOT NULL,
+    publickey BYTEA NOT NULL,
+    signature BYTEA NOT NULL,
+    created TEXT NOT NULL,
+    replicated TEXT NOT NULL,
+    UNIQUE (source, idx)
+);
+CREATE UNIQUE INDEX replica_entries_currhash ON replica_entries(source, currhash);
+CREATE INDEX replica_entries_summaryhash ON replica_entries(source, summaryhash);
+CREATE TABLE replication_faults (
+    id BIGSERIAL PRIMARY KEY,
+    source BIGINT NOT NULL REFERENCES replication_sources(id) ON DELETE CASCADE,
+    recorded TEXT NOT NULL,
+    status TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE TABLE replication_evidence (
+    id BIGSERIAL PRIMARY KEY,
+    fault BIGINT NOT NULL REFERENCES replication_faults(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    method TEXT NOT NULL,
+    url TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    signature TEXT,
+    signer BYTEA,
+    body BYTEA,
+    file TEXT,
+    size BIGINT NOT NULL,
+    sha256 TEXT NOT NULL
+);
+CREATE TABLE xsign_targets (
+    id BIGSERIAL PRIMARY KEY,
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    publickey BYTEA NOT NULL,
+    clientid TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    created TEXT NOT NULL,
+    last_index BIGINT,
+    last_run TEXT,
+    last_attempt TEXT,
+    last_error TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (instance, name)
+);
+CREATE TABLE xsign_receipts (
+    id BIGSERIAL PRIMARY KEY,
+    target BIGINT NOT NULL REFERENCES xsign_targets(id) ON DELETE CASCADE,
+    recorded TEXT NOT NULL,
+    status TEXT NOT NULL,
+    idx BIGINT NOT NULL,
+    currhash BYTEA NOT NULL,
+    summaryhash BYTEA NOT NULL,
+    message BYTEA NOT NULL,
+    signature TEXT NOT NULL,
+    peer_currhash TEXT,
+    peer_summaryhash TEXT,
+    peer_created TEXT,
+    response BYTEA,
+    response_signature TEXT,
+    error TEXT
+);
+CREATE TABLE job_state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """,
 }
 
@@ -299,7 +432,7 @@ class PostgresStore(Store):
             except (OSError, asyncpg.PostgresError) as exc:
                 with contextlib.suppress(Exception):
                     await tx.rollback()
-                raise StorageError(f"commit failed: {exc}") from exc
+                raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
         finally:
             await self.pool.release(conn)
 
@@ -367,3 +500,383 @@ class PostgresStore(Store):
             "DELETE FROM mirrors WHERE instance = $1 AND url = $2",
             await self._iid(instance), url)
         return int(str(status).split()[-1]) > 0  # "DELETE <count>"
+
+    # --- replication, cross-signing (schema version 2) -----------------------------------
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        try:
+            return str(await self.pool.execute(sql, *args))
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StorageError(f"write failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def _txn(self, *, conflict: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """One transaction on a pooled connection; a unique violation becomes a 409."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
+        except asyncpg.UniqueViolationError as exc:
+            if conflict is not None:
+                raise RequestError(conflict, status=409) from exc
+            raise StorageError(f"write failed: {exc}") from exc
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StorageError(f"write failed: {exc}") from exc
+
+    async def add_replica_source(self, source: ReplicaSource,
+                                 peers: Sequence[ReplicaPeer] = ()) -> ReplicaSource:
+        iid = await self._iid(source.instance)
+        async with self._txn(conflict=f"a replication source named {source.name!r} "
+                                      "(or with that id) already exists") as conn:
+            sid = await conn.fetchval(
+                "INSERT INTO replication_sources (instance, uniqueid, name, url, publickey, "
+                "status, created) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                iid, source.uniqueid, source.name, source.url, source.publickey,
+                source.status, source.created)
+            await conn.execute("INSERT INTO replication_keys (source, publickey, since, reason) "
+                               "VALUES ($1, $2, $3, $4)", sid, source.publickey,
+                               source.created, "added")
+            await _insert_peers(conn, sid, peers)
+        found = await self.get_replica_source(source.uniqueid)
+        assert found is not None
+        return found
+
+    async def list_replica_sources(self, instance: str | None = None) -> list[ReplicaSource]:
+        if instance is None:
+            rows = await self._fetch(f"{_SOURCE_SELECT} ORDER BY s.id")
+        else:
+            rows = await self._fetch(f"{_SOURCE_SELECT} WHERE s.instance = $1 ORDER BY s.id",
+                                     await self._iid(instance))
+        return [_source(r) for r in rows]
+
+    async def get_replica_source(self, ref: str, instance: str | None = None
+                                 ) -> ReplicaSource | None:
+        sql = f"{_SOURCE_SELECT} WHERE (s.uniqueid = $1 OR s.name = $1)"
+        args: list[Any] = [ref]
+        if instance is not None:
+            sql += " AND s.instance = $2"
+            args.append(await self._iid(instance))
+        rows = await self._fetch(sql + " ORDER BY (s.uniqueid = $1) DESC, s.id LIMIT 1", *args)
+        return _source(rows[0]) if rows else None
+
+    async def remove_replica_source(self, source_id: int) -> bool:
+        async with self._txn() as conn:
+            status = await conn.execute("DELETE FROM replication_sources WHERE id = $1",
+                                        source_id)
+        return int(str(status).split()[-1]) > 0
+
+    async def set_replica_url(self, source_id: int, url: str) -> None:
+        await self._execute("UPDATE replication_sources SET url = $1 WHERE id = $2",
+                            url, source_id)
+
+    async def set_replica_status(self, source_id: int, status: str, *, fault: str | None,
+                                 reason: str | None, when: str) -> None:
+        await self._execute(
+            "UPDATE replication_sources SET status = $1, fault = $2, reason = $3, "
+            "status_since = $4 WHERE id = $5", status, fault, reason, when, source_id)
+
+    async def record_replica_attempt(self, source_id: int, *, when: str,
+                                     error: str | None) -> None:
+        if error is None:
+            await self._execute(
+                "UPDATE replication_sources SET last_attempt = $1, last_sync = $1, "
+                "last_error = NULL, failures = 0 WHERE id = $2", when, source_id)
+        else:
+            await self._execute(
+                "UPDATE replication_sources SET last_attempt = $1, last_error = $2, "
+                "failures = failures + 1 WHERE id = $3", when, error, source_id)
+
+    async def set_replica_key(self, source_id: int, publickey: bytes, *, when: str,
+                              reason: str | None) -> None:
+        async with self._txn() as conn:
+            await conn.execute("UPDATE replication_keys SET retired = $1 WHERE source = $2 "
+                               "AND retired IS NULL", when, source_id)
+            await conn.execute("INSERT INTO replication_keys (source, publickey, since, reason) "
+                               "VALUES ($1, $2, $3, $4)", source_id, publickey, when, reason)
+            await conn.execute("UPDATE replication_sources SET publickey = $1 WHERE id = $2",
+                               publickey, source_id)
+
+    async def replica_keys(self, source_id: int) -> list[KeyRecord]:
+        rows = await self._fetch("SELECT publickey, since, retired, reason FROM "
+                                 "replication_keys WHERE source = $1 ORDER BY id", source_id)
+        return [KeyRecord(bytes(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    async def set_replica_peers(self, source_id: int, peers: Sequence[ReplicaPeer]) -> None:
+        async with self._txn(conflict="the same peer URL is given twice") as conn:
+            await conn.execute("DELETE FROM replication_peers WHERE source = $1", source_id)
+            await _insert_peers(conn, source_id, peers)
+
+    async def list_replica_peers(self, source_id: int) -> list[ReplicaPeer]:
+        rows = await self._fetch("SELECT url, publickey, kind, cursor, id FROM replication_peers "
+                                 "WHERE source = $1 ORDER BY id", source_id)
+        return [ReplicaPeer(r[0], None if r[1] is None else bytes(r[1]), r[2], r[3], r[4])
+                for r in rows]
+
+    async def set_peer_cursor(self, peer_id: int, cursor: str | None) -> None:
+        await self._execute("UPDATE replication_peers SET cursor = $1 WHERE id = $2",
+                            cursor, peer_id)
+
+    async def replica_head(self, source_id: int) -> Entry | None:
+        rows = await self._fetch(f"SELECT {_ENTRY_COLS} FROM replica_entries "  # noqa: S608
+                                 "WHERE source = $1 ORDER BY idx DESC LIMIT 1", source_id)
+        return _replica_entry(rows[0]) if rows else None
+
+    async def replica_append(self, source_id: int, entries: Sequence[Entry], *,
+                             replicated: str) -> None:
+        if not entries:
+            return
+        first = entries[0]
+        async with self._txn(conflict="the replica already holds one of these entries") as conn:
+            # The source row is the lock: two writers of one replica queue up here.
+            await conn.execute("SELECT id FROM replication_sources WHERE id = $1 FOR UPDATE",
+                               source_id)
+            head = await conn.fetchrow("SELECT idx, currhash FROM replica_entries "
+                                       "WHERE source = $1 ORDER BY idx DESC LIMIT 1", source_id)
+            _check_continues(None if head is None else (head[0], head[1]), first)
+            await conn.copy_records_to_table(
+                "replica_entries",
+                columns=["source", "idx", "contents", "prevhash", "currhash", "summaryhash",
+                         "hashstate", "publickey", "signature", "created", "replicated"],
+                records=[(source_id, e.index, e.contents, e.prevhash or b"", e.currhash,
+                          e.summaryhash, e.hashstate, e.publickey, e.signature, e.created,
+                          replicated) for e in entries])
+
+    async def replica_lookup(self, source_id: int, hash_raw: bytes) -> list[Entry]:
+        rows = await self._fetch(
+            f"SELECT {_ENTRY_COLS} FROM replica_entries WHERE source = $1 "  # noqa: S608
+            f"AND currhash = $2 UNION SELECT {_ENTRY_COLS} FROM replica_entries "
+            "WHERE source = $1 AND summaryhash = $2 ORDER BY idx", source_id, hash_raw)
+        return [_replica_entry(r) for r in rows]
+
+    async def replica_entry_at(self, source_id: int, index: int) -> Entry | None:
+        rows = await self._fetch(f"SELECT {_ENTRY_COLS} FROM replica_entries "  # noqa: S608
+                                 "WHERE source = $1 AND idx = $2", source_id, index)
+        return _replica_entry(rows[0]) if rows else None
+
+    async def replica_range(self, source_id: int, start: int, stop: int) -> list[Entry]:
+        rows = await self._fetch(
+            f"SELECT {_RANGE_COLS} FROM replica_entries WHERE source = $1 "  # noqa: S608
+            "AND idx >= $2 AND idx < $3 ORDER BY idx", source_id, start, stop)
+        return [_replica_entry(r) for r in rows]
+
+    async def record_replica_fault(self, source_id: int, fault: ReplicaFault) -> int:
+        async with self._txn() as conn:
+            fid: int = await conn.fetchval(
+                "INSERT INTO replication_faults (source, recorded, status, kind, message, "
+                "details) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id", source_id,
+                fault.recorded, fault.status, fault.kind, fault.message,
+                json.dumps(fault.details))
+            if fault.documents:
+                await conn.executemany(
+                    "INSERT INTO replication_evidence (fault, role, method, url, status, "
+                    "signature, signer, body, file, size, sha256) VALUES "
+                    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    [(fid, d.role, d.method, d.url, d.status, d.signature, d.signer, d.body,
+                      d.file, d.size, d.sha256) for d in fault.documents])
+            await conn.execute(
+                "UPDATE replication_sources SET status = $1, fault = $2, reason = $3, "
+                "status_since = $4 WHERE id = $5", fault.status, fault.kind, fault.message,
+                fault.recorded, source_id)
+        return fid
+
+    async def list_replica_faults(self, source_id: int) -> list[ReplicaFault]:
+        faults = await self._fetch("SELECT id, status, kind, message, recorded, details "
+                                   "FROM replication_faults WHERE source = $1 ORDER BY id",
+                                   source_id)
+        out = []
+        for f in faults:
+            docs = await self._fetch(
+                "SELECT role, method, url, status, signature, signer, body, file, size, sha256 "
+                "FROM replication_evidence WHERE fault = $1 ORDER BY id", f[0])
+            out.append(ReplicaFault(
+                status=f[1], kind=f[2], message=f[3], recorded=f[4], details=json.loads(f[5]),
+                documents=tuple(_evidence(d) for d in docs), id=f[0]))
+        return out
+
+    async def add_xsign_target(self, target: XsignTarget) -> XsignTarget:
+        iid = await self._iid(target.instance)
+        async with self._txn(conflict=f"a cross-sign target named {target.name!r} "
+                                      "already exists") as conn:
+            await conn.execute(
+                "INSERT INTO xsign_targets (instance, name, url, publickey, clientid, policy, "
+                "created) VALUES ($1, $2, $3, $4, $5, $6, $7)", iid, target.name, target.url,
+                target.publickey, target.clientid, target.policy, target.created)
+        found = [t for t in await self.list_xsign_targets(target.instance)
+                 if t.name == target.name]
+        return found[0]
+
+    async def list_xsign_targets(self, instance: str | None = None) -> list[XsignTarget]:
+        if instance is None:
+            rows = await self._fetch(f"{_XSIGN_SELECT} ORDER BY t.id")
+        else:
+            rows = await self._fetch(f"{_XSIGN_SELECT} WHERE t.instance = $1 ORDER BY t.id",
+                                     await self._iid(instance))
+        return [_xsign(r) for r in rows]
+
+    async def remove_xsign_target(self, instance: str, name: str) -> bool:
+        status = await self._execute("DELETE FROM xsign_targets WHERE instance = $1 "
+                                     "AND name = $2", await self._iid(instance), name)
+        return int(status.split()[-1]) > 0
+
+    async def record_xsign_attempt(self, target_id: int, *, when: str, error: str | None,
+                                   index: int | None = None) -> None:
+        if error is None:
+            await self._execute(
+                "UPDATE xsign_targets SET last_attempt = $1, last_run = $1, last_index = $2, "
+                "last_error = NULL, failures = 0 WHERE id = $3", when, index, target_id)
+        else:
+            await self._execute(
+                "UPDATE xsign_targets SET last_attempt = $1, last_error = $2, "
+                "failures = failures + 1 WHERE id = $3", when, error, target_id)
+
+    async def add_xsign_receipt(self, receipt: XsignReceipt) -> int:
+        r = receipt
+        try:
+            rid = await self.pool.fetchval(
+                "INSERT INTO xsign_receipts (target, recorded, status, idx, currhash, "
+                "summaryhash, message, signature, peer_currhash, peer_summaryhash, "
+                "peer_created, response, response_signature, error) VALUES "
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+                r.target_id, r.recorded, r.status, r.index, r.currhash, r.summaryhash,
+                r.message, r.signature, r.peer_currhash, r.peer_summaryhash, r.peer_created,
+                r.response, r.response_signature, r.error)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StorageError(f"write failed: {exc}") from exc
+        return int(rid)
+
+    async def list_xsign_receipts(self, target_id: int, limit: int = 20) -> list[XsignReceipt]:
+        rows = await self._fetch(f"SELECT {_RECEIPT_COLS} FROM xsign_receipts "  # noqa: S608
+                                 "WHERE target = $1 ORDER BY id DESC LIMIT $2",
+                                 target_id, limit)
+        return [_receipt(r) for r in rows]
+
+    async def get_job_state(self, name: str) -> str | None:
+        rows = await self._fetch("SELECT value FROM job_state WHERE name = $1", name)
+        return str(rows[0][0]) if rows else None
+
+    async def set_job_state(self, name: str, value: str) -> None:
+        await self._execute("INSERT INTO job_state (name, value) VALUES ($1, $2) "
+                            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                            name, value)
+
+    def leader_lock(self, name: str = "jobs") -> LeaderLock:
+        return AdvisoryLeaderLock(self._dsn, f"{self._schema or 'public'}/{name}")
+
+
+# --- replication helpers ----------------------------------------------------------------------
+
+_SOURCE_SELECT = (
+    "SELECT s.id, s.uniqueid, s.name, s.url, s.publickey, i.name, s.status, s.fault, "
+    "s.reason, s.status_since, s.created, s.last_sync, s.last_attempt, s.last_error, "
+    "s.failures FROM replication_sources s JOIN instances i ON i.id = s.instance")
+_XSIGN_SELECT = (
+    "SELECT t.id, t.name, t.url, t.publickey, t.clientid, t.policy, i.name, t.created, "
+    "t.last_index, t.last_run, t.last_attempt, t.last_error, t.failures "
+    "FROM xsign_targets t JOIN instances i ON i.id = t.instance")
+_RECEIPT_COLS = ("id, target, recorded, status, idx, currhash, summaryhash, message, signature, "
+                 "peer_currhash, peer_summaryhash, peer_created, response, response_signature, "
+                 "error")
+
+
+def _source(r: Sequence[Any]) -> ReplicaSource:
+    return ReplicaSource(uniqueid=r[1], name=r[2], url=r[3], publickey=bytes(r[4]),
+                         instance=r[5], id=r[0], status=r[6], fault=r[7], reason=r[8],
+                         status_since=r[9], created=r[10], last_sync=r[11],
+                         last_attempt=r[12], last_error=r[13], failures=r[14])
+
+
+def _xsign(r: Sequence[Any]) -> XsignTarget:
+    return XsignTarget(name=r[1], url=r[2], publickey=bytes(r[3]), clientid=r[4], policy=r[5],
+                       instance=r[6], id=r[0], created=r[7], last_index=r[8], last_run=r[9],
+                       last_attempt=r[10], last_error=r[11], failures=r[12])
+
+
+def _receipt(r: Sequence[Any]) -> XsignReceipt:
+    return XsignReceipt(target_id=r[1], recorded=r[2], status=r[3], index=r[4],
+                        currhash=bytes(r[5]), summaryhash=bytes(r[6]), message=bytes(r[7]),
+                        signature=r[8], peer_currhash=r[9], peer_summaryhash=r[10],
+                        peer_created=r[11], response=None if r[12] is None else bytes(r[12]),
+                        response_signature=r[13], error=r[14], id=r[0])
+
+
+def _evidence(d: Sequence[Any]) -> EvidenceDocument:
+    return EvidenceDocument(role=d[0], method=d[1], url=d[2], status=d[3], signature=d[4],
+                            signer=None if d[5] is None else bytes(d[5]),
+                            body=None if d[6] is None else bytes(d[6]), file=d[7], size=d[8],
+                            sha256=d[9])
+
+
+def _replica_entry(row: Sequence[Any]) -> Entry:
+    """A replica row: the first entry's prevhash is stored as ``""`` (as PHP), read as None."""
+    return Entry(index=row[0], contents=bytes(row[1]), prevhash=bytes(row[2]) or None,
+                 currhash=bytes(row[3]), summaryhash=bytes(row[4]), hashstate=bytes(row[5]),
+                 publickey=bytes(row[6]), signature=bytes(row[7]), created=row[8])
+
+
+async def _insert_peers(conn: asyncpg.Connection, source_id: int,
+                        peers: Sequence[ReplicaPeer]) -> None:
+    if peers:
+        await conn.executemany(
+            "INSERT INTO replication_peers (source, url, publickey, kind, cursor) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            [(source_id, p.url, p.publickey, p.kind, p.cursor) for p in peers])
+
+
+def _check_continues(head: tuple[int, bytes] | None, first: Entry) -> None:
+    if head is None:
+        ok = first.index == 0 and first.prevhash is None
+        where = "an empty replica"
+    else:
+        ok = first.index == head[0] + 1 and first.prevhash == bytes(head[1])
+        where = f"a replica ending at entry {head[0]}"
+    if not ok:
+        raise ReplicaConflict(f"entry {first.index} does not continue {where} "
+                              "(another process is replicating this source?)")
+
+
+class AdvisoryLeaderLock(LeaderLock):
+    """``pg_try_advisory_lock`` on a dedicated connection (not the pool's): the lock lives
+    exactly as long as that session, so a dead leader's lock is released by PostgreSQL."""
+
+    def __init__(self, dsn: str, name: str) -> None:
+        self._dsn = dsn
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        self.key = int.from_bytes(digest, "big", signed=True)
+        self._conn: asyncpg.Connection | None = None
+
+    async def acquire(self) -> bool:
+        if self._conn is not None and not self._conn.is_closed():
+            return True
+        try:
+            conn = await asyncpg.connect(self._dsn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
+        except BaseException:
+            await conn.close()
+            raise
+        if not held:
+            await conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    async def still_held(self) -> bool:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return False
+        try:
+            await conn.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with contextlib.suppress(Exception):
+                await conn.close()
+            self._conn = None
+            return False
+        return True
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await conn.execute("SELECT pg_advisory_unlock($1)", self.key)
+            await conn.close()

@@ -1,0 +1,244 @@
+"""Background jobs of ``chronicle serve``: the replica follower, cross-signing and the
+scheduled attestation — run by exactly one process of a deployment.
+
+Every server process starts :class:`BackgroundJobs`; it tries to take the store's leader
+lock (SQLite: ``flock`` on a file in the data directory; PostgreSQL: an advisory lock on a
+dedicated connection) and runs the loops only while it holds it. The others retry every
+few seconds, so when the leader dies (or loses its database connection) another process
+takes over. None of this runs inside a request: a slow upstream or peer never slows a
+client's publish.
+
+Scheduling: each source is pulled every ``replicate-interval``; after a failed attempt
+the next one waits longer (doubling up to an hour) with ±25 % jitter, so many replicas of
+one upstream do not retry in lockstep. Cross-sign targets are checked every
+``cross-sign-interval`` against their policy (failures back off the same way). After
+each follower pass, and at least hourly, the attestation is appended when due
+(``scheduled-attestation``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from chronicle.core.blakechain import Entry
+from chronicle.core.errors import ChronicleError
+from chronicle.core.replica import STATUS_ACTIVE, backoff_delay
+from chronicle.replication.attest import attest
+from chronicle.replication.crosssign import ERROR, FAILED, REFUSED, PushResult, push
+from chronicle.replication.follower import ERROR as SYNC_ERROR
+from chronicle.replication.follower import Replicator, SyncOptions, SyncResult
+from chronicle.replication.sigcheck import SignatureChecker
+from chronicle.store.base import LeaderLock
+
+if TYPE_CHECKING:
+    from chronicle.server.context import ServerContext
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 3600.0
+ATTESTATION_CHECK = 3600.0
+
+
+def _seconds(interval: timedelta | None) -> float | None:
+    return None if interval is None else max(1.0, interval.total_seconds())
+
+
+class BackgroundJobs:
+    """The loops, the leader election around them, and one-shot entry points (tests and
+    operators can run a pass now: :meth:`follow_once`, :meth:`cross_sign_once`,
+    :meth:`attest_once`)."""
+
+    LEADER_RETRY = 5.0
+    LEADER_CHECK = 5.0
+
+    def __init__(self, ctx: ServerContext, *, rand: Callable[[], float] = random.random
+                 ) -> None:
+        self.ctx = ctx
+        self.rand = rand
+        self.is_leader = False
+        self.results: dict[str, SyncResult] = {}
+        self.pushes: dict[str, PushResult] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock: LeaderLock | None = None
+        self._wake = asyncio.Event()
+        self._leading = asyncio.Event()
+        self._next_sync: dict[int, float] = {}
+        self._next_push: dict[int, float] = {}
+        self._checker = SignatureChecker()
+        self._pass_lock = asyncio.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        s = self.ctx.settings
+        return not s.read_only and any(x is not None for x in (
+            s.replicate_interval, s.cross_sign_interval, s.scheduled_attestation))
+
+    def options(self) -> SyncOptions:
+        data_dir = self.ctx.cache_dir.parent
+        return SyncOptions(spool_dir=self.ctx.cache_dir / "replication",
+                           evidence_dir=data_dir / "evidence", clock=self.ctx.clock)
+
+    async def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._supervise(),
+                                                               name="background-jobs")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._checker.aclose()
+
+    def wake(self) -> None:
+        """Run the follower now instead of at its next scheduled time."""
+        self._next_sync.clear()
+        self._wake.set()
+
+    async def wait_leader(self, within: float = 10.0) -> bool:
+        try:
+            await asyncio.wait_for(self._leading.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
+    # --- leader election ------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        lock = self._lock = self.ctx.store.leader_lock()
+        try:
+            while True:
+                try:
+                    held = await lock.acquire()
+                except ChronicleError as exc:
+                    log.warning("cannot try the leader lock: %s", exc.diagnostics())
+                    held = False
+                if held:
+                    self.is_leader = True
+                    self._leading.set()
+                    log.info("this process runs the background jobs (leader)")
+                    try:
+                        await self._lead(lock)
+                    finally:
+                        self.is_leader = False
+                        self._leading.clear()
+                await asyncio.sleep(self.LEADER_RETRY)
+        finally:
+            with contextlib.suppress(Exception):
+                await lock.release()
+
+    async def _lead(self, lock: LeaderLock) -> None:
+        s = self.ctx.settings
+        loops = []
+        if s.replicate_interval is not None:
+            loops.append(self._loop("follower", self._follow_pass))
+        if s.cross_sign_interval is not None:
+            loops.append(self._loop("cross-sign", self._cross_sign_pass))
+        if s.scheduled_attestation is not None:
+            loops.append(self._loop("attestation", self._attestation_pass))
+        tasks = [asyncio.get_running_loop().create_task(loop) for loop in loops]
+        try:
+            while True:
+                await asyncio.sleep(self.LEADER_CHECK)
+                if not await lock.still_held():
+                    log.warning("lost the leader lock: stopping the background jobs")
+                    return
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _loop(self, name: str, one_pass: Callable[[], Awaitable[float]]) -> None:
+        while True:
+            try:
+                delay = await one_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background job %s failed; retrying in a minute", name)
+                delay = 60.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.05, float(delay)))
+
+    # --- the passes ---------------------------------------------------------------------------
+
+    async def _follow_pass(self) -> float:
+        interval = _seconds(self.ctx.settings.replicate_interval) or 60.0
+        await self.follow_once()
+        await self.attest_once()
+        now = time.monotonic()
+        due = [t - now for t in self._next_sync.values()]
+        return min([interval, *due]) if due else interval
+
+    async def _cross_sign_pass(self) -> float:
+        interval = _seconds(self.ctx.settings.cross_sign_interval) or 60.0
+        await self.cross_sign_once()
+        return interval
+
+    async def _attestation_pass(self) -> float:
+        await self.attest_once()
+        every = _seconds(self.ctx.settings.scheduled_attestation) or ATTESTATION_CHECK
+        return min(every, ATTESTATION_CHECK)
+
+    async def follow_once(self, *, everything: bool = False) -> list[SyncResult]:
+        """Sync every active source that is due (``everything``: all of them, now)."""
+        interval = _seconds(self.ctx.settings.replicate_interval) or 60.0
+        results = []
+        async with self._pass_lock:
+            for source in await self.ctx.store.list_replica_sources(None):
+                if source.instance not in self.ctx.settings.instances \
+                        or source.status != STATUS_ACTIVE:
+                    continue
+                if not everything and self._next_sync.get(source.id, 0.0) > time.monotonic():
+                    continue
+                result = await Replicator(self.ctx.store, source, self.options(),
+                                          self._checker).sync()
+                failures = source.failures + 1 if result.status == SYNC_ERROR else 0
+                self._next_sync[source.id] = time.monotonic() + backoff_delay(
+                    interval, failures, maximum=max(MAX_BACKOFF, interval), rand=self.rand())
+                self.results[source.uniqueid] = result
+                results.append(result)
+        return results
+
+    async def cross_sign_once(self, *, force: bool = False) -> list[PushResult]:
+        """Push our head to every target whose policy says so (``force``: all, now)."""
+        interval = _seconds(self.ctx.settings.cross_sign_interval) or 60.0
+        results = []
+        for target in await self.ctx.store.list_xsign_targets(None):
+            if target.instance not in self.ctx.settings.instances:
+                continue
+            if not force and self._next_push.get(target.id, 0.0) > time.monotonic():
+                continue
+            result = await push(self.ctx.store, self.ctx.key, target, clock=self.ctx.clock,
+                                force=force)
+            if result.status in (ERROR, REFUSED, FAILED):
+                self._next_push[target.id] = time.monotonic() + backoff_delay(
+                    interval, target.failures + 1, maximum=max(MAX_BACKOFF, interval),
+                    rand=self.rand())
+            else:
+                self._next_push.pop(target.id, None)
+            self.pushes[target.name] = result
+            results.append(result)
+        return results
+
+    async def attest_once(self, *, force: bool = False) -> list[Entry]:
+        """Append the attestation of replicated heads to each chain where it is due."""
+        entries = []
+        for instance in self.ctx.settings.instances:
+            entry = await attest(self.ctx.store, self.ctx.ledger(instance), self.ctx.key,
+                                 every=self.ctx.settings.scheduled_attestation,
+                                 clock=self.ctx.clock, force=force)
+            if entry is not None:
+                entries.append(entry)
+        return entries
