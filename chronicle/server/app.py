@@ -28,7 +28,7 @@ from chronicle.core.errors import (
 )
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, verify
 from chronicle.server.context import ServerContext
-from chronicle.server.export import SMALL_DOCUMENT_ROWS, DocumentBuilder, stream_file
+from chronicle.server.export import SMALL_DOCUMENT_ROWS, DocumentBuilder, respond
 from chronicle.server.responses import Responder
 from chronicle.store.base import Client, ReplicaSource
 
@@ -191,14 +191,9 @@ async def lookup(request: web.Request) -> web.StreamResponse:
 
 async def _document(request: web.Request, envelope: dict[str, Any], instance: str,
                     start: int, stop: int, *, export: bool) -> web.StreamResponse:
-    docs, resp = request.app[DOCS], request.app[RESP]
-    ctx = request.app[CTX]
-    if stop - start <= SMALL_DOCUMENT_ROWS:
-        entries = await ctx.store.range(instance, start, stop)
-        body, signature = await docs.small(envelope, entries, export)
-        return resp.raw(200, body, signature=signature)
-    spooled = await docs.spool(instance, envelope, start, stop, export=export, keep=False)
-    return await stream_file(request, spooled, delete=True)
+    docs = request.app[DOCS]
+    doc = await docs.render(envelope, docs.pages(instance, start, stop), export=export)
+    return await respond(request, doc)
 
 
 async def since(request: web.Request) -> web.StreamResponse:
@@ -239,9 +234,9 @@ async def export(request: web.Request) -> web.StreamResponse:
     if head is None or count <= SMALL_DOCUMENT_ROWS:
         envelope = protocol.ok_envelope(resp.clock(), None, total=count)
         return await _document(request, envelope, instance, 0, count, export=True)
-    spooled = await request.app[DOCS].export(
+    doc = await request.app[DOCS].export(
         instance, head, lambda: protocol.ok_envelope(resp.clock(), None, total=count))
-    return await stream_file(request, spooled, delete=False)
+    return await respond(request, doc)
 
 
 def _check_writable(ctx: ServerContext) -> None:
@@ -333,18 +328,10 @@ def _replica_hash(request: web.Request) -> bytes:
 async def _replica_document(request: web.Request, source: ReplicaSource,
                             envelope: dict[str, Any], start: int, stop: int, *,
                             export: bool) -> web.StreamResponse:
-    ctx, docs, resp = request.app[CTX], request.app[DOCS], request.app[RESP]
-    if stop - start <= SMALL_DOCUMENT_ROWS:
-        entries = await ctx.store.replica_range(source.id, start, stop)
-        body, signature = await docs.small(envelope, entries, export, first_prev="")
-        return resp.raw(200, body, signature=signature)
-
-    def pages(a: int, b: int) -> AsyncIterator[list[Entry]]:
-        return ctx.store.iter_replica_range(source.id, a, b)
-
-    spooled = await docs.spool(f"replica:{source.uniqueid}", envelope, start, stop,
-                               export=export, keep=False, pages=pages, first_prev="")
-    return await stream_file(request, spooled, delete=True)
+    ctx, docs = request.app[CTX], request.app[DOCS]
+    doc = await docs.render(envelope, ctx.store.iter_replica_range(source.id, start, stop),
+                            export=export, first_prev="")
+    return await respond(request, doc)
 
 
 async def replica_index(request: web.Request) -> web.StreamResponse:
@@ -417,11 +404,11 @@ async def replica_export(request: web.Request) -> web.StreamResponse:
     def pages(a: int, b: int) -> AsyncIterator[list[Entry]]:
         return ctx.store.iter_replica_range(source.id, a, b)
 
-    spooled = await request.app[DOCS].export(
+    doc = await request.app[DOCS].export(
         f"replica:{source.uniqueid}", head,
         lambda: protocol.ok_envelope(resp.clock(), None, total=count), pages=pages,
         first_prev="")
-    return await stream_file(request, spooled, delete=False)
+    return await respond(request, doc)
 
 
 async def replica_unknown(request: web.Request) -> web.StreamResponse:
