@@ -191,6 +191,12 @@ def init(data_dir: Path, signing_key: Path | None, database: str, as_json: bool)
     key_path = data_dir / KEY_FILE
     if key_path.exists():
         _fail(f"{key_path} already exists", EXIT_REFUSED)
+    if database.startswith("sqlite:"):
+        db_path = Path(database[len("sqlite:"):])
+        if not db_path.is_absolute():
+            db_path = data_dir / db_path
+        if db_path.exists():  # e.g. an interrupted init: refuse rather than guess
+            _fail(f"{db_path} already exists", EXIT_REFUSED)
     settings = {k: default for k, (default, _) in SETTINGS.items()}
     settings["database"] = database
 

@@ -94,6 +94,10 @@ class Settings:
             names = ("", *sorted({str(n) for n in extra if str(n)}))
             body = int(merged["max-body-size"])
             rate = float(merged["rate-limit"] or 0)
+            max_batch = max(1, int(merged["max-batch"]))
+            max_queue = max(1, int(merged["max-queue"]))
+            flags = {name: _flag(name, merged[name]) for name in (
+                "publish-new-clients", "publish-revoked-clients", "export-cache", "read-only")}
             intervals = {name: _optional_interval(merged[name]) for name in (
                 "replicate-interval", "scheduled-attestation", "cross-sign-interval")}
         except (TypeError, ValueError, ChronicleError) as exc:
@@ -112,18 +116,18 @@ class Settings:
             signing_key_file=str(merged["signing-key-file"]),
             paginate_export=page,
             request_timeout=timeout,
-            publish_new_clients=bool(merged["publish-new-clients"]),
-            publish_revoked_clients=bool(merged["publish-revoked-clients"]),
+            publish_new_clients=flags["publish-new-clients"],
+            publish_revoked_clients=flags["publish-revoked-clients"],
             instances=names,
             max_body_size=body,
-            max_batch=max(1, int(merged["max-batch"])),
-            max_queue=max(1, int(merged["max-queue"])),
-            export_cache=bool(merged["export-cache"]),
+            max_batch=max_batch,
+            max_queue=max_queue,
+            export_cache=flags["export-cache"],
             replicate_interval=intervals["replicate-interval"],
             scheduled_attestation=intervals["scheduled-attestation"],
             cross_sign_interval=intervals["cross-sign-interval"],
             rate_limit=rate,
-            read_only=bool(merged["read-only"]),
+            read_only=flags["read-only"],
             raw=dict(data),
         )
 
@@ -135,6 +139,13 @@ def _optional_interval(value: Any) -> timedelta | None:
         return None
     interval = parse_interval(text)
     return interval if interval.total_seconds() > 0 else None
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A TOML boolean; a string such as "false" is an error, not a truthy value."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, not {value!r}")
+    return value
 
 
 def parse_value(key: str, text: str) -> Any:
@@ -155,7 +166,12 @@ def parse_value(key: str, text: str) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f"{key} takes a whole number") from None
+            if key == "rate-limit":
+                try:
+                    return float(text)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{key} takes a number") from None
     if isinstance(default, list):
         return [part.strip() for part in text.split(",") if part.strip()]
     return text
@@ -187,7 +203,10 @@ class DataDir:
     def write_raw(self, data: dict[str, Any]) -> None:
         Settings.from_mapping(data)  # never write a file we could not read back
         tmp = self.config_path.with_suffix(".toml.tmp")
-        tmp.write_text(tomli_w.dumps(data))
+        # 0600: the database URL may carry a password.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tomli_w.dumps(data))
         os.replace(tmp, self.config_path)
 
     def settings(self) -> Settings:

@@ -419,3 +419,27 @@ async def test_config_set_applies_at_next_start(tmp_path: Path) -> None:
         assert [r["contents"] for r in doc["results"]] == ["entry 0", "entry 1"]
     finally:
         await srv.close()
+
+
+def test_init_refuses_a_leftover_database_and_config_flags_are_typed(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from chronicle.cli import main
+
+    runner = CliRunner()
+    data = tmp_path / "half"
+    data.mkdir()
+    (data / "chronicle.db").write_bytes(b"")
+    result = runner.invoke(main, ["init", "--data-dir", str(data)])
+    assert result.exit_code == 1 and "already exists" in result.stderr
+    good = tmp_path / "good"
+    assert runner.invoke(main, ["init", "--data-dir", str(good)]).exit_code == 0
+    assert (good / "chronicle.toml").stat().st_mode & 0o077 == 0
+    assert runner.invoke(main, ["config", "set", "--data-dir", str(good), "rate-limit",
+                                "0.5"]).exit_code == 0
+    text = (good / "chronicle.toml").read_text()
+    (good / "chronicle.toml").write_text(text.replace("read-only = false",
+                                                      'read-only = "false"'))
+    result = runner.invoke(main, ["client", "list", "--data-dir", str(good)])
+    assert result.exit_code == 3
+    assert "read-only must be true or false" in result.stderr
