@@ -308,7 +308,12 @@ class PostgresStore(Store):
 
     async def _connect(self) -> None:
         await self.close()
-        settings = {"lock_timeout": str(self._lock_timeout_ms)}
+        # Custom plans: after five executions PostgreSQL would switch a prepared statement
+        # to a generic plan costed while the chain was small; for the duplicate-signature
+        # check that plan walked the whole chain on every group commit (measured:
+        # docs/benchmarks.md). Planning per execution costs ~0.1 ms.
+        settings = {"lock_timeout": str(self._lock_timeout_ms),
+                    "plan_cache_mode": "force_custom_plan"}
         if self._schema:
             settings["search_path"] = self._schema
             try:
