@@ -277,12 +277,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nserver peak RSS at start: {result['server_rss_at_start_mb']} MB\n")
     print("| export | headers (TTFB) s | first body byte s | total s | bytes | server CPU s "
-          "| server peak RSS MB | signature |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+          "| server peak RSS MB | signature | rows | same bytes as #1, cache untouched |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---|")
     for n, r in enumerate(result["downloads"], 1):
+        cached = ("" if n == 1 else
+                  "yes" if r.get("cache_untouched") and not r["problems"] else "**NO**")
         print(f"| #{n}{' (cached)' if n == 2 else ''} | {r['headers_s']} | {r['first_byte_s']} "
               f"| {r['total_s']} | {r['bytes']:,} | {r['server_cpu_s']} "
-              f"| {r['server_peak_rss_mb']} | {'valid' if r['signature_ok'] else 'INVALID'} |")
+              f"| {r['server_peak_rss_mb']} | {'valid' if r['signature_ok'] else 'INVALID'} "
+              f"| {r['rows']:,} | {cached} |")
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))
     return 1 if any(r["problems"] for r in result["downloads"]) else 0

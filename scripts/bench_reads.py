@@ -8,6 +8,7 @@ lasthash must name the known head, lookup must return the row of the hash asked 
 
     python scripts/bench_reads.py
     python scripts/bench_reads.py --entries 10000 -n 20000 --levels 16 64
+    python scripts/bench_reads.py --workers 2          # chronicle serve --workers 2
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from benchutil import (
     init_data_dir,
     machine_summary,
     measured,
-    proc_status,
+    tree_peak_rss_mb,
 )
 from loadgen import (
     Checker,
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed requests per endpoint and level")
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--levels", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes (chronicle serve --workers N)")
     parser.add_argument("--time-cap", type=float, default=120.0, help="seconds per run")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="wait up to this many seconds for an idle machine before each "
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = base / "data"
     print(f"# bench_reads {started:%Y-%m-%d %H:%M} UTC; {machine_summary()}; "
           f"{args.entries} entries, {args.requests} timed + {args.warmup} warm-up requests "
-          f"per run; data under {base}", flush=True)
+          f"per run, {args.workers} server process(es); data under {base}", flush=True)
     rows: list[dict[str, Any]] = []
     try:
         server_key = init_data_dir(data_dir, {"publish-new-clients": "false"})
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         info = fill_chain(data_dir, client.secret, args.entries, batch=5000,
                           sample=2 * args.entries, progress=False)
         print(f"filled {info.count} entries in {info.seconds}s", flush=True)
-        server = chronicle_server(data_dir)
+        server = chronicle_server(data_dir, args.workers)
         server.start()
         server_pk = b64u_decode(server_key, 32, what="server key")
         total = args.requests + args.warmup
@@ -105,14 +108,14 @@ def main(argv: list[str] | None = None) -> int:
                     row, _ = measured(prepare, run, server.pid, quiet_wait=args.quiet_wait,
                                       retries=args.retries, max_other=args.max_other)
                     rows.append(row)
-            rss = proc_status(server.pid)["VmHWM"] / 1024
+            rss, _ = tree_peak_rss_mb(server.pid)
         finally:
             server.stop()
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 
-    print(f"\nserver peak RSS {rss:.1f} MB\n")
+    print(f"\nserver peak RSS {rss:.1f} MB (largest process)\n")
     print("| endpoint | concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | max ms "
           "| errors | server CPU s | generator CPU s | others' share | attempts |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -124,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps({"started": started.isoformat(),
                                              "machine": machine_summary(),
-                                             "entries": args.entries, "rows": rows}, indent=2))
+                                             "entries": args.entries, "workers": args.workers,
+                                             "server_peak_rss_mb": rss, "rows": rows},
+                                            indent=2))
     return 1 if any(r["errors"] for r in rows) else 0
 
 

@@ -21,8 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import chronicle
+
 CHRONICLE = [sys.executable, "-m", "chronicle.cli"]
 SCRIPTS = Path(__file__).resolve().parent
+# Subprocesses run from here, so ``python -m chronicle.cli`` imports the same chronicle as
+# this process (e.g. a snapshot on PYTHONPATH while the working tree is being edited).
+CHRONICLE_ROOT = Path(chronicle.__file__).resolve().parent.parent
 _LISTEN_RE = re.compile(r"listening on (http://\S+)")
 _KEY_RE = re.compile(r"server-public-key: (\S+)")
 
@@ -30,16 +35,22 @@ _KEY_RE = re.compile(r"server-public-key: (\S+)")
 def chronicle_cli(*args: str, timeout: float = 120.0) -> str:
     """Run ``chronicle ARGS`` (this interpreter's), return stdout; raise on failure."""
     proc = subprocess.run([*CHRONICLE, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, cwd=CHRONICLE_ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"chronicle {' '.join(args)} failed ({proc.returncode}): "
                            f"{proc.stderr.strip()}")
     return proc.stdout
 
 
-def init_data_dir(data_dir: Path, settings: dict[str, str] | None = None) -> str:
-    """``chronicle init --json`` plus ``config set`` for each setting; returns the server key."""
-    out = json.loads(chronicle_cli("init", "--data-dir", str(data_dir), "--json"))
+def init_data_dir(data_dir: Path, settings: dict[str, str] | None = None, *,
+                  database: str | None = None) -> str:
+    """``chronicle init --json`` plus ``config set`` for each setting; returns the server key.
+
+    ``database``: a ``postgresql://`` URL (an existing, empty database) instead of the
+    default SQLite file in the data dir.
+    """
+    extra = ["--database", database] if database else []
+    out = json.loads(chronicle_cli("init", "--data-dir", str(data_dir), *extra, "--json"))
     for key, value in (settings or {}).items():
         chronicle_cli("config", "set", "--data-dir", str(data_dir), key, value)
     return str(out["public-key"])
@@ -48,7 +59,7 @@ def init_data_dir(data_dir: Path, settings: dict[str, str] | None = None) -> str
 def add_client(data_dir: Path, public_key_b64: str) -> str:
     """``chronicle client add --json``; returns the new client id."""
     out = json.loads(chronicle_cli("client", "add", "--data-dir", str(data_dir),
-                                   "--public-key", public_key_b64, "--json"))
+                                   f"--public-key={public_key_b64}", "--json"))
     return str(out["client-id"])
 
 
@@ -65,7 +76,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> str:
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd=CHRONICLE_ROOT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert self.proc.stderr is not None
         found = threading.Event()
@@ -110,15 +121,104 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def chronicle_server(data_dir: Path) -> ServerProcess:
+def chronicle_server(data_dir: Path, workers: int = 1) -> ServerProcess:
+    """``chronicle serve --workers N`` (N > 1: a supervisor forking N workers on one socket)."""
     return ServerProcess([*CHRONICLE, "serve", "--data-dir", str(data_dir),
-                          "--host", "127.0.0.1", "--port", "0"], name="chronicle")
+                          "--host", "127.0.0.1", "--port", "0", "--workers", str(workers)],
+                         name="chronicle")
 
 
-def ceiling_server(client_id: str, client_public_key: str) -> ServerProcess:
+def ceiling_server(client_id: str, client_public_key: str, workers: int = 1) -> ServerProcess:
     return ServerProcess([sys.executable, str(SCRIPTS / "ceiling_server.py"),
-                          "--host", "127.0.0.1", "--port", "0",
+                          "--host", "127.0.0.1", "--port", "0", "--workers", str(workers),
                           "--client", f"{client_id}={client_public_key}"], name="ceiling")
+
+
+# --- PostgreSQL: a throwaway database per run ------------------------------------------------
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_run(admin_url: str, *statements: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(admin_url, timeout=30)
+        try:
+            for sql in statements:
+                await conn.execute(sql, timeout=120)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+@dataclass
+class PostgresDatabase:
+    """A fresh database on the server of ``admin_url``, dropped (FORCE) by :meth:`drop`."""
+
+    admin_url: str = PG_ADMIN_URL
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = f"chronicle_bench_{os.urandom(4).hex()}"
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.name):
+            raise ValueError(f"unsafe database name {self.name!r}")
+
+    @property
+    def url(self) -> str:
+        base = self.admin_url.rsplit("/", 1)[0]
+        return f"{base}/{self.name}"
+
+    def create(self, settings: dict[str, str] | None = None) -> str:
+        """CREATE DATABASE, plus ``ALTER DATABASE ... SET key = value`` for each setting
+        (what an operator can configure without touching the code, e.g. plan_cache_mode)."""
+        statements = [f'CREATE DATABASE "{self.name}"']
+        for key, value in (settings or {}).items():
+            if not re.fullmatch(r"[a-z_.]+", key) or not re.fullmatch(r"[A-Za-z0-9_.]+", value):
+                raise ValueError(f"unsafe setting {key}={value}")
+            statements.append(f'ALTER DATABASE "{self.name}" SET {key} = {value}')
+        _pg_run(self.admin_url, *statements)
+        return self.url
+
+    def drop(self) -> None:
+        _pg_run(self.admin_url, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def process_title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return f"pid {pid} (gone)"
+
+
+def postgres_pids(dbname: str) -> list[int]:
+    """The PostgreSQL processes working for ``dbname``: its backends plus the shared ones.
+
+    Backends are recognised by their process title (``postgres: USER DBNAME HOST ...``);
+    the auxiliary processes (WAL writer, checkpointer, background writer, ...) serve every
+    database, so their CPU during a run is counted as ours too. Backends of other
+    databases (another session's tests) are not.
+    """
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        title = process_title(int(entry))
+        if not title.startswith("postgres: "):
+            continue
+        words = title.split()[1:]
+        if words and words[0].endswith(":"):  # the cluster name: "postgres: 15/main: ..."
+            words = words[1:]
+        # a backend is "USER DBNAME HOST(PORT) STATE"; the rest are auxiliary processes
+        is_backend = len(words) >= 3 and ("(" in words[2] or words[2] == "[local]")
+        if not is_backend or words[1] == dbname:
+            out.append(int(entry))
+    return out
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -140,9 +240,79 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (``serve --workers N`` forks its workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """CPU seconds so far of each of ``pids`` still alive."""
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = proc_cpu_seconds(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two :func:`cpu_by_pid` readings (processes born meanwhile count
+    from zero; processes that died meanwhile are lost)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def tree_peak_rss_mb(pid: int) -> tuple[float, float]:
+    """(largest, summed) VmHWM of ``pid``'s process tree, in MB (workers have their own)."""
+    peaks = []
+    for p in process_tree(pid):
+        try:
+            peaks.append(proc_status(p)["VmHWM"] / 1024)
+        except (OSError, KeyError):
+            continue
+    return (round(max(peaks), 1), round(sum(peaks), 1)) if peaks else (0.0, 0.0)
+
+
+def code_summary() -> str:
+    """Which chronicle is measured: its directory and git commit (``COMMIT`` file of a
+    ``git archive`` snapshot, else ``git rev-parse``, marked dirty when chronicle/ has
+    uncommitted changes)."""
+    root = CHRONICLE_ROOT
+    stamp = root / "COMMIT"
+    if stamp.exists():
+        return f"chronicle {stamp.read_text().strip()} (snapshot in {root})"
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "chronicle"],
+                               capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return f"chronicle in {root}"
+    mark = "+uncommitted changes" if dirty.stdout.strip() else ""
+    return f"chronicle {head.stdout.strip()}{mark} ({root})"
+
+
 def machine_summary() -> str:
+    import sqlite3
+
     return (f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+            f"SQLite {sqlite3.sqlite_version}, {platform.system()} {platform.release()}; "
+            f"{code_summary()}")
 
 
 # --- building a chain without HTTP ---------------------------------------------------------
@@ -253,7 +423,8 @@ class Profiler:
     Optional: does nothing but warn when py-spy is not installed (``pip install py-spy``).
     """
 
-    def __init__(self, pid: int, out: Path, *, rate: int = 250, idle: bool = False) -> None:
+    def __init__(self, pid: int, out: Path, *, rate: int = 250, idle: bool = False,
+                 subprocesses: bool = False) -> None:
         self.out = out
         self.proc: subprocess.Popen[bytes] | None = None
         exe = shutil.which("py-spy")
@@ -264,6 +435,8 @@ class Profiler:
                 "--threads", "--nonblocking", "-o", str(out)]
         if idle:
             argv.append("--idle")
+        if subprocesses:  # serve --workers N: the supervisor's forked workers
+            argv.append("--subprocesses")
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)  # let it attach before the load starts
 
@@ -320,37 +493,50 @@ def wait_quiet(max_wait: float = 120.0, window: float = 2.0, threshold: float = 
 
 
 def measured(prepare: Callable[[], Any], run: Callable[[Any], Any], server_pid: int, *,
+             db_pids: Callable[[], list[int]] | None = None,
              quiet_wait: float = 120.0, retries: int = 2, max_other: float = 0.10
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run one load measurement, retrying (bounded) when other processes disturbed it.
 
     ``prepare()`` builds the requests (untimed, e.g. pre-signing); ``run(prepared)``
-    returns a ``loadgen.LoadResult``. Each attempt records the server's and this
-    process's CPU seconds and what everything else on the machine used meanwhile
-    (``other_share``: fraction of all cores). An attempt with ``other_share > max_other``
-    is repeated, at most ``retries`` times; the least disturbed attempt is returned,
-    with the list of all attempts.
+    returns a ``loadgen.LoadResult``. Each attempt records the CPU seconds of the server
+    (its whole process tree: ``serve --workers N`` forks), of this process (the
+    generator), of the database processes ``db_pids()`` names (PostgreSQL), and what
+    everything else on the machine used meanwhile (``other_share``: fraction of all
+    cores). An attempt with ``other_share > max_other`` is repeated, at most ``retries``
+    times; the least disturbed attempt is returned, with the list of all attempts.
     """
     attempts: list[dict[str, Any]] = []
     cores = os.cpu_count() or 1
     for n in range(retries + 1):
         prepared = prepare()
         quiet = wait_quiet(quiet_wait) if quiet_wait > 0 else True
-        cpu0, own0, all0 = proc_cpu_seconds(server_pid), time.process_time(), \
-            machine_cpu_seconds()
+        srv0 = cpu_by_pid(process_tree(server_pid))
+        db0 = cpu_by_pid(db_pids()) if db_pids else {}
+        own0, all0 = time.process_time(), machine_cpu_seconds()
         t0 = time.monotonic()
         result = run(prepared)
         wall = time.monotonic() - t0
         row = result.as_dict()
-        row["server_cpu_s"] = round(proc_cpu_seconds(server_pid) - cpu0, 2)
+        row["server_cpu_s"] = round(cpu_used(srv0, cpu_by_pid(process_tree(server_pid))), 2)
         row["client_cpu_s"] = round(time.process_time() - own0, 2)
-        other = machine_cpu_seconds() - all0 - row["server_cpu_s"] - row["client_cpu_s"]
+        row["db_cpu_s"] = 0.0
+        if db_pids:
+            db1 = cpu_by_pid(db_pids())
+            row["db_cpu_s"] = round(cpu_used(db0, db1), 2)
+            per = sorted(((cpu - db0.get(pid, 0.0), pid) for pid, cpu in db1.items()),
+                         reverse=True)
+            row["db_cpu_by_process"] = [(round(cpu, 2), process_title(pid))
+                                        for cpu, pid in per[:6] if cpu > 0]
+        other = (machine_cpu_seconds() - all0 - row["server_cpu_s"] - row["client_cpu_s"]
+                 - row["db_cpu_s"])
         row["other_cpu_s"] = max(0.0, round(other, 2))
         row["other_share"] = round(row["other_cpu_s"] / (wall * cores), 3)
         row["quiet_start"] = quiet
         row["attempt"] = n + 1
+        db = f", database cpu {row['db_cpu_s']}s" if db_pids else ""
         print("  " + result.line() + f"  server cpu {row['server_cpu_s']}s, generator cpu "
-              f"{row['client_cpu_s']}s, others {row['other_share']:.0%} of the machine",
+              f"{row['client_cpu_s']}s{db}, others {row['other_share']:.0%} of the machine",
               flush=True)
         attempts.append(row)
         if row["other_share"] <= max_other:

@@ -8,17 +8,22 @@ renderer and the same aiohttp + uvloop setup as ``chronicle serve``: whatever th
 server does beyond this (sequencing, SQLite, durable commit) is what the benchmark
 compares against.
 
-    python scripts/ceiling_server.py --port 0 --client ID=PUBLICKEY
+    python scripts/ceiling_server.py --port 0 --client ID=PUBLICKEY [--workers N]
 
-prints ``server-public-key: ...`` then ``listening on http://HOST:PORT`` on stderr.
+prints ``server-public-key: ...`` then ``listening on http://HOST:PORT`` on stderr. With
+``--workers N`` the parent binds the socket and forks N processes that share it, as
+``chronicle serve --workers N`` does (each keeps its own running hash; no storage anyway).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
+import os
 import signal
+import socket
 import sys
 
 import uvloop
@@ -85,15 +90,21 @@ def build_app(clients: dict[str, bytes], key: SigningKey) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
+async def serve(app: web.Application, host: str, port: int,
+                sock: socket.socket | None = None) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
-        bound = runner.addresses[0][1]
-        print(f"server-public-key: {app[KEY].public_b64}", file=sys.stderr, flush=True)
-        print(f"listening on http://{host}:{bound}", file=sys.stderr, flush=True)
+        if sock is None:
+            bound = runner.addresses[0][1]
+            print(f"server-public-key: {app[KEY].public_b64}", file=sys.stderr, flush=True)
+            print(f"listening on http://{host}:{bound}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,21 +114,66 @@ async def serve(app: web.Application, host: str, port: int) -> None:
         await runner.cleanup()
 
 
+def serve_workers(clients: dict[str, bytes], key: SigningKey, host: str, port: int,
+                  workers: int) -> None:
+    """Bind once, fork ``workers`` servers on the socket, stop them all on SIGTERM."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                         socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                uvloop.run(serve(build_app(clients, key), host, port, sock=sock))
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def stop(_signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"server-public-key: {key.public_b64}", file=sys.stderr, flush=True)
+    print(f"listening on http://{host}:{sock.getsockname()[1]} ({workers} workers)",
+          file=sys.stderr, flush=True)
+    failed = False
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        failed = failed or os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM)
+    sys.exit(1 if failed else 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes sharing the listening socket")
     parser.add_argument("--client", action="append", default=[], metavar="ID=PUBLICKEY",
                         help="a client allowed to publish (repeatable)")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the ceiling server listens on loopback only")
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers must be between 1 and 64")
     clients: dict[str, bytes] = {}
     for item in args.client:
         cid, _, pk = item.partition("=")
         clients[cid] = b64u_decode(pk, 32, what="client public key")
     key = SigningKey.generate()  # throwaway, announced on stderr
-    uvloop.run(serve(build_app(clients, key), args.host, args.port))
+    if args.workers > 1:
+        serve_workers(clients, key, args.host, args.port, args.workers)
+    else:
+        uvloop.run(serve(build_app(clients, key), args.host, args.port))
 
 
 if __name__ == "__main__":

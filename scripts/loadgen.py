@@ -155,8 +155,13 @@ def _signed_ok_json(server_pk: bytes, status: int, headers: Any, body: bytes
     return doc, None
 
 
-def publish_checker(server_pk: bytes) -> Checker:
-    """200, valid signature, status OK, results with currhash/summaryhash/created."""
+def publish_checker(server_pk: bytes, receipts: dict[str, str] | None = None) -> Checker:
+    """200, valid signature, status OK, results with currhash/summaryhash/created.
+
+    ``receipts``, when given, collects every acknowledged publish (warm-up ones too):
+    the request's signature (base64url, as sent) -> the receipt's currhash, so the caller
+    can check afterwards that the database holds exactly these entries.
+    """
     def check(req: Request, status: int, headers: Any, body: bytes) -> str | None:
         doc, err = _signed_ok_json(server_pk, status, headers, body)
         if doc is None:
@@ -166,6 +171,8 @@ def publish_checker(server_pk: bytes) -> Checker:
                 isinstance(res.get(k), str) and res[k]
                 for k in ("currhash", "summaryhash", "created")):
             return "bad-receipt"
+        if receipts is not None:
+            receipts[req.headers[SIGNATURE_HEADER]] = res["currhash"]
         return None
     return check
 
