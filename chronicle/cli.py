@@ -7,18 +7,40 @@ traceback); ``--json`` prints exactly one JSON object on stdout.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 
 from chronicle import __version__, admin
+from chronicle.cliutil import (
+    EXIT_IO,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    handle_errors,
+)
+from chronicle.cliutil import (
+    data_dir_option as _data_dir_option,
+)
+from chronicle.cliutil import (
+    fail as _fail,
+)
+from chronicle.cliutil import (
+    instance_option as _instance_option,
+)
+from chronicle.cliutil import (
+    out as _out,
+)
+from chronicle.cliutil import (
+    public_key as _public_key,
+)
+from chronicle.cliutil import (
+    run as _run,
+)
 from chronicle.config import (
     DEFAULT_DB,
     KEY_FILE,
@@ -32,83 +54,11 @@ from chronicle.core.encoding import atom, b64u_encode, utcnow
 from chronicle.core.errors import (
     ChronicleError,
     IntegrityError,
-    StorageError,
-    TransportError,
 )
 from chronicle.core.protocol import valid_client_id
-from chronicle.core.sapient import SigningKey, parse_public_key
+from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Ledger
 from chronicle.store import Mirror, Store, store_for_url
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Failure(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _exit_code(exc: ChronicleError) -> int:
-    if isinstance(exc, TransportError | StorageError | ConfigError):
-        return EXIT_IO
-    return EXIT_REFUSED
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    raise Failure(message, code)
-
-
-def handle_errors(fn: F) -> F:
-    """Map our exceptions to one stderr line and the documented exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(click.get_current_context().find_root().params.get("debug"))
-        try:
-            return fn(*args, **kwargs)
-        except Failure as exc:
-            if debug:
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.code)
-        except ChronicleError as exc:
-            if debug:
-                raise
-            click.echo(f"error: {exc.diagnostics()}", err=True)
-            sys.exit(_exit_code(exc))
-        except OSError as exc:
-            if debug:
-                raise
-            click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-                       err=True)
-            sys.exit(EXIT_IO)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def _out(as_json: bool, payload: dict[str, Any], text: str) -> None:
-    click.echo(json.dumps(payload) if as_json else text)
-
-
-def _data_dir_option(fn: F) -> F:
-    return click.option("--data-dir", envvar="CHRONICLE_DATA_DIR", required=True,
-                        type=click.Path(file_okay=False, path_type=Path),
-                        help="Ledger data directory (default: $CHRONICLE_DATA_DIR).")(fn)
-
-
-def _public_key(text: str, hint: str = "--public-key") -> bytes:
-    try:
-        return parse_public_key(text.strip())
-    except ChronicleError as exc:
-        raise click.BadParameter(exc.message, param_hint=hint) from None
 
 
 class ChronicleGroup(click.Group):
@@ -286,10 +236,6 @@ def config_set(data_dir: Path, key: str, value: str) -> None:
 
 
 # --- clients ---------------------------------------------------------------------------------
-
-def _instance_option(fn: F) -> F:
-    return click.option("--instance", default="", help="Chain name (default chain if omitted).")(fn)
-
 
 @main.group()
 def client() -> None:

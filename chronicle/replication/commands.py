@@ -9,24 +9,32 @@ success, 1 refused or verification failed (a source forked or failed), 2 usage e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from chronicle.client.http import api_base
-from chronicle.config import ConfigError, DataDir, Settings
+from chronicle.cliutil import (
+    EXIT_IO,
+    EXIT_REFUSED,
+    F,
+)
+from chronicle.cliutil import data_dir_option as _data_dir
+from chronicle.cliutil import fail as _fail
+from chronicle.cliutil import handle_errors as _command
+from chronicle.cliutil import instance_option as _instance
+from chronicle.cliutil import out as _out
+from chronicle.cliutil import public_key as _key
+from chronicle.cliutil import run as _run
+from chronicle.config import DataDir, Settings
 from chronicle.core.encoding import atom, b64u_encode, utcnow
-from chronicle.core.errors import ChronicleError, StorageError, TransportError
+from chronicle.core.errors import ChronicleError
 from chronicle.core.replica import STATUS_ACTIVE, STATUS_FAILED, CrossSignPolicy
-from chronicle.core.sapient import parse_public_key
 from chronicle.core.verify import decode_b64_field
 from chronicle.ledger import Ledger
 from chronicle.replication import crosssign
@@ -38,68 +46,7 @@ from chronicle.store.base import ReplicaPeer, ReplicaSource, XsignTarget
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Failure(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
-    raise Failure(message, code)
-
-
-def _command(fn: F) -> F:
-    """One ``error: …`` line and the documented exit code for anything that goes wrong."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(click.get_current_context().find_root().params.get("debug"))
-        try:
-            return fn(*args, **kwargs)
-        except Failure as exc:
-            if debug:
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.code)
-        except ChronicleError as exc:
-            if debug:
-                raise
-            click.echo(f"error: {exc.diagnostics()}", err=True)
-            code = EXIT_IO if isinstance(exc, TransportError | StorageError | ConfigError) \
-                else EXIT_REFUSED
-            sys.exit(code)
-        except OSError as exc:
-            if debug:
-                raise
-            click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-                       err=True)
-            sys.exit(EXIT_IO)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def _out(as_json: bool, payload: dict[str, Any], text: str) -> None:
-    click.echo(json.dumps(payload) if as_json else text)
-
-
-def _data_dir(fn: F) -> F:
-    return click.option("--data-dir", envvar="CHRONICLE_DATA_DIR", required=True,
-                        type=click.Path(file_okay=False, path_type=Path),
-                        help="Ledger data directory (default: $CHRONICLE_DATA_DIR).")(fn)
-
-
-def _instance(fn: F) -> F:
-    return click.option("--instance", default="",
-                        help="Chain name (default chain if omitted).")(fn)
 
 
 def _json(fn: F) -> F:
@@ -107,11 +54,6 @@ def _json(fn: F) -> F:
                         help="Print one JSON object.")(fn)
 
 
-def _key(text: str, hint: str) -> bytes:
-    try:
-        return parse_public_key(text.strip())
-    except ChronicleError as exc:
-        raise click.BadParameter(exc.message, param_hint=hint) from None
 
 
 def _url(text: str, hint: str = "--url") -> str:
