@@ -7,12 +7,13 @@ tests can pin clocks), or a `chronicle serve` subprocess (for kill/restart tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -344,3 +345,19 @@ def separate_database(tag: str) -> str:
     if url.startswith("sqlite:"):
         return url
     return re.sub(r"schema=([^&]+)", lambda m: f"schema={m.group(1)}_{tag}", url)
+
+
+@contextlib.asynccontextmanager
+async def serving(path: Path, *clients: str, admins: tuple[str, ...] = (),
+                  **settings: Any) -> AsyncIterator[RunningServer]:
+    """A fresh ledger at ``path`` with ``settings``, served on loopback, with the named
+    clients (and administrators) registered; closed on exit."""
+    srv = await start_server(await init_data_dir(path, **settings))
+    try:
+        for name in clients:
+            await srv.add_client(name)
+        for name in admins:
+            await srv.add_client(name, is_admin=True)
+        yield srv
+    finally:
+        await srv.close()

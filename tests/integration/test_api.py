@@ -34,6 +34,7 @@ from tests.helpers import (
     check_signed,
     init_data_dir,
     load_vector,
+    serving,
     signed_headers,
     start_server,
     verify_chain,
@@ -115,24 +116,14 @@ async def admin_post(server: RunningServer, path: str, body: bytes,
 
 @pytest.fixture
 async def paged(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    data_dir = await init_data_dir(tmp_path / "paged", paginate_export=4)
-    srv = await start_server(data_dir)
-    await srv.add_client("alice")
-    try:
+    async with serving(tmp_path / "paged", "alice", paginate_export=4) as srv:
         yield srv
-    finally:
-        await srv.close()
 
 
 @pytest.fixture
 async def small_limit(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    data_dir = await init_data_dir(tmp_path / "small", max_body_size=1048576)
-    srv = await start_server(data_dir)
-    await srv.add_client("alice")
-    try:
+    async with serving(tmp_path / "small", "alice", max_body_size=1048576) as srv:
         yield srv
-    finally:
-        await srv.close()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from chronicle.client.http import Head, api_base
 from chronicle.core.encoding import b64u_decode, utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.core.verify import BrokenLinkError, ChainVerifier
-from tests.helpers import RunningServer, init_data_dir, load_vector, start_server
+from tests.helpers import RunningServer, load_vector, serving
 
 EXCHANGES = {e["id"]: e for e in load_vector("exchanges.json")["exchanges"]}
 KEYS = load_vector("keys.json")
@@ -108,13 +108,8 @@ async def recorded() -> AsyncIterator[RecordedChronicle]:
 
 @pytest.fixture
 async def paged(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    data_dir = await init_data_dir(tmp_path / "paged", paginate_export=3)
-    srv = await start_server(data_dir)
-    await srv.add_client("alice")
-    try:
+    async with serving(tmp_path / "paged", "alice", paginate_export=3) as srv:
         yield srv
-    finally:
-        await srv.close()
 
 
 def client_for(srv: RunningServer, **options: Any) -> ChronicleClient:
