@@ -109,16 +109,32 @@ def parse_interval(text: str) -> timedelta:
     return timedelta(seconds=total)
 
 
-def php_json(value: Any) -> str:
-    """``json_encode($value, JSON_PRETTY_PRINT)`` byte for byte.
+# Python's ASCII-only encoder writes DEL (0x7f) as \u007f; PHP leaves the byte raw. Only an
+# escape preceded by an even run of backslashes is one (``\\u007f`` is an escaped
+# backslash followed by text).
+_DEL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u007f")
 
-    4-space indent, ``": "`` after keys, ``/`` escaped as ``\\/``, all non-ASCII escaped as
-    lowercase ``\\uXXXX`` (surrogate pairs above U+FFFF), no trailing newline. The ``/``
+
+def _php_escapes(encoded: str) -> str:
+    """Turn ``json.dumps(..., ensure_ascii=True)`` output into PHP's escaping.
+
+    PHP (``json_encode``, no flags but pretty-printing) escapes ``/`` as ``\\/`` and leaves
+    DEL raw; the rest (``\\b \\t \\n \\f \\r``, ``\\u00xx`` below 0x20, lowercase
+    ``\\uXXXX`` above 0x7f with surrogate pairs) is what Python already writes. The ``/``
     replacement is safe: outside strings JSON never contains a slash.
     """
-    return json.dumps(value, indent=4, ensure_ascii=True).replace("/", "\\/")
+    encoded = encoded.replace("/", "\\/")
+    if "\\u007f" in encoded:
+        encoded = _DEL_ESCAPE.sub("\\1\x7f", encoded)
+    return encoded
+
+
+def php_json(value: Any) -> str:
+    """``json_encode($value, JSON_PRETTY_PRINT)`` byte for byte: 4-space indent, ``": "``
+    after keys, no trailing newline, escapes as :func:`_php_escapes` says."""
+    return _php_escapes(json.dumps(value, indent=4, ensure_ascii=True))
 
 
 def php_json_string(text: str) -> str:
     """One JSON string literal exactly as PHP writes it (for streamed documents)."""
-    return json.dumps(text, ensure_ascii=True).replace("/", "\\/")
+    return _php_escapes(json.dumps(text, ensure_ascii=True))

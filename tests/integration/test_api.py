@@ -253,6 +253,22 @@ async def test_since(server: RunningServer) -> None:
           400, MSG_NO_HASH)
 
 
+async def test_del_byte_is_served_raw_as_php_does(server: RunningServer) -> None:
+    """PHP's json_encode leaves DEL (0x7f) raw: every read answer carries the byte itself."""
+    body = "del:\x7f, escaped backslash then text: \\u007f, control: \x01"
+    first = await publish_ok(server, "alice", "first")
+    receipt = await publish_ok(server, "alice", body)
+    answers = [await server.request("GET", path) for path in (
+        "/chronicle/lasthash", f"/chronicle/lookup/{receipt['currhash']}",
+        f"/chronicle/since/{first['currhash']}", "/chronicle/export")]
+    for res in answers:
+        doc = ok(res)
+        assert b"del:\x7f, escaped backslash then text: \\\\u007f, control: \\u0001" in res.body
+        assert b"\\u007f" not in res.body.replace(b"\\\\u007f", b"")
+        rows = doc["results"]
+        assert rows[-1]["contents"] == body
+
+
 async def test_export_unpaginated(server: RunningServer) -> None:
     keys = ["version", "datetime", "status", "total", "results"]
     empty = ok(await server.request("GET", "/chronicle/export"), keys)

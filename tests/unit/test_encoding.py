@@ -14,6 +14,7 @@ from chronicle.core.encoding import (
     parse_interval,
     parse_timestamp,
     php_json,
+    php_json_string,
 )
 from chronicle.core.errors import EncodingError
 from tests.helpers import load_vector
@@ -99,3 +100,42 @@ def test_every_signed_json_response_is_covered() -> None:
 def test_php_json_reencodes_recorded_bodies(label: str, text: str) -> None:
     """Every pretty-printed body PHP produced re-encodes to the same bytes."""
     assert php_json(json.loads(text)) == text
+
+
+def _php_rule(text: str) -> str:
+    """PHP's ``json_encode`` escaping of one string, written from its rule (issue 9), not
+    from our encoder: ``"`` ``\\`` ``/`` escaped; ``\\b \\t \\n \\f \\r``; ``\\u00xx`` (lowercase)
+    below 0x20; DEL raw; non-ASCII as lowercase ``\\uXXXX``, surrogate pairs above the BMP."""
+    short = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\t": "\\t",
+             "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in short:
+            out.append(short[ch])
+        elif code < 0x20:
+            out.append(f"\\u{code:04x}")
+        elif code <= 0x7F:
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+    return '"' + "".join(out) + '"'
+
+
+@pytest.mark.parametrize("byte", range(0x80))
+def test_php_json_escapes_every_ascii_byte_as_php(byte: int) -> None:
+    ch = chr(byte)
+    for text in (ch, f"a{ch}b", ch * 3, f"\\{ch}", f"\\\\{ch}\\"):
+        assert php_json_string(text) == _php_rule(text)
+        assert php_json({"k": [text]}) == '{\n    "k": [\n        ' + _php_rule(text) + "\n    ]\n}"
+
+
+def test_php_json_leaves_del_raw_but_not_escaped_text_that_looks_like_it() -> None:
+    assert php_json_string("\x7f") == '"\x7f"'
+    assert php_json_string("\\u007f") == '"\\\\u007f"'        # a backslash, then text
+    assert php_json_string("\\\x7f") == '"\\\\\x7f"'          # a backslash, then DEL
+    assert php_json_string("é😀\x7f") == '"\\u00e9\\ud83d\\ude00\x7f"'
+    assert json.loads(php_json_string("x\x7f\\u007f")) == "x\x7f\\u007f"
