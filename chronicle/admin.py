@@ -23,7 +23,7 @@ from chronicle.core.protocol import (
 )
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Ledger
-from chronicle.store.base import Client, Store, WriteTx
+from chronicle.store import Client, Store, WriteTx
 
 
 def new_client_id() -> str:

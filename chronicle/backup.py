@@ -24,7 +24,7 @@ from chronicle.config import KEY_FILE, DataDir, write_secret_file
 from chronicle.core.blakechain import ChainBuilder, ChainHead
 from chronicle.core.encoding import b64u_encode
 from chronicle.core.errors import IntegrityError, RequestError, StorageError
-from chronicle.store import store_for_url
+from chronicle.store import open_store
 
 
 @dataclass
@@ -68,17 +68,17 @@ async def verify_snapshot(dd: DataDir) -> dict[str, dict[str, Any]]:
     result = await asyncio.to_thread(_integrity_check, path)
     if result != "ok":
         raise IntegrityError(f"backup failed SQLite's integrity check: {result}")
-    store = store_for_url(settings.database, dd.path)
+    store = open_store(settings.database, dd.path)
     await store.open()
     chains: dict[str, dict[str, Any]] = {}
     try:
         for name in settings.instances:
-            head = await store.head(name)
+            head = await store.chain(name).head()
             if head is None:
                 chains[name] = {"entries": 0, "summaryhash": None}
                 continue
             if head.index > 0:
-                prev = await store.entry_at(name, head.index - 1)
+                prev = await store.chain(name).entry_at(head.index - 1)
                 if prev is None:
                     raise IntegrityError("backup is missing an entry", index=head.index - 1)
                 again = ChainBuilder(ChainHead.of(prev)).append(

@@ -58,7 +58,7 @@ from chronicle.core.errors import (
 from chronicle.core.protocol import valid_client_id
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Ledger
-from chronicle.store import Mirror, Store, store_for_url
+from chronicle.store import Mirror, Store, open_store
 
 
 class ChronicleGroup(click.Group):
@@ -113,7 +113,7 @@ def keygen(as_json: bool, out: Path | None) -> None:
 
 async def _open(data_dir: DataDir) -> tuple[Store, Any]:
     settings = data_dir.settings()
-    store = store_for_url(settings.database, data_dir.path)
+    store = open_store(settings.database, data_dir.path)
     await store.open()
     return store, settings
 
@@ -151,7 +151,7 @@ def init(data_dir: Path, signing_key: Path | None, database: str, as_json: bool)
     settings["database"] = database
 
     async def create() -> None:
-        store = store_for_url(database, data_dir)
+        store = open_store(database, data_dir)
         try:
             await store.create_schema()
             await store.ensure_instance("")
@@ -186,14 +186,16 @@ def migrate(data_dir: Path) -> None:
     dd = DataDir(data_dir)
     settings = dd.settings()
 
-    async def go() -> int:
-        store = store_for_url(settings.database, dd.path)
+    async def go() -> tuple[int, int]:
+        store = open_store(settings.database, dd.path)
         try:
             return await store.migrate()
         finally:
             await store.close()
 
-    click.echo(f"schema version {_run(go())}")
+    before, after = _run(go())
+    click.echo(f"schema version {after}" + (f" (upgraded from {before})" if before != after
+                                            else " (already up to date)"))
 
 
 @main.group()
@@ -267,7 +269,7 @@ def client_add(data_dir: Path, public_key: str, is_admin: bool, comment: str | N
             await store.ensure_instance(instance)
             key = dd.signing_key(settings)
             cid = client_id or admin.new_client_id()
-            if await store.get_client(instance, cid) is not None:
+            if await store.clients.get(instance, cid) is not None:
                 _fail(f"client id {cid} is already in use", EXIT_REFUSED)
             ledger = Ledger(store, instance)
             try:
@@ -294,7 +296,7 @@ def client_list(data_dir: Path, instance: str, include_revoked: bool, as_json: b
     async def go() -> list[dict[str, Any]]:
         store, _ = await _open(DataDir(data_dir))
         try:
-            clients = await store.list_clients(instance, include_revoked=include_revoked)
+            clients = await store.clients.all(instance, include_revoked=include_revoked)
         finally:
             await store.close()
         return [{"client-id": c.publicid, "public-key": b64u_encode(c.publickey),
@@ -321,7 +323,7 @@ def client_revoke(data_dir: Path, client_id: str, instance: str, as_json: bool) 
     async def go() -> None:
         store, settings = await _open(dd)
         try:
-            found = await store.get_client(instance, client_id)
+            found = await store.clients.get(instance, client_id)
             if found is None:
                 _fail(f"no active client {client_id}", EXIT_REFUSED)
             ledger = Ledger(store, instance)
@@ -359,7 +361,7 @@ def mirror_add(data_dir: Path, url: str, public_key: str, comment: str | None,
     async def go() -> None:
         store, _ = await _open(DataDir(data_dir))
         try:
-            await store.add_mirror(instance, Mirror(url, public_key.strip(), comment,
+            await store.mirrors.add(instance, Mirror(url, public_key.strip(), comment,
                                                     sortpriority), atom(utcnow()))
         finally:
             await store.close()
@@ -377,7 +379,7 @@ def mirror_list(data_dir: Path, instance: str, as_json: bool) -> None:
     async def go() -> list[Mirror]:
         store, _ = await _open(DataDir(data_dir))
         try:
-            return await store.list_mirrors(instance)
+            return await store.mirrors.all(instance)
         finally:
             await store.close()
 
@@ -398,7 +400,7 @@ def mirror_remove(data_dir: Path, url: str, instance: str) -> None:
     async def go() -> bool:
         store, _ = await _open(DataDir(data_dir))
         try:
-            return await store.remove_mirror(instance, url)
+            return await store.mirrors.remove(instance, url)
         finally:
             await store.close()
 

@@ -39,8 +39,7 @@ from chronicle.core.errors import (
 )
 from chronicle.core.sapient import verify
 from chronicle.ledger import Ledger
-from chronicle.store import store_for_url
-from chronicle.store.base import Client, Mirror
+from chronicle.store import Client, Mirror, open_store
 
 PAGE = 2000
 _PREFIX_RE = re.compile(r"^chronicle_(?:([A-Za-z0-9_-]+)_)?chain$")
@@ -367,14 +366,14 @@ async def run_import(data_dir: DataDir, spec: str) -> ImportReport:
     """Import ``spec`` into the ledger at ``data_dir`` (each chain must be empty there)."""
     source = open_source(spec)
     settings = data_dir.settings()
-    store = store_for_url(settings.database, data_dir.path)
+    store = open_store(settings.database, data_dir.path)
     report = ImportReport(source=source.name)
     try:
         await store.open()
         instances = await source.instances()
         for instance in instances:
             await store.ensure_instance(instance)
-            if await store.head(instance) is not None:
+            if await store.chain(instance).head() is not None:
                 raise RequestError(f"chain {instance or '(default)'} is not empty; "
                                    "import into a fresh data directory", status=409)
         for instance in instances:
@@ -383,8 +382,8 @@ async def run_import(data_dir: DataDir, spec: str) -> ImportReport:
                 verified_batches(source, instance), clients)
             mirrors = await source.mirrors(instance)
             for mirror in mirrors:
-                await store.add_mirror(instance, mirror, atom(utcnow()))
-            head = await store.head(instance)
+                await store.mirrors.add(instance, mirror, atom(utcnow()))
+            head = await store.chain(instance).head()
             report.chains.append(ImportedChain(
                 instance, count, len(clients), len(mirrors),
                 None if head is None else b64u_encode(head.summaryhash)))

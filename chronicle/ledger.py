@@ -30,7 +30,7 @@ from chronicle.core.errors import (
     StorageError,
 )
 from chronicle.core.protocol import MSG_CLIENT_NOT_FOUND
-from chronicle.store.base import BatchView, Client, Store, WriteTx
+from chronicle.store import BatchView, Client, Store, WriteTx
 
 log = logging.getLogger(__name__)
 

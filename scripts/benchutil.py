@@ -368,7 +368,7 @@ def fill_chain(data_dir: Path, secret: bytes, count: int, *, body_size: int = 25
     from chronicle.core.blakechain import ChainBuilder
     from chronicle.core.encoding import atom, b64u_encode, utcnow
     from chronicle.core.sapient import SigningKey
-    from chronicle.store import store_for_url
+    from chronicle.store import open_store
 
     public = SigningKey.from_secret(secret).public
     tag = os.urandom(4).hex()
@@ -379,7 +379,7 @@ def fill_chain(data_dir: Path, secret: bytes, count: int, *, body_size: int = 25
     async def go() -> None:
         nonlocal head_hash
         dd = DataDir(data_dir)
-        store = store_for_url(dd.settings().database, dd.path)
+        store = open_store(dd.settings().database, dd.path)
         await store.open()
         loop = asyncio.get_running_loop()
         try:

@@ -128,8 +128,8 @@ def install_pg_fewer_round_trips() -> None:
     import asyncpg
 
     from chronicle.core.blakechain import ChainHead
+    from chronicle.store import BatchView
     from chronicle.store import postgres as pgmod
-    from chronicle.store.base import BatchView
 
     read_sql = _PG_READ.format(entry_cols=pgmod._ENTRY_COLS, client_cols=pgmod._CLIENT_COLS)
     conns: dict[int, Any] = {}
@@ -190,8 +190,8 @@ def install_sqlite_commit_off_loop() -> None:
     import sqlite3
 
     from chronicle.core.errors import StorageError
+    from chronicle.store import BatchView
     from chronicle.store import sqlite as sq
-    from chronicle.store.base import BatchView
 
     def prepare_sync(self: Any, iid: int, signatures: Any, client_ids: Any, plan: Any) -> Any:
         conn = self._writer

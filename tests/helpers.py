@@ -29,8 +29,7 @@ from chronicle.core.encoding import b64u_decode, b64u_encode, utcnow
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey, verify
 from chronicle.server.app import build_app
 from chronicle.server.context import ServerContext
-from chronicle.store import store_for_url
-from chronicle.store.base import Client
+from chronicle.store import Client, open_store
 
 VECTORS = Path(__file__).parent / "vectors" / "chronicle-1.3"
 
@@ -51,7 +50,7 @@ async def init_data_dir(path: Path, key: SigningKey | None = None, **settings: A
     raw = {k: default for k, (default, _) in SETTINGS.items()}
     raw["database"] = DATABASE["url"]
     raw.update({k.replace("_", "-"): v for k, v in settings.items()})
-    store = store_for_url(raw["database"], path)
+    store = open_store(raw["database"], path)
     try:
         await store.create_schema()
         await store.ensure_instance("")
@@ -140,7 +139,7 @@ async def start_server(data_dir: DataDir, *, clock: Callable[[], datetime] = utc
                        ledger_clock: Callable[[], datetime] | None = None,
                        new_client_id: Callable[[], str] | None = None) -> RunningServer:
     settings = data_dir.settings()
-    store = store_for_url(settings.database, data_dir.path)
+    store = open_store(settings.database, data_dir.path)
     await store.open()
     ctx = ServerContext(settings=settings, key=data_dir.signing_key(settings), store=store,
                         cache_dir=data_dir.cache_dir, clock=clock, ledger_clock=ledger_clock)
@@ -274,7 +273,7 @@ async def add_client_offline(data_dir: DataDir, name: str, *, is_admin: bool = F
     """Register a client directly in the data dir's database (no server involved)."""
     key = key or SigningKey.generate()
     cid = admin.new_client_id()
-    store = store_for_url(data_dir.settings().database, data_dir.path)
+    store = open_store(data_dir.settings().database, data_dir.path)
     await store.open()
     try:
         await store.ensure_instance(instance)

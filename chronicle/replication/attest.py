@@ -18,7 +18,7 @@ from chronicle.core.errors import EncodingError
 from chronicle.core.replica import ReplicatedHead, attestation_message
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Ledger
-from chronicle.store.base import Store
+from chronicle.store import Store
 
 
 def job_name(instance: str) -> str:
@@ -37,7 +37,7 @@ async def attest(store: Store, ledger: Ledger, key: SigningKey, *,
         return None
     now = clock()
     name = job_name(ledger.instance)
-    last_text = await store.get_job_state(name)
+    last_text = await store.jobs.get(name)
     if last_text and not force and every is not None:
         try:
             if now - parse_timestamp(last_text) < every:
@@ -45,13 +45,13 @@ async def attest(store: Store, ledger: Ledger, key: SigningKey, *,
         except EncodingError:
             pass
     heads = []
-    for source in await store.list_replica_sources(ledger.instance):
-        head = await store.replica_head(source.id)
+    for source in await store.replication.sources(ledger.instance):
+        head = await store.replication.chain(source.id).head()
         if head is not None:
             heads.append(ReplicatedHead(source.uniqueid, head.currhash, head.summaryhash))
     if not heads:
         return None
     message = attestation_message(now, heads)
     entry = await ledger.append(message, key.public, key.sign(message))
-    await store.set_job_state(name, atom(now))
+    await store.jobs.set(name, atom(now))
     return entry

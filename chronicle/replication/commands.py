@@ -41,8 +41,7 @@ from chronicle.replication import crosssign
 from chronicle.replication.attest import attest
 from chronicle.replication.evidence import describe
 from chronicle.replication.follower import ERROR, OK, SyncOptions, sync_sources
-from chronicle.store import Store, store_for_url
-from chronicle.store.base import ReplicaPeer, ReplicaSource, XsignTarget
+from chronicle.store import ReplicaPeer, ReplicaSource, Store, XsignTarget, open_store
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +77,13 @@ def _peer(text: str, kind: str, hint: str) -> ReplicaPeer:
 async def _open(data_dir: Path) -> tuple[Store, Settings, DataDir]:
     dd = DataDir(data_dir)
     settings = dd.settings()
-    store = store_for_url(settings.database, dd.path)
+    store = open_store(settings.database, dd.path)
     await store.open()
     return store, settings, dd
 
 
 async def _source(store: Store, name: str) -> ReplicaSource:
-    source = await store.get_replica_source(name)
+    source = await store.replication.source(name)
     if source is None:
         _fail(f"no replication source {name!r}")
     return source
@@ -138,7 +137,7 @@ def replica_add(data_dir: Path, url: str, server_key: str, name: str, uniqueid: 
             if instance not in settings.instances:
                 _fail(f"unknown instance {instance!r}")
             await store.ensure_instance(instance)
-            return await store.add_replica_source(ReplicaSource(
+            return await store.replication.add_source(ReplicaSource(
                 uniqueid=uniqueid or _new_source_id(), name=name.strip(), url=base,
                 publickey=key, instance=instance, created=atom(utcnow())), specs)
         finally:
@@ -175,12 +174,12 @@ def replica_list(data_dir: Path, as_json: bool) -> None:
         store, _, _ = await _open(data_dir)
         try:
             out = []
-            for source in await store.list_replica_sources(None):
-                head = await store.replica_head(source.id)
+            for source in await store.replication.sources(None):
+                head = await store.replication.chain(source.id).head()
                 out.append(_source_dict(
                     source, 0 if head is None else head.index + 1,
                     None if head is None else b64u_encode(head.summaryhash),
-                    await store.list_replica_peers(source.id)))
+                    await store.replication.peers(source.id)))
             return out
         finally:
             await store.close()
@@ -209,7 +208,7 @@ def replica_remove(data_dir: Path, name: str, as_json: bool) -> None:
         store, _, _ = await _open(data_dir)
         try:
             source = await _source(store, name)
-            await store.remove_replica_source(source.id)
+            await store.replication.remove_source(source.id)
             return source.uniqueid
         finally:
             await store.close()
@@ -247,7 +246,7 @@ def replica_sync(data_dir: Path, name: str | None, attest_due: bool, timeout: fl
             if name is not None:
                 sources = [await _source(store, name)]
             else:
-                sources = [s for s in await store.list_replica_sources(None)
+                sources = [s for s in await store.replication.sources(None)
                            if s.instance in settings.instances]
             options = SyncOptions(spool_dir=dd.cache_dir / "replication",
                                   evidence_dir=dd.path / "evidence", timeout=timeout,
@@ -299,8 +298,8 @@ def replica_evidence(data_dir: Path, name: str, as_json: bool) -> None:
         store, _, _ = await _open(data_dir)
         try:
             source = await _source(store, name)
-            faults = await store.list_replica_faults(source.id)
-            keys = await store.replica_keys(source.id)
+            faults = await store.replication.faults(source.id)
+            keys = await store.replication.keys(source.id)
         finally:
             await store.close()
         rows = [{"recorded": f.recorded, "status": f.status, "fault": f.kind,
@@ -356,12 +355,12 @@ def replica_set_key(data_dir: Path, name: str, server_key: str, reason: str | No
             source = await _source(store, name)
             when = atom(utcnow())
             if key != source.publickey:
-                await store.set_replica_key(source.id, key, when=when,
+                await store.replication.set_key(source.id, key, when=when,
                                             reason=reason or "rotated by the operator")
             if source.status == STATUS_FAILED and source.fault == "key-changed":
-                await store.set_replica_status(source.id, STATUS_ACTIVE, fault=None,
+                await store.replication.set_status(source.id, STATUS_ACTIVE, fault=None,
                                                reason=None, when=when)
-            found = await store.get_replica_source(source.uniqueid)
+            found = await store.replication.source(source.uniqueid)
             assert found is not None
             return found
         finally:
@@ -385,7 +384,7 @@ def replica_resume(data_dir: Path, name: str, as_json: bool) -> None:
         store, _, _ = await _open(data_dir)
         try:
             source = await _source(store, name)
-            await store.set_replica_status(source.id, STATUS_ACTIVE, fault=None, reason=None,
+            await store.replication.set_status(source.id, STATUS_ACTIVE, fault=None, reason=None,
                                            when=atom(utcnow()))
             return source.uniqueid
         finally:
@@ -407,7 +406,7 @@ def replica_set_url(data_dir: Path, name: str, url: str) -> None:
     async def go() -> None:
         store, _, _ = await _open(data_dir)
         try:
-            await store.set_replica_url((await _source(store, name)).id, base)
+            await store.replication.set_url((await _source(store, name)).id, base)
         finally:
             await store.close()
 
@@ -430,7 +429,7 @@ def replica_set_peers(data_dir: Path, name: str, peers: tuple[str, ...],
     async def go() -> None:
         store, _, _ = await _open(data_dir)
         try:
-            await store.set_replica_peers((await _source(store, name)).id, specs)
+            await store.replication.set_peers((await _source(store, name)).id, specs)
         finally:
             await store.close()
 
@@ -478,7 +477,7 @@ def xsign_add(data_dir: Path, url: str, server_key: str, client_id: str,
             if key == dd.signing_key(settings).public:
                 _fail("a cross-sign target must be another server (this is our own key)")
             await store.ensure_instance(instance)
-            return await store.add_xsign_target(XsignTarget(
+            return await store.xsign.add_target(XsignTarget(
                 name=name or base, url=base, publickey=key, clientid=client_id.strip(),
                 policy=policy.as_json(), instance=instance, created=atom(utcnow())))
         finally:
@@ -500,8 +499,8 @@ def xsign_list(data_dir: Path, as_json: bool) -> None:
         store, _, _ = await _open(data_dir)
         try:
             out = []
-            for t in await store.list_xsign_targets(None):
-                receipts = await store.list_xsign_receipts(t.id, limit=1)
+            for t in await store.xsign.targets(None):
+                receipts = await store.xsign.receipts(t.id, limit=1)
                 last = receipts[0] if receipts else None
                 out.append({
                     "name": t.name, "url": t.url, "server-key": b64u_encode(t.publickey),
@@ -537,7 +536,7 @@ def xsign_remove(data_dir: Path, name: str, instance: str) -> None:
     async def go() -> bool:
         store, _, _ = await _open(data_dir)
         try:
-            return await store.remove_xsign_target(instance, name)
+            return await store.xsign.remove_target(instance, name)
         finally:
             await store.close()
 
@@ -560,7 +559,7 @@ def xsign_run(data_dir: Path, name: str | None, force: bool, as_json: bool) -> N
         store, settings, dd = await _open(data_dir)
         try:
             key = dd.signing_key(settings)
-            targets = [t for t in await store.list_xsign_targets(None)
+            targets = [t for t in await store.xsign.targets(None)
                        if name is None or t.name == name]
             if name is not None and not targets:
                 _fail(f"no cross-sign target {name!r}")

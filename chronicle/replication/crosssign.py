@@ -27,7 +27,7 @@ from chronicle.core.errors import ChronicleError, EncodingError, TransportError
 from chronicle.core.replica import CrossSignPolicy, cross_sign_message
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey
 from chronicle.core.verify import ChainFault, DocumentSignatureError, decode_b64_field
-from chronicle.store.base import Store, XsignReceipt, XsignTarget
+from chronicle.store import Store, XsignReceipt, XsignTarget
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ async def push(store: Store, key: SigningKey, target: XsignTarget, *,
                request_timeout: float = 30.0, freshness: float | None = 600.0,
                session: aiohttp.ClientSession | None = None) -> PushResult:
     """Cross-sign our head onto ``target`` if its policy says so (or ``force``)."""
-    head = await store.head(target.instance)
+    head = await store.chain(target.instance).head()
     now = clock()
     policy = CrossSignPolicy.from_json(target.policy)
     due = policy.due(head_index=None if head is None else head.index,
@@ -106,25 +106,25 @@ async def push(store: Store, key: SigningKey, target: XsignTarget, *,
     except ServerRefused as exc:
         result.status = REFUSED
         result.error = exc.diagnostics()
-        await store.add_xsign_receipt(replace(receipt, error=result.error))
+        await store.xsign.add_receipt(replace(receipt, error=result.error))
     except (ChainFault, ValueError) as exc:
         result.status = FAILED
         result.error = (exc.diagnostics() if isinstance(exc, ChronicleError)
                         else "the peer's answer is not JSON")
-        await store.add_xsign_receipt(replace(receipt, error=result.error))
+        await store.xsign.add_receipt(replace(receipt, error=result.error))
     else:
         result.status = PUSHED
         result.peer_currhash = str(fields["currhash"])
         result.peer_summaryhash = str(fields["summaryhash"])
-        await store.add_xsign_receipt(replace(
+        await store.xsign.add_receipt(replace(
             receipt, status="ok", peer_currhash=result.peer_currhash,
             peer_summaryhash=result.peer_summaryhash, peer_created=str(fields["created"])))
-        await store.record_xsign_attempt(target.id, when=atom(now), error=None,
+        await store.xsign.record_attempt(target.id, when=atom(now), error=None,
                                          index=head.index)
         log.info("cross-signed entry %d onto %s: %s", head.index, target.name,
                  result.peer_currhash)
         return result
     log.warning("cross-sign onto %s failed: %s", target.name, result.error)
-    await store.record_xsign_attempt(target.id, when=atom(now), error=result.error)
+    await store.xsign.record_attempt(target.id, when=atom(now), error=result.error)
     return result
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from chronicle.client.http import FetchedDocument
 from chronicle.core.encoding import b64u_encode
-from chronicle.store.base import EvidenceDocument
+from chronicle.store import EvidenceDocument
 
 #: Answers up to this size are kept in the database; larger ones as files.
 INLINE_LIMIT = 16 << 20

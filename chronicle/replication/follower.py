@@ -74,7 +74,7 @@ from chronicle.core.verify import (
 from chronicle.replication.evidence import EvidenceKeeper
 from chronicle.replication.sigcheck import SignatureChecker
 from chronicle.replication.sigworker import Item
-from chronicle.store.base import ReplicaFault, ReplicaPeer, ReplicaSource, Store
+from chronicle.store import ReplicaFault, ReplicaPeer, ReplicaSource, Store
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +230,13 @@ class Replicator:
                     await checker.aclose()
             when = atom(self.options.clock())
             if result.status == OK:
-                await self.store.record_replica_attempt(source.id, when=when, error=None)
+                await self.store.replication.record_attempt(source.id, when=when, error=None)
             elif result.status == ERROR:
                 log.warning("replica %s: sync failed, will retry: %s", source.name,
                             result.error)
-                await self.store.record_replica_attempt(source.id, when=when,
+                await self.store.replication.record_attempt(source.id, when=when,
                                                         error=result.error)
-        head = await self.store.replica_head(source.id)
+        head = await self.store.replication.chain(source.id).head()
         result.added = self.added
         result.entries = 0 if head is None else head.index + 1
         result.head = None if head is None else b64u_encode(head.summaryhash)
@@ -250,7 +250,7 @@ class Replicator:
         record = ReplicaFault(status=status, kind=fault.kind, message=fault.diagnostics(),
                               recorded=atom(self.options.clock()),
                               details=fault_details(fault), documents=documents)
-        await self.store.record_replica_fault(self.source.id, record)
+        await self.store.replication.record_fault(self.source.id, record)
         log.error("replica %s stopped (%s): %s", self.source.name, status, fault.diagnostics())
         result.status = FORKED if status == "forked" else FAILED
         result.error = fault.diagnostics()
@@ -342,7 +342,7 @@ class Replicator:
 
     async def _pull(self, client: ChronicleClient, checker: SignatureChecker) -> None:
         store, sid = self.store, self.source.id
-        head = await store.replica_head(sid)
+        head = await store.replication.chain(sid).head()
         verifier = ReplicaVerifier(head)
         if head is None:
             path, fresh, keys = "/export", False, EXPORT_KEYS
@@ -392,7 +392,7 @@ class Replicator:
                     doc.discard()
             if not more:
                 return
-            head = await store.replica_head(sid)
+            head = await store.replication.chain(sid).head()
             assert head is not None
             path, fresh = "/since/" + _quote(b64u_encode(head.summaryhash)), True
             verifier.expect_keys(ROW_KEYS)
@@ -502,7 +502,7 @@ class Replicator:
 
     async def _store(self, entries: list[Entry]) -> None:
         if entries:
-            await self.store.replica_append(self.source.id, entries,
+            await self.store.replication.append(self.source.id, entries,
                                             replicated=atom(self.options.clock()))
             self.added += len(entries)
 
@@ -527,8 +527,8 @@ class Replicator:
                                        f"{head.index + 1} entries", index=0,
                                        field="summaryhash", expected=ours, found="empty chain"),
                         docs)
-        match = [e for e in await self.store.replica_lookup(self.source.id,
-                                                            _raw(upstream[1]))
+        copy = self.store.replication.chain(self.source.id)
+        match = [e for e in await copy.lookup(_raw(upstream[1]))
                  if b64u_encode(e.summaryhash) == upstream[1]]
         if match and b64u_encode(match[0].currhash) == upstream[0] \
                 and match[0].index < head.index:
@@ -539,7 +539,7 @@ class Replicator:
                 found=upstream[1]), docs)
         index, theirs, more = await self._first_difference(client, head)
         docs.extend(more)
-        ours_there = await self.store.replica_entry_at(self.source.id, index)
+        ours_there = await self.store.replication.chain(self.source.id).entry_at(index)
         assert ours_there is not None
         raise _Stop(HistoryRewrittenError(
             f"the upstream no longer has the history we verified: entry {index} differs",
@@ -574,7 +574,7 @@ class Replicator:
         unknown_doc: FetchedDocument | None = None
         while lo < hi:
             mid = (lo + hi) // 2
-            entry = await self.store.replica_entry_at(self.source.id, mid)
+            entry = await self.store.replication.chain(self.source.id).entry_at(mid)
             assert entry is not None
             known, doc = await self._knows(client, entry)
             if known:
@@ -595,7 +595,7 @@ class Replicator:
         # The upstream's entry at position lo: first row after our entry lo - 1.
         theirs: str | None = None
         if lo > 0:
-            before = await self.store.replica_entry_at(self.source.id, lo - 1)
+            before = await self.store.replication.chain(self.source.id).entry_at(lo - 1)
             assert before is not None
             path = "/since/" + _quote(b64u_encode(before.summaryhash))
         else:
@@ -623,8 +623,8 @@ class Replicator:
     # --- step 4: peers (split view) -------------------------------------------------------
 
     async def _check_peers(self, client: ChronicleClient) -> list[dict[str, Any]]:
-        peers = await self.store.list_replica_peers(self.source.id)
-        head = await self.store.replica_head(self.source.id)
+        peers = await self.store.replication.peers(self.source.id)
+        head = await self.store.replication.chain(self.source.id).head()
         if not peers or head is None:
             return []
         results: list[dict[str, Any]] = []
@@ -685,7 +685,7 @@ class Replicator:
                     result["status"] = "behind"
                     return result
                 result["head"] = theirs[1]
-                local = await self.store.replica_lookup(self.source.id, _raw(theirs[1]))
+                local = await self.store.replication.chain(self.source.id).lookup(_raw(theirs[1]))
                 if any(b64u_encode(e.currhash) == theirs[0] for e in local):
                     result["status"] = "agrees"
                     return result
@@ -746,7 +746,7 @@ class Replicator:
                     cursor = None  # the peer lost our cursor: rescan next time
                     result["error"] = "the peer no longer has the scan position; rescanning"
             if peer.id:
-                await self.store.set_peer_cursor(peer.id, cursor)
+                await self.store.replication.set_peer_cursor(peer.id, cursor)
             result.setdefault("status", "agrees")
         except ChronicleError as exc:
             result["status"] = "error"
@@ -757,7 +757,7 @@ class Replicator:
                            summaryhash: bytes, entry_hash: str, peer: ReplicaPeer, key: bytes,
                            docs: list[tuple[str, FetchedDocument, bytes | None]]
                            ) -> dict[str, Any] | None:
-        local = await self.store.replica_lookup(self.source.id, summaryhash)
+        local = await self.store.replication.chain(self.source.id).lookup(summaryhash)
         if any(e.summaryhash == summaryhash and e.currhash == currhash for e in local):
             return None
         summary = b64u_encode(summaryhash)

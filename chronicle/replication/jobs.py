@@ -35,7 +35,7 @@ from chronicle.replication.crosssign import ERROR, FAILED, REFUSED, PushResult, 
 from chronicle.replication.follower import ERROR as SYNC_ERROR
 from chronicle.replication.follower import Replicator, SyncOptions, SyncResult
 from chronicle.replication.sigcheck import SignatureChecker
-from chronicle.store.base import LeaderLock
+from chronicle.store import LeaderLock
 
 if TYPE_CHECKING:
     from chronicle.server.context import ServerContext
@@ -113,7 +113,7 @@ class BackgroundJobs:
     # --- leader election ------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        lock = self._lock = self.ctx.store.leader_lock()
+        lock = self._lock = self.ctx.store.jobs.leader_lock()
         try:
             while True:
                 try:
@@ -196,7 +196,7 @@ class BackgroundJobs:
         interval = _seconds(self.ctx.settings.replicate_interval) or 60.0
         results = []
         async with self._pass_lock:
-            for source in await self.ctx.store.list_replica_sources(None):
+            for source in await self.ctx.store.replication.sources(None):
                 if source.instance not in self.ctx.settings.instances \
                         or source.status != STATUS_ACTIVE:
                     continue
@@ -215,7 +215,7 @@ class BackgroundJobs:
         """Push our head to every target whose policy says so (``force``: all, now)."""
         interval = _seconds(self.ctx.settings.cross_sign_interval) or 60.0
         results = []
-        for target in await self.ctx.store.list_xsign_targets(None):
+        for target in await self.ctx.store.xsign.targets(None):
             if target.instance not in self.ctx.settings.instances:
                 continue
             if not force and self._next_push.get(target.id, 0.0) > time.monotonic():

@@ -13,7 +13,7 @@ from chronicle.core.encoding import utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
 from chronicle.replication.jobs import BackgroundJobs
-from chronicle.store.base import Client, Store
+from chronicle.store import Client, Store
 
 
 class ClientCache:
@@ -36,7 +36,7 @@ class ClientCache:
         hit = self._entries.get(key)
         if hit is not None and not fresh and now - hit[0] < self.ttl:
             return hit[1]
-        client = await self.store.get_client(instance, publicid)
+        client = await self.store.clients.get(instance, publicid)
         if client is None:
             self._entries.pop(key, None)
         else:

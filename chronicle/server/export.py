@@ -30,7 +30,7 @@ from chronicle.core import protocol
 from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import b64u_encode
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey, StreamingSigner
-from chronicle.store.base import Store
+from chronicle.store import Chain
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ MEMORY_BYTES = 4 << 20      # a document larger than this is spooled to disk
 PAGE_BYTES = 8 << 20        # target size of one range read
 PAGE_ROWS = 2000            # most rows in one range read
 CHUNK = 1 << 20
-
-#: Reads entries ``[start, stop)`` of a chain page by page.
-PageReader = Callable[[int, int], AsyncIterator[list[Entry]]]
-
 
 @dataclass
 class Document:
@@ -69,9 +65,7 @@ def _alive(pid: int) -> bool:
 class DocumentBuilder:
     """Renders and signs documents; keeps the full export per chain head."""
 
-    def __init__(self, store: Store, key: SigningKey, cache_dir: Path, *,
-                 cache_exports: bool = True) -> None:
-        self.store = store
+    def __init__(self, key: SigningKey, cache_dir: Path, *, cache_exports: bool = True) -> None:
         self.key = key
         self.root = cache_dir
         self.cache_dir = cache_dir / f"p{os.getpid()}"
@@ -101,12 +95,13 @@ class DocumentBuilder:
             elif child.is_file() and child.name.startswith(("doc-", "export-")):
                 child.unlink(missing_ok=True)  # left by an older layout
 
-    async def pages(self, instance: str, start: int, stop: int) -> AsyncIterator[list[Entry]]:
+    @staticmethod
+    async def pages(chain: Chain, start: int, stop: int) -> AsyncIterator[list[Entry]]:
         """Range reads sized to about ``PAGE_BYTES``, whatever the size of the bodies."""
         rows = 16
         pos = start
         while pos < stop:
-            page = await self.store.range(instance, pos, min(stop, pos + rows))
+            page = await chain.range(pos, min(stop, pos + rows))
             if not page:
                 return
             yield page
@@ -171,38 +166,36 @@ class DocumentBuilder:
         while chunk := fh.read(CHUNK):
             signer.second(chunk)
 
-    async def export(self, instance: str, head: Entry,
+    async def export(self, slot: str, chain: Chain, head: Entry,
                      envelope_for: Callable[[], dict[str, Any]], *,
-                     pages: PageReader | None = None,
                      first_prev: str | None = None) -> Document:
-        """The full export up to ``head``, kept while the head is unchanged.
+        """The full export of ``chain`` up to ``head``, kept (in cache ``slot``) while the
+        head is unchanged."""
+        def fresh() -> AsyncIterator[list[Entry]]:
+            return self.pages(chain, 0, head.index + 1)
 
-        ``instance`` names the cache slot; ``pages`` reads another chain than the
-        instance's own (a replica's copy, whose first ``prev`` renders as ``first_prev``).
-        """
-        reader = pages or (lambda a, b: self.pages(instance, a, b))
         if not self.cache_exports:
-            return await self.render(envelope_for(), reader(0, head.index + 1),
-                                     export=True, first_prev=first_prev)
-        hit = self._open_cached(instance, head)
+            return await self.render(envelope_for(), fresh(), export=True,
+                                     first_prev=first_prev)
+        hit = self._open_cached(slot, head)
         if hit is not None:
             return hit
-        key = (instance, head.currhash)
+        key = (slot, head.currhash)
         pending = self._inflight.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._build(instance, head, envelope_for,
-                                                        reader, first_prev))
+            pending = asyncio.ensure_future(self._build(slot, head, envelope_for, fresh,
+                                                        first_prev))
             self._inflight[key] = pending
             pending.add_done_callback(lambda _: self._inflight.pop(key, None))
         await asyncio.shield(pending)
-        hit = self._open_cached(instance, head)
+        hit = self._open_cached(slot, head)
         if hit is None:  # a newer head replaced it meanwhile: serve a fresh copy
-            return await self.render(envelope_for(), reader(0, head.index + 1),
-                                     export=True, first_prev=first_prev)
+            return await self.render(envelope_for(), fresh(), export=True,
+                                     first_prev=first_prev)
         return hit
 
-    def _open_cached(self, instance: str, head: Entry) -> Document | None:
-        cached = self._cached.get(instance)
+    def _open_cached(self, slot: str, head: Entry) -> Document | None:
+        cached = self._cached.get(slot)
         if cached is None or cached[1] != head.currhash:
             return None
         _, _, path, size, signature = cached
@@ -212,10 +205,10 @@ class DocumentBuilder:
             return None
         return Document(signature, size, fh=fh, path=path, delete=False)
 
-    async def _build(self, instance: str, head: Entry, envelope_for: Callable[[], dict[str, Any]],
-                     reader: PageReader, first_prev: str | None) -> None:
-        doc = await self.render(envelope_for(), reader(0, head.index + 1), export=True,
-                                first_prev=first_prev)
+    async def _build(self, slot: str, head: Entry, envelope_for: Callable[[], dict[str, Any]],
+                     pages: Callable[[], AsyncIterator[list[Entry]]],
+                     first_prev: str | None) -> None:
+        doc = await self.render(envelope_for(), pages(), export=True, first_prev=first_prev)
         self.builds += 1
         if doc.fh is not None:
             doc.fh.close()
@@ -224,11 +217,11 @@ class DocumentBuilder:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(doc.body or b"")
             doc.path = Path(name)
-        old = self._cached.get(instance)
+        old = self._cached.get(slot)
         if old is not None and old[0] > head.index:  # a newer export finished first
             doc.path.unlink(missing_ok=True)
             return
-        self._cached[instance] = (head.index, head.currhash, doc.path, doc.size, doc.signature)
+        self._cached[slot] = (head.index, head.currhash, doc.path, doc.size, doc.signature)
         if old is not None and old[2] != doc.path:
             with contextlib.suppress(OSError):
                 old[2].unlink()  # readers that opened it keep their file until they finish

@@ -26,7 +26,7 @@ from aiohttp import web
 from chronicle.config import DataDir
 from chronicle.server.app import build_app
 from chronicle.server.context import ServerContext
-from chronicle.store import store_for_url
+from chronicle.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 async def open_context(data_dir: DataDir) -> ServerContext:
     settings = data_dir.settings()
     key = data_dir.signing_key(settings)
-    store = store_for_url(settings.database, data_dir.path)
+    store = open_store(settings.database, data_dir.path)
     await store.open()
     return ServerContext(settings=settings, key=key, store=store,
                          cache_dir=data_dir.cache_dir)

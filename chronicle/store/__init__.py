@@ -1,17 +1,53 @@
-"""Storage backends behind one interface (:class:`chronicle.store.base.Store`)."""
+"""Storage: one :class:`Store` per database, its concerns written once over a small driver
+interface (:mod:`chronicle.store.sql`), with SQLite and PostgreSQL drivers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from chronicle.core.errors import StorageError
-from chronicle.store.base import SCHEMA_VERSION, Client, Mirror, Store, WriteTx
+from chronicle.store.base import Store
+from chronicle.store.chains import BatchView, Chain, Planner, WriteTx
+from chronicle.store.records import (
+    Client,
+    EvidenceDocument,
+    KeyRecord,
+    Mirror,
+    ReplicaFault,
+    ReplicaPeer,
+    ReplicaSource,
+    XsignReceipt,
+    XsignTarget,
+)
+from chronicle.store.replication import ReplicaConflict
+from chronicle.store.schema import SCHEMA_VERSION
+from chronicle.store.sql import LeaderLock
 
-__all__ = ["SCHEMA_VERSION", "Client", "Mirror", "Store", "WriteTx", "store_for_url"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "BatchView",
+    "Chain",
+    "Client",
+    "EvidenceDocument",
+    "KeyRecord",
+    "LeaderLock",
+    "Mirror",
+    "Planner",
+    "ReplicaConflict",
+    "ReplicaFault",
+    "ReplicaPeer",
+    "ReplicaSource",
+    "Store",
+    "WriteTx",
+    "XsignReceipt",
+    "XsignTarget",
+    "open_store",
+]
 
 
-def store_for_url(url: str, base_dir: Path | None = None) -> Store:
-    """Pick the driver: ``sqlite:PATH`` (relative to ``base_dir``) or ``postgresql://…``."""
+def open_store(url: str, base_dir: Path | None = None) -> Store:
+    """The store for a database URL: ``sqlite:PATH`` (relative to ``base_dir``) or
+    ``postgresql://…``. Not connected yet: call ``open()`` (or ``create_schema()``)."""
     if url.startswith("sqlite:"):
         from chronicle.store.sqlite import SqliteStore
 

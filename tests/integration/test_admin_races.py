@@ -90,7 +90,7 @@ async def test_register_by_an_admin_revoked_meanwhile_fails(tmp_path: Path) -> N
                                    admin.client_id)
             res = await task
             assert (res.status, res.json["message"]) == (403, "Client not found")
-            assert len(await srv.ctx.store.list_clients("")) == 0
+            assert len(await srv.ctx.store.clients.all("")) == 0
             assert (await srv.request("GET", "/chronicle/lasthash")).json["results"] == []
         finally:
             await srv.close()

@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from chronicle.core.encoding import atom, b64u_decode, b64u_encode, php_json, utcnow
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey, verify
-from chronicle.server.app import DOCS
+from chronicle.server.keys import DOCS
 from chronicle.server.export import SMALL_DOCUMENT_ROWS
 from chronicle.store import Mirror
 from tests.helpers import (
@@ -84,7 +84,7 @@ def error(res: Response, status: int, message: str | None = None) -> Any:
 
 
 async def chain_length(server: RunningServer, instance: str = "") -> int:
-    head = await server.ctx.store.head(instance)
+    head = await server.ctx.store.chain(instance).head()
     return 0 if head is None else head.index + 1
 
 
@@ -657,14 +657,14 @@ async def test_register_errors(server: RunningServer) -> None:
         (admin_request_body(publickey=b64u_encode(os.urandom(33))), "admin", 400,
          "Key is not the correct size"),
     ]
-    clients_before = await server.ctx.store.list_clients("", include_revoked=True)
+    clients_before = await server.ctx.store.clients.all("", include_revoked=True)
     for body, who, status, message in cases:
         error(await admin_post(server, "/chronicle/register", body, who), status, message)
     # a malformed (not base64url) key: 400 with our own precise wording
     error(await admin_post(server, "/chronicle/register",
                            admin_request_body(publickey="not*base64")), 400)
     assert await chain_length(server) == 0
-    assert await server.ctx.store.list_clients("", include_revoked=True) == clients_before
+    assert await server.ctx.store.clients.all("", include_revoked=True) == clients_before
 
 
 async def test_revoke_errors(server: RunningServer) -> None:
@@ -749,9 +749,9 @@ async def test_mirrors(server: RunningServer) -> None:
     doc = ok(await server.request("GET", "/chronicle/mirrors"), keys)
     assert doc["results"] == [] and doc["public-key"] == server.key.public_b64
     pk = SigningKey.generate().public_b64
-    await server.ctx.store.add_mirror("", Mirror("https://m2.example/chronicle", pk, None, 5),
+    await server.ctx.store.mirrors.add("", Mirror("https://m2.example/chronicle", pk, None, 5),
                                       atom(utcnow()))
-    await server.ctx.store.add_mirror("", Mirror("https://m1.example/chronicle", pk, "first", 1),
+    await server.ctx.store.mirrors.add("", Mirror("https://m1.example/chronicle", pk, "first", 1),
                                       atom(utcnow()))
     doc = ok(await server.request("GET", "/chronicle/mirrors"), keys)
     assert doc["results"] == [
@@ -780,7 +780,7 @@ async def test_concurrent_publishes(server: RunningServer) -> None:
         assert row["contents"] == body
         assert row["publickey"] == who.key.public_b64
         assert (row["summary"], row["created"]) == (receipt["summaryhash"], receipt["created"])
-    stored = await server.ctx.store.range("", 0, 10_000)
+    stored = await server.ctx.store.chain("").range(0, 10_000)
     assert [e.index for e in stored] == list(range(200)) == [e.index for e in entries]
     # created never goes backwards along the chain
     assert [r["created"] for r in rows] == sorted(r["created"] for r in rows)
@@ -812,7 +812,7 @@ async def test_large_export_is_php_identical_and_cached(server: RunningServer) -
     assert res.status == 200
     assert res.headers.getall("Content-Type") == ["application/json"]
     doc = res.json
-    stored = await server.ctx.store.range("", 0, count + 10)
+    stored = await server.ctx.store.chain("").range(0, count + 10)
     expected = {"version": "1.3.x", "datetime": doc["datetime"], "status": "OK",
                 "total": count, "results": [_expected_export_row(e) for e in stored]}
     assert res.body == php_json(expected).encode("ascii")

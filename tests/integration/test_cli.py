@@ -23,7 +23,7 @@ from chronicle.cli import main
 from chronicle.config import KEY_FILE, write_secret_file
 from chronicle.core.encoding import b64u_decode
 from chronicle.core.sapient import SigningKey
-from chronicle.store import store_for_url
+from chronicle.store import open_store
 from tests import helpers
 from tests.helpers import (
     Identity,
@@ -65,10 +65,10 @@ def stored_rows(data_dir: Path) -> list[Any]:
     async def go() -> list[Any]:
         from chronicle.config import DataDir
 
-        store = store_for_url(DataDir(data_dir).settings().database, data_dir)
+        store = open_store(DataDir(data_dir).settings().database, data_dir)
         await store.open()
         try:
-            return await store.range("", 0, 1_000_000)
+            return await store.chain("").range(0, 1_000_000)
         finally:
             await store.close()
 

@@ -21,7 +21,7 @@ import asyncpg
 
 from chronicle.config import DataDir
 from chronicle.core.sapient import SigningKey
-from chronicle.store import store_for_url
+from chronicle.store import open_store
 from chronicle.store.postgres import PostgresStore, split_url
 from chronicle.store.sqlite import SqliteStore
 from tests.helpers import (
@@ -150,10 +150,10 @@ async def _check_after_restart(data_dir: DataDir, key: SigningKey, load: Load,
         await stop_process(sp)
 
     # storage level: indices are gap-free
-    store = store_for_url(data_dir.settings().database, data_dir.path)
+    store = open_store(data_dir.settings().database, data_dir.path)
     await store.open()
     try:
-        stored = await store.range("", 0, 1_000_000)
+        stored = await store.chain("").range(0, 1_000_000)
     finally:
         await store.close()
     assert [e.index for e in stored] == list(range(len(rows) + 1))

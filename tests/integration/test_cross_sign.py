@@ -27,8 +27,7 @@ from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey
 from chronicle.replication.crosssign import push
 from chronicle.server.app import build_app
 from chronicle.server.context import ServerContext
-from chronicle.store import store_for_url
-from chronicle.store.base import XsignTarget
+from chronicle.store import XsignTarget, open_store
 from tests.helpers import RunningServer, free_port, load_vector, start_server
 from tests.integration.test_replay_php import PinnedClock
 from tests.integration.test_replication import QUIET, cli, ledger, publish_many
@@ -87,15 +86,15 @@ async def test_policy_by_count(pair: tuple[RunningServer, RunningServer]) -> Non
         pushed.append(result.status)
     # The first entry is cross-signed at once, then every second one.
     assert pushed == ["pushed", "skipped", "pushed", "skipped", "pushed", "skipped"]
-    claims = [json.loads(e.contents) for e in await c.ctx.store.range("", 0, 10)]
-    a_entries = await a.ctx.store.range("", 0, 6)
+    claims = [json.loads(e.contents) for e in await c.ctx.store.chain("").range(0, 10)]
+    a_entries = await a.ctx.store.chain("").range(0, 6)
     assert [cl["currhash"] for cl in claims] == \
         [b64u_encode(a_entries[i].currhash) for i in (0, 2, 4)]
     assert all(cl["target"] == c.key.public_b64 for cl in claims)
     (target,) = await targets(_a_dir(a))
     assert (target["last-index"], target["failures"], target["policy"]) == \
         (4, 0, {"push-after": 2})
-    c_head = await c.ctx.store.head("")
+    c_head = await c.ctx.store.chain("").head()
     assert c_head is not None
     assert target["last-receipt"]["currhash"] == b64u_encode(c_head.currhash)
     assert target["last-receipt"]["status"] == "ok"
@@ -121,7 +120,7 @@ async def test_policy_by_days(tmp_path: Path) -> None:
         assert [r.status for r in await jobs.cross_sign_once()] == ["skipped"]
         clock.value += timedelta(hours=2)
         assert [r.status for r in await jobs.cross_sign_once()] == ["pushed"]
-        claims = [json.loads(e.contents) for e in await c.ctx.store.range("", 0, 5)]
+        claims = [json.loads(e.contents) for e in await c.ctx.store.chain("").range(0, 5)]
         assert [cl["cross-sign-at"] for cl in claims] == [
             "2026-01-01T00:00:00+00:00", "2026-01-02T01:00:00+00:00"]
         # Nothing new: no cross-sign, however old the last one is.
@@ -134,7 +133,7 @@ async def test_policy_by_days(tmp_path: Path) -> None:
 
 async def start_server_on(data_dir: DataDir, port: int) -> RunningServer:
     settings = data_dir.settings()
-    store = store_for_url(settings.database, data_dir.path)
+    store = open_store(settings.database, data_dir.path)
     await store.open()
     ctx = ServerContext(settings=settings, key=data_dir.signing_key(settings), store=store,
                         cache_dir=data_dir.cache_dir)
@@ -175,9 +174,9 @@ async def test_a_peer_that_is_down_is_retried_later(tmp_path: Path,
         res = await cli("cross-sign", "run", "--data-dir", str(_a_dir(a).path), "--json")
         assert res.code == 0, res.stderr
         assert res.json["targets"][0]["status"] == "pushed"
-        head = await a.ctx.store.head("")
+        head = await a.ctx.store.chain("").head()
         assert head is not None
-        claim = json.loads((await c.ctx.store.entry_at("", 0)).contents)  # type: ignore[union-attr]
+        claim = json.loads((await c.ctx.store.chain("").entry_at(0)).contents)  # type: ignore[union-attr]
         assert claim["currhash"] == b64u_encode(head.currhash)
         (target,) = await targets(_a_dir(a))
         assert (target["failures"], target["last-index"], target["last-error"]) == (0, 2, None)
@@ -269,8 +268,8 @@ async def test_a_peer_answer_with_a_bad_signature_is_a_failure(
         assert (receipt["status"], receipt["currhash"]) == ("failed", None)
         assert "not signed" in receipt["error"]
         store = a.ctx.store
-        (row,) = await store.list_xsign_targets()
-        (kept,) = await store.list_xsign_receipts(row.id)
+        (row,) = await store.xsign.targets()
+        (kept,) = await store.xsign.receipts(row.id)
         assert kept.response is not None and b'"currhash"' in kept.response
         assert kept.message == peer.bodies[0]
     finally:
@@ -287,7 +286,7 @@ async def test_a_refusing_peer(pair: tuple[RunningServer, RunningServer]) -> Non
     (result,) = res.json["targets"]
     assert (result["status"], result["error"]) == \
         ("refused", "server refused (HTTP 403): Client not found")
-    assert await c.ctx.store.head("") is None
+    assert await c.ctx.store.chain("").head() is None
 
 
 async def test_cross_signing_runs_inside_serve(tmp_path: Path) -> None:
@@ -301,10 +300,10 @@ async def test_cross_signing_runs_inside_serve(tmp_path: Path) -> None:
         await add_target(a_dir, c.url, c.key.public, peer.client_id, "--push-after", "1")
         await publish_many(a, "alice", ["one", "two"])
         deadline = asyncio.get_running_loop().time() + 15
-        while await c.ctx.store.head("") is None:
+        while await c.ctx.store.chain("").head() is None:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.1)
-        c_head = await c.ctx.store.head("")
+        c_head = await c.ctx.store.chain("").head()
         assert c_head is not None and c_head.publickey == a.key.public
     finally:
         await a.close()
@@ -392,10 +391,10 @@ async def test_our_cross_signs_are_php_a_s_byte_for_byte(tmp_path: Path) -> None
     requests, and record B's signed receipts."""
     a_dir = await ledger(tmp_path, "A", A_KEY, **QUIET)
     b = await RecordedB([106, 109, 115, 118]).start()
-    store = store_for_url(a_dir.settings().database, a_dir.path)
+    store = open_store(a_dir.settings().database, a_dir.path)
     await store.open()
     try:
-        target = await store.add_xsign_target(XsignTarget(
+        target = await store.xsign.add_target(XsignTarget(
             "chronicle-B", b.url, B_PUBLIC, A_ON_B, CrossSignPolicy(2, 30).as_json()))
         assert target.policy == '{"push-after":2,"push-days":30}'
         clock = PinnedClock()
@@ -411,7 +410,7 @@ async def test_our_cross_signs_are_php_a_s_byte_for_byte(tmp_path: Path) -> None
             clock.value = parse_timestamp(
                 json.loads(request["body_text"])["cross-sign-at"] if request
                 else CHAIN_A[index]["created"])
-            (target,) = await store.list_xsign_targets()
+            (target,) = await store.xsign.targets()
             result = await push(store, A_KEY, target, clock=clock)
             statuses.append((index, result.status))
         assert statuses == [(21, "pushed"), (22, "skipped"), (23, "pushed"), (24, "skipped"),
@@ -422,7 +421,7 @@ async def test_our_cross_signs_are_php_a_s_byte_for_byte(tmp_path: Path) -> None
             want = dict(recorded["headers"])
             for name in ("Chronicle-Client-Key-ID", "Body-Signature-Ed25519", "Content-Type"):
                 assert headers[name] == want[name]
-        receipts = await store.list_xsign_receipts(target.id)
+        receipts = await store.xsign.receipts(target.id)
         assert [(r.status, r.index) for r in receipts] == \
             [("ok", 27), ("ok", 25), ("ok", 23), ("ok", 21)]
         for receipt, exchange_id in zip(receipts[::-1], [106, 109, 115, 118], strict=True):

@@ -20,7 +20,7 @@ from chronicle.core.encoding import b64u_encode
 from chronicle.core.errors import IntegrityError, RequestError
 from chronicle.core.sapient import SigningKey
 from chronicle.importer import run_import
-from chronicle.store import store_for_url
+from chronicle.store import open_store
 from chronicle.store.postgres import split_url
 from tests import helpers
 from tests.helpers import VECTORS, init_data_dir, load_vector, start_server, verify_chain
@@ -55,10 +55,10 @@ async def _fresh_dir(tmp_path: Path) -> DataDir:
 
 
 async def _stored(dd: DataDir) -> list[Any]:
-    store = store_for_url(dd.settings().database, dd.path)
+    store = open_store(dd.settings().database, dd.path)
     await store.open()
     try:
-        return [await store.entry_at("", i) for i in range(len(CHAIN_A))]
+        return [await store.chain("").entry_at(i) for i in range(len(CHAIN_A))]
     finally:
         await store.close()
 
@@ -121,11 +121,11 @@ async def test_tampered_php_database_is_refused_at_the_entry(
     assert info.value.index == index
     assert info.value.field == fault_field
     assert f"PHP row id {row_id}" in info.value.message
-    store = store_for_url(dd.settings().database, dd.path)
+    store = open_store(dd.settings().database, dd.path)
     await store.open()
     try:
-        assert await store.head("") is None  # nothing stored
-        assert await store.list_clients("") == []
+        assert await store.chain("").head() is None  # nothing stored
+        assert await store.clients.all("") == []
     finally:
         await store.close()
 

@@ -10,13 +10,13 @@ import pytest
 from chronicle.core.errors import OverloadedError
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Ledger
-from chronicle.store import store_for_url
+from chronicle.store import open_store
 from tests.helpers import init_data_dir
 
 
 async def test_queue_and_batches_are_bounded_by_bytes(tmp_path: Path) -> None:
     dd = await init_data_dir(tmp_path / "l")
-    store = store_for_url(dd.settings().database, dd.path)
+    store = open_store(dd.settings().database, dd.path)
     await store.open()
     key = SigningKey.generate()
     ledger = Ledger(store, "", max_batch_bytes=3000, max_queue_bytes=10_000)

@@ -26,8 +26,7 @@ from click.testing import CliRunner
 from chronicle.cli import main
 from chronicle.config import KEY_FILE, DataDir
 from chronicle.core.sapient import SigningKey
-from chronicle.store import store_for_url
-from chronicle.store.base import SCHEMA_VERSION
+from chronicle.store import SCHEMA_VERSION, open_store
 from tests.helpers import (
     Identity,
     ServerProcess,
@@ -129,10 +128,10 @@ async def _verify(url: str, key: bytes, load: Load) -> list[dict[str, Any]]:
 
 
 async def _gap_free(data_dir: DataDir, count: int) -> None:
-    store = store_for_url(data_dir.settings().database, data_dir.path)
+    store = open_store(data_dir.settings().database, data_dir.path)
     await store.open()
     try:
-        stored = await store.range("", 0, count + 10)
+        stored = await store.chain("").range(0, count + 10)
     finally:
         await store.close()
     assert [e.index for e in stored] == list(range(count))

@@ -25,8 +25,7 @@ from typing import Any
 from chronicle.config import DataDir
 from chronicle.core.encoding import b64u_decode, parse_timestamp
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey, verify
-from chronicle.store import store_for_url
-from chronicle.store.base import Client, Mirror
+from chronicle.store import Client, Mirror, open_store
 from tests.helpers import VECTORS, RunningServer, init_data_dir, load_vector, start_server
 
 KEYS = load_vector("keys.json")
@@ -120,7 +119,7 @@ async def _setup(tmp_path: Path) -> Path:
     data = tmp_path / "A"
     dd = await init_data_dir(data, A_KEY, publish_new_clients=False,
                              publish_revoked_clients=False)
-    store = store_for_url(dd.settings().database, data)
+    store = open_store(dd.settings().database, data)
     await store.open()
     try:
         async with store.write("") as tx:
@@ -137,10 +136,10 @@ async def _setup(tmp_path: Path) -> Path:
 
 async def _add_mirrors(server: RunningServer) -> None:
     store = server.ctx.store
-    await store.add_mirror("", Mirror("http://127.0.0.1:18112/chronicle",
+    await store.mirrors.add("", Mirror("http://127.0.0.1:18112/chronicle",
                                       KEYS["servers"]["B"]["publickey"], "B mirrors A", 5),
                            "2026-11-28 04:58:25")
-    await store.add_mirror("", Mirror("https://mirror.example.invalid/chronicle",
+    await store.mirrors.add("", Mirror("https://mirror.example.invalid/chronicle",
                                       KEYS["servers"]["A"]["publickey"], None, 1),
                            "2026-11-28 04:58:25")
 
@@ -235,10 +234,10 @@ async def test_replay_server_a(tmp_path: Path) -> None:
             item = index[name]
             assert answers[item["exchange_id"]] == (VECTORS / "exports" / item["file"]).read_bytes()
         # The chain we built is A's chain, row for row.
-        head = await server.ctx.store.head("")
+        head = await server.ctx.store.chain("").head()
         assert head is not None and head.index + 1 == len(CHAIN_A)
         for index, row in enumerate(CHAIN_A):
-            entry = await server.ctx.store.entry_at("", index)
+            entry = await server.ctx.store.chain("").entry_at(index)
             assert entry is not None
             assert base64.urlsafe_b64encode(entry.hashstate).decode() == row["hashstate"]
             assert entry.created == row["created"]

@@ -32,8 +32,7 @@ from chronicle.core.errors import EncodingError, StorageError
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey, verify
 from chronicle.replication.follower import Replicator, SyncOptions
 from chronicle.replication.jobs import BackgroundJobs
-from chronicle.store import Store, store_for_url
-from chronicle.store.base import ReplicaSource
+from chronicle.store import ReplicaSource, Store, open_store
 from tests import helpers
 from tests.helpers import RunningServer, init_data_dir, start_server
 
@@ -95,29 +94,29 @@ async def sync(replica: DataDir, *names: str) -> Outcome:
     return await cli("replica", "sync", "--data-dir", str(replica.path), "--json", *names)
 
 
-async def open_store(data_dir: DataDir) -> Store:
-    store = store_for_url(data_dir.settings().database, data_dir.path)
+async def opened(data_dir: DataDir) -> Store:
+    store = open_store(data_dir.settings().database, data_dir.path)
     await store.open()
     return store
 
 
 async def replica_rows(data_dir: DataDir, name: str = "upstream") -> list[Entry]:
-    store = await open_store(data_dir)
+    store = await opened(data_dir)
     try:
-        source = await store.get_replica_source(name)
+        source = await store.replication.source(name)
         assert source is not None
-        head = await store.replica_head(source.id)
+        head = await store.replication.chain(source.id).head()
         count = 0 if head is None else head.index + 1
-        return [e for page in [p async for p in store.iter_replica_range(source.id, 0, count)]
+        return [e for page in [p async for p in store.replication.chain(source.id).pages(0, count)]
                 for e in page]
     finally:
         await store.close()
 
 
 async def source_of(data_dir: DataDir, name: str = "upstream") -> ReplicaSource:
-    store = await open_store(data_dir)
+    store = await opened(data_dir)
     try:
-        source = await store.get_replica_source(name)
+        source = await store.replication.source(name)
         assert source is not None
         return source
     finally:
@@ -296,7 +295,7 @@ async def test_replica_of_our_server_copies_it_exactly(tmp_path: Path, page_size
         assert (report["status"], report["added"], report["entries"]) == ("ok", 20, 20)
         assert res.json["ok"] is True
 
-        theirs = [await upstream.ctx.store.entry_at("", i) for i in range(20)]
+        theirs = [await upstream.ctx.store.chain("").entry_at(i) for i in range(20)]
         ours = await replica_rows(replica)
         assert same_rows(ours, [e for e in theirs if e is not None])
 
@@ -318,7 +317,7 @@ async def test_replica_of_our_server_copies_it_exactly(tmp_path: Path, page_size
         res = await sync(replica, "upstream")
         assert res.code == 0, res.stderr
         assert res.json["sources"][0]["added"] == 9
-        theirs = [await upstream.ctx.store.entry_at("", i) for i in range(29)]
+        theirs = [await upstream.ctx.store.chain("").entry_at(i) for i in range(29)]
         assert same_rows(await replica_rows(replica), [e for e in theirs if e is not None])
         res = await sync(replica)
         assert (res.code, res.json["sources"][0]["added"]) == (0, 0)
@@ -393,14 +392,14 @@ async def test_sync_resumes_after_a_crash_without_refetching(tmp_path: Path,
     fake.view.entries = chain(40)
     replica = await ledger(tmp_path, "B", **QUIET)
     await add_source(replica, fake.url(), fake.view.key.public)
-    store = await open_store(replica)
+    store = await opened(replica)
     try:
-        source = await store.get_replica_source("upstream")
+        source = await store.replication.source("upstream")
         assert source is not None
         options = SyncOptions(spool_dir=replica.cache_dir / "replication",
                               evidence_dir=replica.path / "evidence", chunk_rows=8,
                               commit_rows=8, memory_limit=4096)
-        real_append = store.replica_append
+        real_append = store.replication.append
         calls = {"n": 0}
 
         async def crash_after_two(*args: Any, **kwargs: Any) -> None:
@@ -409,15 +408,15 @@ async def test_sync_resumes_after_a_crash_without_refetching(tmp_path: Path,
                 raise StorageError("simulated crash: the disk went away")
             await real_append(*args, **kwargs)
 
-        store.replica_append = crash_after_two  # type: ignore[method-assign]
+        store.replication.append = crash_after_two  # type: ignore[method-assign]
         result = await Replicator(store, source, options).sync()
         assert (result.status, result.added, result.entries) == ("error", 16, 16)
         assert "simulated crash" in (result.error or "")
         # The spooled answer is gone, and nothing half-verified was stored.
         assert list((replica.cache_dir / "replication").iterdir()) == []
-        store.replica_append = real_append  # type: ignore[method-assign]
+        store.replication.append = real_append  # type: ignore[method-assign]
         fake.requests.clear()
-        source = await store.get_replica_source("upstream")
+        source = await store.replication.source("upstream")
         assert source is not None
         assert (source.status, source.failures) == ("active", 1)
         result = await Replicator(store, source, options).sync()
@@ -765,7 +764,7 @@ async def test_three_level_chain(tmp_path: Path) -> None:
         (attestation,) = await jobs.attest_once(force=True)
         message = json.loads(attestation.contents)
         assert list(message) == ["version", "datetime", "replication-hashes"]
-        a_head = await a.ctx.store.head("")
+        a_head = await a.ctx.store.chain("").head()
         assert a_head is not None
         assert message["replication-hashes"] == [{
             "currhash": b64u_encode(a_head.currhash),
@@ -774,8 +773,8 @@ async def test_three_level_chain(tmp_path: Path) -> None:
         (pushed,) = await jobs.cross_sign_once()
         assert pushed.status == "pushed"
 
-        b_head = await b.ctx.store.head("")
-        c_head = await c.ctx.store.head("")
+        b_head = await b.ctx.store.chain("").head()
+        c_head = await c.ctx.store.chain("").head()
         assert b_head is not None and c_head is not None
         claim = json.loads(c_head.contents)
         assert claim == {"target": c.key.public_b64, "cross-sign-at": claim["cross-sign-at"],
@@ -789,7 +788,7 @@ async def test_three_level_chain(tmp_path: Path) -> None:
                                    b.key.public) as client:
             copied = [e async for e in client.export()]
         assert [e.currhash for e in copied] == [
-            b64u_encode(e.currhash) for e in [await a.ctx.store.entry_at("", i)
+            b64u_encode(e.currhash) for e in [await a.ctx.store.chain("").entry_at(i)
                                               for i in range(8)] if e is not None]
         # And C's cross-sign receipt is recorded on B.
         listed = await cli("cross-sign", "list", "--data-dir", str(b_dir.path), "--json")
@@ -824,19 +823,19 @@ async def test_follower_runs_inside_serve_and_attests(tmp_path: Path) -> None:
         await add_source(b_dir, a.url, a.key.public, "A")
 
         async def copied(count: int) -> bool:
-            source = await b.ctx.store.get_replica_source("A")
+            source = await b.ctx.store.replication.source("A")
             assert source is not None
-            head = await b.ctx.store.replica_head(source.id)
+            head = await b.ctx.store.replication.chain(source.id).head()
             return head is not None and head.index + 1 == count
 
         await wait_for(lambda: copied(3))
         await publish_many(a, "alice", ["four"])
         await wait_for(lambda: copied(4))
         # The attestation came after the first pass that had something to attest.
-        head = await b.ctx.store.head("")
+        head = await b.ctx.store.chain("").head()
         assert head is not None
         assert b"replication-hashes" in head.contents
-        assert await b.ctx.store.get_job_state("attestation:") is not None
+        assert await b.ctx.store.jobs.get("attestation:") is not None
     finally:
         await b.close()
         await a.close()

@@ -29,7 +29,7 @@ from chronicle.core.encoding import b64u_decode, b64u_encode, parse_timestamp
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey, verify
 from chronicle.replication.attest import attest
 from chronicle.replication.follower import Replicator, SyncOptions
-from chronicle.store.base import Client, ReplicaSource
+from chronicle.store import Client, ReplicaSource
 from tests.helpers import VECTORS, RunningServer, init_data_dir, load_vector, start_server
 from tests.integration.test_replay_php import PinnedClock, _body, _header, _times
 
@@ -163,7 +163,7 @@ async def _setup(tmp_path: Path) -> tuple[Path, DataDir]:
         async with server.ctx.store.write("") as tx:
             await tx.add_client(Client(A_AS_CLIENT_OF_B, A_KEY, False, None,
                                        "2026-11-28 04:58:25"))
-        await server.ctx.store.add_replica_source(ReplicaSource(
+        await server.ctx.store.replication.add_source(ReplicaSource(
             uniqueid=SOURCE, name=SOURCE_NAME, url=RECORDED_URL, publickey=A_KEY,
             created="2026-11-28T04:58:24+00:00"))
     finally:
@@ -177,10 +177,10 @@ async def _sync(server: RunningServer, a: RecordedA, run: int, tmp_path: Path) -
     a.serve(answers)
     a.requests.clear()
     store = server.ctx.store
-    source = await store.get_replica_source(SOURCE)
+    source = await store.replication.source(SOURCE)
     assert source is not None
-    await store.set_replica_url(source.id, a.url)
-    source = await store.get_replica_source(SOURCE)
+    await store.replication.set_url(source.id, a.url)
+    source = await store.replication.source(SOURCE)
     assert source is not None
     clock = PinnedClock()
     clock.value = parse_timestamp(stamp)
@@ -190,7 +190,7 @@ async def _sync(server: RunningServer, a: RecordedA, run: int, tmp_path: Path) -
     assert result.status == "ok", result.error
     # What B's replicator asked for, in order (our follower reads the index every time).
     assert a.requests == [unquote(EXCHANGES[i]["request"]["target"]) for i in answers]
-    await store.set_replica_url(source.id, RECORDED_URL)
+    await store.replication.set_url(source.id, RECORDED_URL)
     entry = await attest(store, server.ctx.ledger(""), server.key, every=timedelta(days=7),
                          clock=clock)
     assert (entry is not None) == (run == 0)
@@ -211,12 +211,12 @@ async def test_replica_of_recorded_php_chronicle_a(tmp_path: Path) -> None:
             for c in clocks:
                 c.value = parse_timestamp(RUNS[run][0])
             await _sync(server, a, run, tmp_path)
-            source = await server.ctx.store.get_replica_source(SOURCE)
+            source = await server.ctx.store.replication.source(SOURCE)
             assert source is not None
-            head = await server.ctx.store.replica_head(source.id)
+            head = await server.ctx.store.replication.chain(source.id).head()
             assert head is not None
-            copy = [e for p in [p async for p in server.ctx.store.iter_replica_range(
-                source.id, 0, head.index + 1)] for e in p]
+            chain = server.ctx.store.replication.chain(source.id)
+            copy = [e async for page in chain.pages(0, head.index + 1) for e in page]
             for ex_id in exchange_ids:
                 ex = EXCHANGES[ex_id]
                 if _settings(ex) != settings:
@@ -251,13 +251,13 @@ async def test_replica_of_recorded_php_chronicle_a(tmp_path: Path) -> None:
 async def _check_tables(server: RunningServer) -> None:
     """Our replica holds B's replica rows, our chain is B's chain, row for row."""
     store = server.ctx.store
-    source = await store.get_replica_source(SOURCE)
+    source = await store.replication.source(SOURCE)
     assert source is not None
     assert (source.name, source.url, source.publickey) == (SOURCE_NAME, RECORDED_URL, A_KEY)
     recorded = B_TABLES["chronicle_replication_chain"]
     assert len(recorded) == 29
     for index, row in enumerate(recorded):
-        entry = await store.replica_entry_at(source.id, index)
+        entry = await store.replication.chain(source.id).entry_at(index)
         assert entry is not None
         assert entry.contents.decode() == row["data"]
         assert (b64u_encode(entry.prevhash) if entry.prevhash else "") == row["prevhash"]
@@ -269,11 +269,11 @@ async def _check_tables(server: RunningServer) -> None:
         assert entry.created == row["created"]
     chain = B_TABLES["chronicle_chain"]
     for index, row in enumerate(chain):
-        entry = await store.entry_at("", index)
+        entry = await store.chain("").entry_at(index)
         assert entry is not None
         assert entry.contents.decode() == row["data"]
         assert b64u_encode(entry.currhash) == row["currhash"]
         assert b64u_encode(entry.hashstate) == row["hashstate"]
         assert b64u_encode(entry.signature) == row["signature"]
         assert entry.created == row["created"]
-    assert await store.entry_at("", len(chain)) is None
+    assert await store.chain("").entry_at(len(chain)) is None

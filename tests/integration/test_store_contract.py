@@ -11,14 +11,14 @@ import pytest
 from chronicle.core.blakechain import ChainBuilder, Entry
 from chronicle.core.errors import RequestError, SchemaMismatchError, StorageError
 from chronicle.core.sapient import SigningKey
-from chronicle.store import Client, Mirror, Store, store_for_url
+from chronicle.store import Client, Mirror, Store, open_store
 from chronicle.store.postgres import PostgresStore
 from chronicle.store.sqlite import SqliteStore
 from tests import helpers
 
 
 async def _store(tmp_path: Path, *, create: bool = True) -> Store:
-    store = store_for_url(helpers.DATABASE["url"], tmp_path)
+    store = open_store(helpers.DATABASE["url"], tmp_path)
     if create:
         await store.create_schema()
         await store.ensure_instance("")
@@ -40,7 +40,7 @@ async def test_fresh_schema_then_open_checks_version(tmp_path: Path) -> None:
     await store.close()
     reopened = await _store(tmp_path, create=False)
     await reopened.open()
-    assert await reopened.head("") is None
+    assert await reopened.chain("").head() is None
     with pytest.raises(StorageError, match="already"):
         await reopened.create_schema()
     await reopened.close()
@@ -82,16 +82,16 @@ async def test_append_read_and_lookup(tmp_path: Path) -> None:
         async with store.write("") as tx:
             assert await tx.head() is None
             await tx.insert_entries(entries)
-        head = await store.head("")
+        head = await store.chain("").head()
         assert head == entries[-1]
-        assert await store.entry_at("", 7) == entries[7]
-        assert await store.lookup("", entries[3].currhash) == [entries[3]]
-        assert await store.lookup("", entries[3].summaryhash) == [entries[3]]
-        assert await store.lookup("", b"\x00" * 32) == []
+        assert await store.chain("").entry_at(7) == entries[7]
+        assert await store.chain("").lookup(entries[3].currhash) == [entries[3]]
+        assert await store.chain("").lookup(entries[3].summaryhash) == [entries[3]]
+        assert await store.chain("").lookup(b"\x00" * 32) == []
         bare = [replace(e, hashstate=b"") for e in entries]  # ranges omit the hash state
-        assert await store.range("", 5, 9) == bare[5:9]
-        assert await store.range("", 24, 100) == bare[24:]
-        pages = [p async for p in store.iter_range("", 0, 25, page=10)]
+        assert await store.chain("").range(5, 9) == bare[5:9]
+        assert await store.chain("").range(24, 100) == bare[24:]
+        pages = [p async for p in store.chain("").pages(0, 25, page=10)]
         assert [len(p) for p in pages] == [10, 10, 5]
         assert [e for p in pages for e in p] == bare
         async with store.write("") as tx:
@@ -111,10 +111,10 @@ async def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
             async with store.write("") as tx:
                 await tx.insert_entries(entries)
                 raise RuntimeError("boom")
-        assert await store.head("") is None
+        assert await store.chain("").head() is None
         async with store.write("") as tx:
             await tx.insert_entries(entries)
-        assert (await store.head("")) == entries[-1]
+        assert (await store.chain("").head()) == entries[-1]
     finally:
         await store.close()
 
@@ -128,7 +128,7 @@ async def test_duplicate_signature_or_index_is_refused_by_the_database(tmp_path:
         with pytest.raises(Exception):  # noqa: B017 - driver-specific unique violation
             async with store.write("") as tx:
                 await tx.insert_entries([entries[1]])
-        assert (await store.head("")) == entries[-1]
+        assert (await store.chain("").head()) == entries[-1]
     finally:
         await store.close()
 
@@ -140,7 +140,7 @@ async def test_clients(tmp_path: Path) -> None:
         client = Client("cid", key.public, False, "note", "2026-01-01T00:00:00+00:00")
         async with store.write("") as tx:
             await tx.add_client(client)
-        assert await store.get_client("", "cid") == client
+        assert await store.clients.get("", "cid") == client
         with pytest.raises(RequestError) as info:
             async with store.write("") as tx:
                 await tx.add_client(client)
@@ -148,13 +148,13 @@ async def test_clients(tmp_path: Path) -> None:
         async with store.write("") as tx:
             assert set(await tx.active_clients(["cid", "other"])) == {"cid"}
             await tx.revoke_client("cid", "2026-01-02T00:00:00+00:00")
-        assert await store.get_client("", "cid") is None
-        assert await store.list_clients("") == []
-        revoked = await store.list_clients("", include_revoked=True)
+        assert await store.clients.get("", "cid") is None
+        assert await store.clients.all("") == []
+        revoked = await store.clients.all("", include_revoked=True)
         assert [c.revoked for c in revoked] == ["2026-01-02T00:00:00+00:00"]
         async with store.write("") as tx:  # the id can be reused after revocation
             await tx.add_client(client)
-        assert await store.get_client("", "cid") == client
+        assert await store.clients.get("", "cid") == client
     finally:
         await store.close()
 
@@ -167,13 +167,13 @@ async def test_instances_are_separate_chains(tmp_path: Path) -> None:
         entries = _entries(2)
         async with store.write("other") as tx:
             await tx.insert_entries(entries)
-        assert await store.head("") is None
-        assert await store.head("other") == entries[-1]
-        assert await store.lookup("", entries[0].currhash) == []
+        assert await store.chain("").head() is None
+        assert await store.chain("other").head() == entries[-1]
+        assert await store.chain("").lookup(entries[0].currhash) == []
         async with store.write("") as tx:  # the same entries may exist on another chain
             await tx.insert_entries(entries)
         with pytest.raises(StorageError, match="does not exist"):
-            await store.head("missing")
+            await store.chain("missing").head()
     finally:
         await store.close()
 
@@ -181,14 +181,14 @@ async def test_instances_are_separate_chains(tmp_path: Path) -> None:
 async def test_mirrors(tmp_path: Path) -> None:
     store = await _store(tmp_path)
     try:
-        await store.add_mirror("", Mirror("https://b", "pkB", "B", 5), "t")
-        await store.add_mirror("", Mirror("https://a", "pkA", None, 1), "t")
-        assert [m.url for m in await store.list_mirrors("")] == ["https://a", "https://b"]
-        await store.add_mirror("", Mirror("https://b", "pkB2", "B2", 0), "t")
-        assert (await store.list_mirrors(""))[0] == Mirror("https://b", "pkB2", "B2", 0)
-        assert await store.remove_mirror("", "https://b")
-        assert not await store.remove_mirror("", "https://b")
-        assert [m.url for m in await store.list_mirrors("")] == ["https://a"]
+        await store.mirrors.add("", Mirror("https://b", "pkB", "B", 5), "t")
+        await store.mirrors.add("", Mirror("https://a", "pkA", None, 1), "t")
+        assert [m.url for m in await store.mirrors.all("")] == ["https://a", "https://b"]
+        await store.mirrors.add("", Mirror("https://b", "pkB2", "B2", 0), "t")
+        assert (await store.mirrors.all(""))[0] == Mirror("https://b", "pkB2", "B2", 0)
+        assert await store.mirrors.remove("", "https://b")
+        assert not await store.mirrors.remove("", "https://b")
+        assert [m.url for m in await store.mirrors.all("")] == ["https://a"]
     finally:
         await store.close()
 
@@ -203,7 +203,7 @@ async def test_postgres_url_parameters(tmp_path: Path, postgres_database: str) -
         entries = _entries(3)
         async with store.write("") as tx:
             await tx.insert_entries(entries)
-        assert await store.head("") == entries[-1]
+        assert await store.chain("").head() == entries[-1]
         assert await store.pool.fetchval("SHOW search_path") == \
             f"params_{tmp_path.name[-6:]}"
     finally:

@@ -1,0 +1,137 @@
+"""The write endpoints: ``publish`` (registered clients), ``register`` and ``revoke``
+(admins). Each request is checked the Sapient way before anything else happens: exactly
+one known client, exactly one valid signature over the exact body bytes."""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+
+from chronicle import admin
+from chronicle.core import protocol
+from chronicle.core.blakechain import Entry
+from chronicle.core.encoding import b64u_decode, b64u_encode
+from chronicle.core.errors import (
+    AuthError,
+    EncodingError,
+    NotFoundError,
+    OverloadedError,
+    RequestError,
+)
+from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, verify
+from chronicle.server.context import ServerContext
+from chronicle.server.keys import CTX, RESP
+from chronicle.server.routing import instance_of
+from chronicle.store import Client
+
+
+async def _read_body(request: web.Request) -> bytes:
+    limit = request.app[CTX].settings.max_body_size
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestError(f"Request body too large (limit {limit} bytes)", status=413)
+    return await request.read()
+
+
+async def authenticate(request: web.Request, instance: str, *, admin_only: bool
+                       ) -> tuple[Client, bytes, bytes]:
+    """Sapient request check: one known client, one valid signature over the exact body.
+
+    Returns ``(client, body, signature)``. The body is read only after the client is
+    known, so strangers cannot make us buffer large bodies.
+    """
+    ctx = request.app[CTX]
+    ids = request.headers.getall(CLIENT_HEADER, [])
+    if not ids:
+        raise AuthError(protocol.MSG_NO_CLIENT_HEADER)
+    if len(ids) > 1:
+        raise AuthError(protocol.MSG_TWO_CLIENT_HEADERS)
+    # Admin rights are checked against the database itself, never a cached answer.
+    client = await ctx.clients.get(instance, ids[0], fresh=admin_only) \
+        if protocol.valid_client_id(ids[0]) else None
+    if client is None or (admin_only and not client.is_admin):
+        raise AuthError(protocol.MSG_CLIENT_NOT_FOUND)
+    if client.publickey == ctx.key.public:
+        raise AuthError(protocol.MSG_SERVER_KEY)
+    sigs = request.headers.getall(SIGNATURE_HEADER, [])
+    if not sigs:
+        raise AuthError(protocol.MSG_NO_SIGNATURE)
+    if len(sigs) > 1:
+        raise AuthError(protocol.MSG_TWO_SIGNATURE_HEADERS)
+    body = await _read_body(request)
+    try:
+        signature = b64u_decode(sigs[0], 64, what="signature")
+    except EncodingError:
+        raise AuthError(protocol.MSG_BAD_SIGNATURE) from None
+    if not verify(client.publickey, body, signature):
+        # The cached key may be stale (the id was revoked and registered again): ask the
+        # database before refusing.
+        current = await ctx.clients.get(instance, ids[0], fresh=True)
+        if current is None:
+            raise AuthError(protocol.MSG_CLIENT_NOT_FOUND)
+        if current.publickey == ctx.key.public:
+            raise AuthError(protocol.MSG_SERVER_KEY)
+        if current.publickey == client.publickey \
+                or not verify(current.publickey, body, signature):
+            raise AuthError(protocol.MSG_BAD_SIGNATURE)
+        client = current
+    return client, body, signature
+
+
+def _check_writable(ctx: ServerContext) -> None:
+    if ctx.settings.read_only:
+        raise OverloadedError("This ledger is read-only at the moment; nothing was stored",
+                              retry_after=60)
+
+
+async def publish(request: web.Request) -> web.StreamResponse:
+    ctx, resp = request.app[CTX], request.app[RESP]
+    instance = instance_of(request)
+    _check_writable(ctx)
+    client, body, signature = await authenticate(request, instance, admin_only=False)
+    wait = ctx.limiter.retry_after(instance, client.publicid)
+    if wait > 0:
+        raise RequestError("Rate limit exceeded, retry later", status=429,
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("Request body is not valid UTF-8") from None
+    protocol.check_publish_timestamp(body, resp.clock(), ctx.settings.request_timeout)
+    entry: Entry = await ctx.ledger(instance).append(body, client.publickey, signature,
+                                                     client_id=client.publicid)
+    return resp.ok(entry.receipt())
+
+
+async def register(request: web.Request) -> web.StreamResponse:
+    ctx, resp = request.app[CTX], request.app[RESP]
+    instance = instance_of(request)
+    _check_writable(ctx)
+    admin_client, body, _ = await authenticate(request, instance, admin_only=True)
+    now = resp.clock()
+    fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)
+    publickey, comment = protocol.parse_register(fields)
+    client = await admin.register_client(
+        ctx.store, ctx.ledger(instance), ctx.key, publickey=publickey, is_admin=False,
+        comment=comment, client_id=ctx.new_client_id(), now=now,
+        publish=ctx.settings.publish_new_clients, by_admin=admin_client.publicid)
+    return resp.ok({"client-id": client.publicid})
+
+
+async def revoke(request: web.Request) -> web.StreamResponse:
+    ctx, resp = request.app[CTX], request.app[RESP]
+    instance = instance_of(request)
+    _check_writable(ctx)
+    admin_client, body, _ = await authenticate(request, instance, admin_only=True)
+    now = resp.clock()
+    fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)
+    client_id, key_text = protocol.parse_revoke(fields)
+    client = await ctx.store.clients.get(instance, client_id)
+    if client is None or b64u_encode(client.publickey) != key_text:
+        raise NotFoundError(protocol.MSG_REVOKE_UNKNOWN)
+    if client.is_admin:
+        raise AuthError(protocol.MSG_REVOKE_ADMIN)
+    await admin.revoke_client(ctx.store, ctx.ledger(instance), ctx.key, client=client, now=now,
+                              publish=ctx.settings.publish_revoked_clients,
+                              by_admin=admin_client.publicid)
+    return resp.ok({"deleted": True})

@@ -1,0 +1,234 @@
+"""The schema, once for both backends, and its versioned migrations.
+
+Each migration is DDL with type tokens (``{serial}``, ``{bigserial}``, ``{bigint}``,
+``{blob}``, ``{bool}``, ``{false}``) that a driver's :class:`Dialect` fills in, so SQLite
+and PostgreSQL get the same tables from one text. The ``meta`` table's
+``schema_version`` row says which migrations a database has; a store refuses to open a
+database at another version (``chronicle migrate`` upgrades an older one).
+"""
+
+from __future__ import annotations
+
+from chronicle.core.errors import SchemaMismatchError, StorageError
+from chronicle.store.sql import Database, Dialect, Session
+
+SCHEMA_VERSION = 2
+
+SQLITE_TYPES = {"serial": "INTEGER PRIMARY KEY", "bigserial": "INTEGER PRIMARY KEY",
+                "bigint": "INTEGER", "blob": "BLOB", "bool": "INTEGER", "false": "0"}
+POSTGRES_TYPES = {"serial": "SERIAL PRIMARY KEY", "bigserial": "BIGSERIAL PRIMARY KEY",
+                  "bigint": "BIGINT", "blob": "BYTEA", "bool": "BOOLEAN", "false": "FALSE"}
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE instances (id {serial}, name TEXT NOT NULL UNIQUE);
+CREATE TABLE entries (
+    id {bigserial},
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    idx {bigint} NOT NULL,
+    contents {blob} NOT NULL,
+    prevhash {blob},
+    currhash {blob} NOT NULL,
+    summaryhash {blob} NOT NULL,
+    hashstate {blob} NOT NULL,
+    publickey {blob} NOT NULL,
+    signature {blob} NOT NULL,
+    created TEXT NOT NULL,
+    UNIQUE (instance, idx)
+);
+CREATE UNIQUE INDEX entries_currhash ON entries(instance, currhash);
+CREATE UNIQUE INDEX entries_summaryhash ON entries(instance, summaryhash);
+CREATE UNIQUE INDEX entries_signature ON entries(instance, signature);
+CREATE TABLE clients (
+    id {bigserial},
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    publicid TEXT NOT NULL,
+    publickey {blob} NOT NULL,
+    is_admin {bool} NOT NULL DEFAULT {false},
+    comment TEXT,
+    created TEXT NOT NULL,
+    revoked TEXT
+);
+CREATE UNIQUE INDEX clients_active ON clients(instance, publicid) WHERE revoked IS NULL;
+CREATE TABLE mirrors (
+    id {bigserial},
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    url TEXT NOT NULL,
+    publickey TEXT NOT NULL,
+    comment TEXT,
+    sortpriority INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL,
+    UNIQUE (instance, url)
+);
+""",
+    2: """
+CREATE TABLE replication_sources (
+    id {bigserial},
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    uniqueid TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    publickey {blob} NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',
+    fault TEXT,
+    reason TEXT,
+    status_since TEXT,
+    created TEXT NOT NULL,
+    last_sync TEXT,
+    last_attempt TEXT,
+    last_error TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (instance, name)
+);
+CREATE TABLE replication_peers (
+    id {bigserial},
+    source {bigint} NOT NULL REFERENCES replication_sources(id) ON DELETE CASCADE,
+    url TEXT NOT NULL,
+    publickey {blob},
+    kind TEXT NOT NULL,
+    cursor TEXT,
+    UNIQUE (source, url)
+);
+CREATE TABLE replication_keys (
+    id {bigserial},
+    source {bigint} NOT NULL REFERENCES replication_sources(id) ON DELETE CASCADE,
+    publickey {blob} NOT NULL,
+    since TEXT NOT NULL,
+    retired TEXT,
+    reason TEXT
+);
+CREATE TABLE replica_entries (
+    id {bigserial},
+    source {bigint} NOT NULL REFERENCES replication_sources(id) ON DELETE CASCADE,
+    idx {bigint} NOT NULL,
+    contents {blob} NOT NULL,
+    prevhash {blob} NOT NULL,
+    currhash {blob} NOT NULL,
+    summaryhash {blob} NOT NULL,
+    hashstate {blob} NOT NULL,
+    publickey {blob} NOT NULL,
+    signature {blob} NOT NULL,
+    created TEXT NOT NULL,
+    replicated TEXT NOT NULL,
+    UNIQUE (source, idx)
+);
+CREATE UNIQUE INDEX replica_entries_currhash ON replica_entries(source, currhash);
+CREATE INDEX replica_entries_summaryhash ON replica_entries(source, summaryhash);
+CREATE TABLE replication_faults (
+    id {bigserial},
+    source {bigint} NOT NULL REFERENCES replication_sources(id) ON DELETE CASCADE,
+    recorded TEXT NOT NULL,
+    status TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE TABLE replication_evidence (
+    id {bigserial},
+    fault {bigint} NOT NULL REFERENCES replication_faults(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    method TEXT NOT NULL,
+    url TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    signature TEXT,
+    signer {blob},
+    body {blob},
+    file TEXT,
+    size {bigint} NOT NULL,
+    sha256 TEXT NOT NULL
+);
+CREATE TABLE xsign_targets (
+    id {bigserial},
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    publickey {blob} NOT NULL,
+    clientid TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    created TEXT NOT NULL,
+    last_index {bigint},
+    last_run TEXT,
+    last_attempt TEXT,
+    last_error TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (instance, name)
+);
+CREATE TABLE xsign_receipts (
+    id {bigserial},
+    target {bigint} NOT NULL REFERENCES xsign_targets(id) ON DELETE CASCADE,
+    recorded TEXT NOT NULL,
+    status TEXT NOT NULL,
+    idx {bigint} NOT NULL,
+    currhash {blob} NOT NULL,
+    summaryhash {blob} NOT NULL,
+    message {blob} NOT NULL,
+    signature TEXT NOT NULL,
+    peer_currhash TEXT,
+    peer_summaryhash TEXT,
+    peer_created TEXT,
+    response {blob},
+    response_signature TEXT,
+    error TEXT
+);
+CREATE TABLE job_state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+}
+
+
+def ddl(version: int, dialect: Dialect) -> str:
+    """Migration ``version`` in the dialect's types."""
+    return MIGRATIONS[version].format(**dialect.types)
+
+
+async def _session_version(session: Session, dialect: Dialect) -> int:
+    if not await session.fetch(dialect.table_exists, "meta"):
+        return 0
+    row = await session.fetchrow("SELECT value FROM meta WHERE key = 'schema_version'")
+    return int(row[0]) if row else 0
+
+
+async def version(db: Database) -> int:
+    """The database's schema version (0: no chronicle schema at all)."""
+    if not await db.read(db.dialect.table_exists, "meta"):
+        return 0
+    rows = await db.read("SELECT value FROM meta WHERE key = 'schema_version'")
+    return int(rows[0][0]) if rows else 0
+
+
+def check_version(found: int, where: str) -> None:
+    """Refuse to run on any schema but ours, saying what to do about it."""
+    if found == SCHEMA_VERSION:
+        return
+    if found == 0:
+        raise SchemaMismatchError(f"{where} holds no chronicle database (run `chronicle init`)")
+    raise SchemaMismatchError(
+        f"database schema version {found}, this chronicle needs {SCHEMA_VERSION}"
+        + (" (run `chronicle migrate`)" if found < SCHEMA_VERSION else
+           " (the database is newer than this software)"))
+
+
+async def upgrade(db: Database, *, fresh: bool, where: str) -> tuple[int, int]:
+    """Apply the missing migrations in one transaction; ``(version before, after)``.
+
+    The version is read inside the transaction (after the backend's schema lock), so
+    several processes migrating at once apply each migration exactly once. ``fresh``
+    (``chronicle init``) refuses a database that already holds a schema.
+    """
+    async with db.transaction() as session:
+        lock = db.schema_lock()
+        if lock is not None:
+            await session.execute(lock)
+        before = await _session_version(session, db.dialect)
+        if fresh and before != 0:
+            raise StorageError(f"{where} already holds a chronicle database")
+        if before > SCHEMA_VERSION:
+            raise SchemaMismatchError(
+                f"database schema version {before} is newer than this software "
+                f"({SCHEMA_VERSION})")
+        for number in sorted(v for v in MIGRATIONS if v > before):
+            await session.script(ddl(number, db.dialect))
+            await session.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", str(number))
+    return before, SCHEMA_VERSION

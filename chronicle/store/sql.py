@@ -1,0 +1,139 @@
+"""The one interface a storage driver implements: run SQL, in transactions, on one database.
+
+Every concern of the store (chains, clients, mirrors, replication, cross-signing, jobs) is
+written once, against this interface, in the SQL that SQLite and PostgreSQL share. A
+driver contributes only what really differs: connections and threads, how the write lock
+is taken, bulk inserts, placeholders, the types used in the schema, and the translation of
+its own exceptions into :class:`StorageError` (so nothing backend-specific ever reaches a
+caller). SQL text uses ``?`` placeholders; a driver rewrites them if it needs to.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from chronicle.core.errors import StorageError
+
+Row = Sequence[Any]
+
+#: Marks where an ``IN`` list goes in a statement given to :meth:`Session.fetch_in`.
+IN_LIST = "IN_LIST"
+
+
+class Conflict(StorageError):
+    """A uniqueness constraint refused a write (the caller says what it means)."""
+
+    status = 409
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What the schema and statements need to know about a backend."""
+
+    name: str
+    #: DDL type tokens for :mod:`chronicle.store.schema` (``{serial}``, ``{blob}``, …).
+    types: dict[str, str]
+    #: A query with one ``?`` (a table name) answering a row when that table exists.
+    table_exists: str
+
+
+class Session(abc.ABC):
+    """Statements inside one transaction. Errors surface as :class:`StorageError`
+    (:class:`Conflict` for a uniqueness violation); the transaction is then rolled back."""
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, *params: Any) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement; the number of rows it changed."""
+
+    @abc.abstractmethod
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abc.abstractmethod
+    async def fetch_in(self, sql: str, fixed: Sequence[Any], values: Sequence[Any],
+                       array_type: str) -> list[Row]:
+        """Rows of ``sql`` whose ``IN_LIST`` marker stands for ``values`` (deduplicated);
+        ``fixed`` are the parameters before it. ``array_type`` names the values' SQL type
+        (``bytea``, ``text``) for backends that pass the list as one array."""
+
+    @abc.abstractmethod
+    async def bulk_insert(self, table: str, columns: Sequence[str],
+                          rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows at once, the fastest way the backend has."""
+
+    @abc.abstractmethod
+    async def script(self, sql: str) -> None:
+        """Run DDL (several statements separated by ``;``)."""
+
+    async def fetchrow(self, sql: str, *params: Any) -> Row | None:
+        rows = await self.fetch(sql, *params)
+        return rows[0] if rows else None
+
+    async def insert_id(self, sql: str, *params: Any) -> int:
+        """An ``INSERT … RETURNING id``: the new row's id."""
+        row = await self.fetchrow(sql, *params)
+        assert row is not None
+        return int(row[0])
+
+
+class Database(abc.ABC):
+    """A connection to one database: reads outside transactions, and transactions."""
+
+    dialect: Dialect
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open connections (idempotent after :meth:`close`)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def read(self, sql: str, *params: Any) -> list[Row]:
+        """A short indexed read (a head, a lookup, one client)."""
+
+    @abc.abstractmethod
+    async def scan(self, sql: str, *params: Any) -> list[Row]:
+        """A range read that may return thousands of rows (export, since)."""
+
+    @abc.abstractmethod
+    def transaction(self, *, lock_chain: int | None = None
+                    ) -> AbstractAsyncContextManager[Session]:
+        """A write transaction; with ``lock_chain`` (an instance id) it also holds that
+        chain's head lock, so the head read inside is the true head across processes.
+        Leaving it commits durably (:class:`CommitOutcomeUnknown` if the commit failed),
+        an exception rolls it back."""
+
+    @abc.abstractmethod
+    def schema_lock(self) -> str | None:
+        """A statement that serialises schema migrations across processes, if needed."""
+
+    @abc.abstractmethod
+    def leader_lock(self, name: str) -> LeaderLock:
+        """The lock that elects the one process running background jobs."""
+
+
+class LeaderLock(abc.ABC):
+    """Held by at most one process per deployment: the one that runs background jobs.
+
+    SQLite: ``flock`` on a lock file in the data directory; PostgreSQL: an advisory lock
+    on a dedicated connection. Both vanish with their holder (process death, lost
+    connection), so another process takes over.
+    """
+
+    @abc.abstractmethod
+    async def acquire(self) -> bool:
+        """Try once, without waiting; True when this process holds the lock now."""
+
+    @abc.abstractmethod
+    async def still_held(self) -> bool:
+        """False once the lock was lost (e.g. the database connection dropped)."""
+
+    @abc.abstractmethod
+    async def release(self) -> None: ...
