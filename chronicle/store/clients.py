@@ -7,23 +7,16 @@ this concern reads them, and keeps the mirrors that ``GET /chronicle/mirrors`` l
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from chronicle.store import rows
 from chronicle.store.records import Client, Mirror
-from chronicle.store.sql import Database
-
-InstanceId = Callable[[str], Awaitable[int]]
+from chronicle.store.sql import InstanceScoped
 
 _BY_ID = (f"SELECT {rows.CLIENT_COLS} FROM clients WHERE instance = ? "  # noqa: S608
           "AND publicid = ? AND revoked IS NULL")
 _ALL = f"SELECT {rows.CLIENT_COLS} FROM clients WHERE instance = ?"  # noqa: S608
 
 
-class ClientStore:
-    def __init__(self, db: Database, instance_id: InstanceId) -> None:
-        self._db = db
-        self._instance_id = instance_id
+class ClientStore(InstanceScoped):
 
     async def get(self, instance: str, publicid: str) -> Client | None:
         """The active (not revoked) client with this id."""
@@ -36,10 +29,7 @@ class ClientStore:
         return [rows.client(r) for r in found]
 
 
-class MirrorStore:
-    def __init__(self, db: Database, instance_id: InstanceId) -> None:
-        self._db = db
-        self._instance_id = instance_id
+class MirrorStore(InstanceScoped):
 
     async def all(self, instance: str) -> list[Mirror]:
         found = await self._db.read(

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from chronicle.core.errors import RequestError
 from chronicle.store import rows
 from chronicle.store.records import XsignReceipt, XsignTarget
-from chronicle.store.sql import Conflict, Database
+from chronicle.store.sql import Conflict, InstanceScoped
 
 
-class CrossSignStore:
-    def __init__(self, db: Database, instance_id: Callable[[str], Awaitable[int]]) -> None:
-        self._db = db
-        self._instance_id = instance_id
+class CrossSignStore(InstanceScoped):
 
     async def add_target(self, target: XsignTarget) -> XsignTarget:
         """Store a new target; a name already in use on that chain raises a 409."""
@@ -30,12 +25,7 @@ class CrossSignStore:
         return next(t for t in await self.targets(target.instance) if t.name == target.name)
 
     async def targets(self, instance: str | None = None) -> list[XsignTarget]:
-        if instance is None:
-            found = await self._db.read(f"{rows.XSIGN_SELECT} ORDER BY t.id")
-        else:
-            found = await self._db.read(f"{rows.XSIGN_SELECT} WHERE t.instance = ? "
-                                        "ORDER BY t.id", await self._instance_id(instance))
-        return [rows.xsign(r) for r in found]
+        return [rows.xsign(r) for r in await self._of_instance(rows.XSIGN_SELECT, "t", instance)]
 
     async def remove_target(self, instance: str, name: str) -> bool:
         iid = await self._instance_id(instance)

@@ -29,31 +29,41 @@ class Mirror:
     sortpriority: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaSource:
-    """An upstream Chronicle this server copies (PHP: ``chronicle_replication_sources``).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Remote:
+    """Another Chronicle we talk to for one of our chains, pinned by its server key.
 
-    ``uniqueid`` is the public id in ``/replica/{uniqueid}`` (base64url of 33 random bytes,
-    as PHP); ``url`` the upstream's API base (``…/chronicle``); ``publickey`` the pinned
-    server key. ``status`` is ``active``, or ``forked`` / ``failed`` once a fault stopped
-    it (``fault`` names the kind, ``reason`` says why).
+    ``url`` is its API base (``…/chronicle``). ``last_attempt``, ``last_error`` and
+    ``failures`` (consecutive) record how the last tries went; they drive the backoff.
     """
 
-    uniqueid: str
     name: str
     url: str
     publickey: bytes
     instance: str = ""
     id: int = 0
+    created: str = ""
+    last_attempt: str | None = None
+    last_error: str | None = None
+    failures: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaSource(Remote):
+    """An upstream Chronicle this server copies (PHP: ``chronicle_replication_sources``).
+
+    ``uniqueid`` is the public id in ``/replica/{uniqueid}`` (base64url of 33 random bytes,
+    as PHP). ``status`` is ``active``, or ``forked`` / ``failed`` once a fault stopped it
+    (``fault`` names the kind, ``reason`` says why, since ``status_since``); ``last_sync``
+    is the last successful sync.
+    """
+
+    uniqueid: str
     status: str = "active"
     fault: str | None = None
     reason: str | None = None
     status_since: str | None = None
-    created: str = ""
     last_sync: str | None = None
-    last_attempt: str | None = None
-    last_error: str | None = None
-    failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +122,8 @@ class KeyRecord:
     reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class XsignTarget:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class XsignTarget(Remote):
     """A peer Chronicle we publish our head on (PHP: ``chronicle_xsign_targets``).
 
     ``clientid`` is our server key's client id on the peer; ``policy`` the JSON of
@@ -121,19 +131,10 @@ class XsignTarget:
     entry that was last cross-signed successfully, at ``last_run``.
     """
 
-    name: str
-    url: str
-    publickey: bytes
     clientid: str
     policy: str
-    instance: str = ""
-    id: int = 0
-    created: str = ""
     last_index: int | None = None
     last_run: str | None = None
-    last_attempt: str | None = None
-    last_error: str | None = None
-    failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ follower has verified, and must continue exactly where the stored copy ends. A f
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from chronicle.core.blakechain import Entry
@@ -17,7 +17,7 @@ from chronicle.core.errors import RequestError, StorageError
 from chronicle.store import rows
 from chronicle.store.chains import Chain
 from chronicle.store.records import KeyRecord, ReplicaFault, ReplicaPeer, ReplicaSource
-from chronicle.store.sql import Conflict, Database, Session
+from chronicle.store.sql import Conflict, InstanceScoped, Session
 
 _COLUMNS = ("source", "idx", "contents", "prevhash", "currhash", "summaryhash", "hashstate",
             "publickey", "signature", "created", "replicated")
@@ -50,10 +50,7 @@ async def _insert_peers(s: Session, source_id: int, peers: Sequence[ReplicaPeer]
                                    for p in peers])
 
 
-class ReplicationStore:
-    def __init__(self, db: Database, instance_id: Callable[[str], Awaitable[int]]) -> None:
-        self._db = db
-        self._instance_id = instance_id
+class ReplicationStore(InstanceScoped):
 
     # --- sources ------------------------------------------------------------------------
 
@@ -82,12 +79,8 @@ class ReplicationStore:
 
     async def sources(self, instance: str | None = None) -> list[ReplicaSource]:
         """Sources in creation order (of one instance, or of all when None)."""
-        if instance is None:
-            found = await self._db.read(f"{rows.SOURCE_SELECT} ORDER BY s.id")
-        else:
-            found = await self._db.read(f"{rows.SOURCE_SELECT} WHERE s.instance = ? "
-                                        "ORDER BY s.id", await self._instance_id(instance))
-        return [rows.source(r) for r in found]
+        return [rows.source(r)
+                for r in await self._of_instance(rows.SOURCE_SELECT, "s", instance)]
 
     async def source(self, ref: str, instance: str | None = None) -> ReplicaSource | None:
         """The source whose uniqueid or name is ``ref`` (a uniqueid wins)."""

@@ -2,7 +2,8 @@
 
 Each migration is DDL with type tokens (``{serial}``, ``{bigserial}``, ``{bigint}``,
 ``{blob}``, ``{bool}``, ``{false}``) that a driver's :class:`Dialect` fills in, so SQLite
-and PostgreSQL get the same tables from one text. The ``meta`` table's
+and PostgreSQL get the same tables from one text (``{chain_row}``: the hashed fields every
+chain table holds). The ``meta`` table's
 ``schema_version`` row says which migrations a database has; a store refuses to open a
 database at another version (``chronicle migrate`` upgrades an older one).
 """
@@ -19,6 +20,14 @@ SQLITE_TYPES = {"serial": "INTEGER PRIMARY KEY", "bigserial": "INTEGER PRIMARY K
 POSTGRES_TYPES = {"serial": "SERIAL PRIMARY KEY", "bigserial": "BIGSERIAL PRIMARY KEY",
                   "bigint": "BIGINT", "blob": "BYTEA", "bool": "BOOLEAN", "false": "FALSE"}
 
+#: The hashed fields of a chain row, the same in every chain table (ours and replicas').
+CHAIN_ROW = """currhash {blob} NOT NULL,
+    summaryhash {blob} NOT NULL,
+    hashstate {blob} NOT NULL,
+    publickey {blob} NOT NULL,
+    signature {blob} NOT NULL,
+    created TEXT NOT NULL"""
+
 MIGRATIONS: dict[int, str] = {
     1: """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,12 +38,7 @@ CREATE TABLE entries (
     idx {bigint} NOT NULL,
     contents {blob} NOT NULL,
     prevhash {blob},
-    currhash {blob} NOT NULL,
-    summaryhash {blob} NOT NULL,
-    hashstate {blob} NOT NULL,
-    publickey {blob} NOT NULL,
-    signature {blob} NOT NULL,
-    created TEXT NOT NULL,
+    {chain_row},
     UNIQUE (instance, idx)
 );
 CREATE UNIQUE INDEX entries_currhash ON entries(instance, currhash);
@@ -104,12 +108,7 @@ CREATE TABLE replica_entries (
     idx {bigint} NOT NULL,
     contents {blob} NOT NULL,
     prevhash {blob} NOT NULL,
-    currhash {blob} NOT NULL,
-    summaryhash {blob} NOT NULL,
-    hashstate {blob} NOT NULL,
-    publickey {blob} NOT NULL,
-    signature {blob} NOT NULL,
-    created TEXT NOT NULL,
+    {chain_row},
     replicated TEXT NOT NULL,
     UNIQUE (source, idx)
 );
@@ -178,7 +177,8 @@ CREATE TABLE job_state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 def ddl(version: int, dialect: Dialect) -> str:
     """Migration ``version`` in the dialect's types."""
-    return MIGRATIONS[version].format(**dialect.types)
+    return MIGRATIONS[version].format(chain_row=CHAIN_ROW.format(**dialect.types),
+                                      **dialect.types)
 
 
 async def _session_version(session: Session, dialect: Dialect) -> int:

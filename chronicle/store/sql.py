@@ -11,7 +11,7 @@ caller). SQL text uses ``?`` placeholders; a driver rewrites them if it needs to
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -137,3 +137,19 @@ class LeaderLock(abc.ABC):
 
     @abc.abstractmethod
     async def release(self) -> None: ...
+
+
+class InstanceScoped:
+    """Base of a concern whose rows belong to one of our chains ("instances")."""
+
+    def __init__(self, db: Database, instance_id: Callable[[str], Awaitable[int]]) -> None:
+        self._db = db
+        self._instance_id = instance_id
+
+    async def _of_instance(self, select: str, alias: str, instance: str | None) -> list[Row]:
+        """Rows of ``select`` (table alias ``alias``) for one instance, or for all when
+        None, oldest first."""
+        if instance is None:
+            return await self._db.read(f"{select} ORDER BY {alias}.id")
+        return await self._db.read(f"{select} WHERE {alias}.instance = ? ORDER BY {alias}.id",
+                                   await self._instance_id(instance))

@@ -23,8 +23,8 @@ from multidict import CIMultiDict
 
 from chronicle.core.encoding import atom, b64u_decode, b64u_encode, php_json, utcnow
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey, verify
-from chronicle.server.keys import DOCS
 from chronicle.server.export import SMALL_DOCUMENT_ROWS
+from chronicle.server.keys import DOCS
 from chronicle.store import Mirror
 from tests.helpers import (
     Identity,

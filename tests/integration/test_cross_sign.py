@@ -395,7 +395,8 @@ async def test_our_cross_signs_are_php_a_s_byte_for_byte(tmp_path: Path) -> None
     await store.open()
     try:
         target = await store.xsign.add_target(XsignTarget(
-            "chronicle-B", b.url, B_PUBLIC, A_ON_B, CrossSignPolicy(2, 30).as_json()))
+            name="chronicle-B", url=b.url, publickey=B_PUBLIC, clientid=A_ON_B,
+            policy=CrossSignPolicy(2, 30).as_json()))
         assert target.policy == '{"push-after":2,"push-days":30}'
         clock = PinnedClock()
         statuses = []

@@ -11,8 +11,8 @@ import aiohttp
 
 from chronicle.core.encoding import b64u_decode
 from chronicle.core.sapient import SIGNATURE_HEADER, verify
-from chronicle.server.keys import DOCS
 from chronicle.server.export import MEMORY_BYTES, SMALL_DOCUMENT_ROWS
+from chronicle.server.keys import DOCS
 from tests.helpers import (
     ServerProcess,
     add_client_offline,

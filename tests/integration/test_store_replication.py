@@ -23,8 +23,9 @@ from chronicle.store import (
     XsignReceipt,
     XsignTarget,
     open_store,
+    postgres,
+    sqlite,
 )
-from chronicle.store import postgres, sqlite
 from chronicle.store.postgres import PostgresStore, split_url
 from chronicle.store.schema import MIGRATIONS, ddl
 from chronicle.store.sqlite import SqliteStore
@@ -238,12 +239,13 @@ async def test_cross_sign_targets_and_receipts(tmp_path: Path) -> None:
     try:
         peer = SigningKey.generate().public
         target = await store.xsign.add_target(XsignTarget(
-            "peer", "http://peer/chronicle", peer, "client-id", '{"push-after":2}',
-            created=WHEN))
+            name="peer", url="http://peer/chronicle", publickey=peer, clientid="client-id",
+            policy='{"push-after":2}', created=WHEN))
         assert target.id > 0
         assert (target.last_index, target.last_run, target.failures) == (None, None, 0)
         with pytest.raises(RequestError):
-            await store.xsign.add_target(XsignTarget("peer", "http://other", peer, "c", "{}"))
+            await store.xsign.add_target(XsignTarget(name="peer", url="http://other",
+                                                     publickey=peer, clientid="c", policy="{}"))
         assert [t.name for t in await store.xsign.targets("")] == ["peer"]
         await store.xsign.record_attempt(target.id, when="t1", error="refused")
         await store.xsign.record_attempt(target.id, when="t2", error="refused again")
