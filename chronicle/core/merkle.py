@@ -110,7 +110,7 @@ def _fold(hashes: Sequence[bytes], start: int, count: int) -> bytes:
     return h
 
 
-# --- stored hash indexes (Go sumdb tlog layout) ----------------------------------------------
+# --- stored hash indexes (Go sumdb tlog layout) -------------------------------------------
 
 def stored_hash_index(level: int, n: int) -> int:
     """The storage index of the hash of the n-th subtree of height ``level``.
@@ -199,7 +199,7 @@ def _subtree_indexes(lo: int, hi: int, out: list[int]) -> None:
         lo += 1 << level
 
 
-# --- compact tree state ---------------------------------------------------------------------
+# --- compact tree state -------------------------------------------------------------------
 
 _STATE_VERSION = 1
 
@@ -305,7 +305,7 @@ class TreeState:
         return cls(n, peaks)
 
 
-# --- proofs: two-phase generation -------------------------------------------------------------
+# --- proofs: two-phase generation ---------------------------------------------------------
 
 def _split(n: int) -> int:
     """RFC 6962 §2.1: the largest power of two strictly smaller than n (n ≥ 2)."""
@@ -415,7 +415,7 @@ def consistency_proof(old: int, new: int, hashes: Sequence[bytes]) -> list[bytes
     return _range_proof(_consistency_ranges(old, new), hashes)
 
 
-# --- proofs: verification ----------------------------------------------------------------------
+# --- proofs: verification -----------------------------------------------------------------
 
 def _check_proof_hashes(proof: Sequence[bytes]) -> None:
     for i, p in enumerate(proof):
@@ -516,7 +516,7 @@ def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes,
         raise _root_mismatch("new root", new_root, h2)
 
 
-# --- in-memory hash store ---------------------------------------------------------------------
+# --- in-memory hash store -----------------------------------------------------------------
 
 class MemoryHashes:
     """Every stored hash in a list: a tree for tests, clients and small tools (no database)."""
@@ -581,7 +581,7 @@ class MemoryHashes:
             raise TreeRangeError(f"tree size {size} is beyond the current size {self.size}")
 
 
-# --- tiles (C2SP tlog-tiles) ---------------------------------------------------------------------
+# --- tiles (C2SP tlog-tiles) --------------------------------------------------------------
 
 _TILE_PATH_RE = re.compile(
     r"\Atile/(entries|0|[1-9][0-9]?)/((?:x[0-9]{3}/){0,6}[0-9]{3})(?:\.p/([1-9][0-9]{0,2}))?\Z")
@@ -783,7 +783,7 @@ def hashes_from_tiles(indexes: Iterable[int], size: int,
     return out
 
 
-# --- entry bundles --------------------------------------------------------------------------------
+# --- entry bundles ------------------------------------------------------------------------
 
 def encode_entry_bundle(entries: Sequence[bytes]) -> bytes:
     """tlog-tiles "Log entries": each entry prefixed by its big-endian uint16 length."""

@@ -81,7 +81,7 @@ def tree_of(n: int) -> MemoryHashes:
     return MemoryHashes.from_leaf_hashes(leaf_hash(d) for d in leaves_of(n))
 
 
-# --- vectors --------------------------------------------------------------------------------
+# --- vectors ------------------------------------------------------------------------------
 
 def test_vectors_are_present() -> None:
     assert len(CASES) == 196
@@ -130,7 +130,7 @@ def test_generated_proofs_equal_the_vectors(path: Path) -> None:
         assert tree.consistency_proof(case["size1"], case["size2"]) == want
 
 
-# --- hashing and stored hashes ---------------------------------------------------------------
+# --- hashing and stored hashes ------------------------------------------------------------
 
 def test_hash_definitions() -> None:
     assert EMPTY_ROOT.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -202,7 +202,7 @@ def test_stored_hashes_for_record_two_phase() -> None:
         stored_hashes_for_record(3, leaf_hash(b""), [])
 
 
-# --- TreeState -------------------------------------------------------------------------------
+# --- TreeState ----------------------------------------------------------------------------
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(1, 50), max_size=20))
@@ -270,7 +270,7 @@ def test_tree_state_from_stored_hashes() -> None:
         TreeState.from_stored(77, [])
 
 
-# --- proofs ------------------------------------------------------------------------------------
+# --- proofs -------------------------------------------------------------------------------
 
 def test_tree_hash_two_phase() -> None:
     tree = tree_of(100)

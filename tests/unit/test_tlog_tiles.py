@@ -46,7 +46,7 @@ def tree_of(n: int) -> MemoryHashes:
     return MemoryHashes.from_leaf_hashes(leaf_hash(i.to_bytes(4, "big")) for i in range(n))
 
 
-# --- paths -----------------------------------------------------------------------------------
+# --- paths --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("tile", "path"), [
     (Tile(0, 0), "tile/0/000"),
@@ -168,7 +168,7 @@ def test_new_tiles_are_what_changed(a: int, b: int) -> None:
         assert tile_width_at(t.level, t.n, new) == t.width
 
 
-# --- tile data, and proofs from tiles alone ---------------------------------------------------
+# --- tile data, and proofs from tiles alone -----------------------------------------------
 
 def test_tile_data_encoding() -> None:
     hashes = [bytes([i]) * 32 for i in range(3)]
@@ -259,7 +259,7 @@ def test_tiles_for_indexes_refuses_hashes_beyond_the_tree() -> None:
         hashes_from_tiles([0], 5, {})
 
 
-# --- entry bundles ---------------------------------------------------------------------------
+# --- entry bundles ------------------------------------------------------------------------
 
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=TILE_WIDTH))
 def test_entry_bundle_round_trip(entries: list[bytes]) -> None:
