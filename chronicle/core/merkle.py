@@ -551,10 +551,14 @@ class MemoryHashes:
         return self._state.size - 1
 
     def read(self, indexes: Iterable[int]) -> list[bytes]:
-        try:
-            return [self._hashes[i] for i in indexes]
-        except IndexError:
-            raise TreeRangeError("stored hash index beyond the tree") from None
+        """The stored hashes at ``indexes``, in order (a hash store's one read call)."""
+        hashes, count = self._hashes, len(self._hashes)
+        out = []
+        for i in indexes:
+            if not 0 <= i < count:
+                raise TreeRangeError(f"no stored hash {i} in a tree of size {self.size}")
+            out.append(hashes[i])
+        return out
 
     def root(self, size: int | None = None) -> bytes:
         size = self.size if size is None else size

@@ -425,7 +425,9 @@ def test_verifiers_name_the_failure() -> None:
 
 def test_memory_hashes_reads_and_tiles_are_bounded() -> None:
     tree = tree_of(5)
-    with pytest.raises(TreeRangeError):
+    with pytest.raises(TreeRangeError, match="no stored hash 8 in a tree of size 5"):
         tree.read([stored_hash_count(5)])
+    with pytest.raises(TreeRangeError):
+        tree.read([-1])
     assert tree.read([0, 1, 2]) == [_LEAVES[0], _LEAVES[1], node_hash(_LEAVES[0], _LEAVES[1])]
     assert merkle.MemoryHashes().size == 0
