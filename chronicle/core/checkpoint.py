@@ -1,0 +1,506 @@
+"""Checkpoints, cosignatures and the witness protocol's messages (C2SP), all sans-I/O.
+
+- c2sp.org/tlog-checkpoint "Note text": origin line, tree size in decimal (no leading
+  zeroes), base64 root hash, optional non-empty extension lines; signed as a note.
+- c2sp.org/tlog-cosignature, Ed25519 ``cosignature/v1``: signature type 0x04, key ID
+  ``SHA-256(name ‖ 0x0A ‖ 0x04 ‖ pk)[:4]``, signed message
+  ``"cosignature/v1\\ntime <t>\\n" ‖ checkpoint text``, and the signature line carries
+  ``key ID ‖ uint64-BE t ‖ Ed25519 signature``.
+- c2sp.org/tlog-witness ``add-checkpoint``: the request body (``old N``, up to 63
+  consistency proof lines, a blank line, the signed checkpoint), the ``text/x.tlog.size``
+  body of a 409, and :func:`decide_add_checkpoint`, the whole witness decision as a pure
+  function of the request, the log's keys and the witness's remembered (size, root).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeAlias
+
+from chronicle.core.errors import EncodingError, IntegrityError
+from chronicle.core.merkle import HASH_SIZE, ProofError, verify_consistency
+from chronicle.core.note import (
+    ALG_ED25519,
+    MAX_SIGNATURES,
+    Ed25519Signer,
+    Ed25519Verifier,
+    Note,
+    NoteFormatError,
+    NoteKeyError,
+    NoteSignature,
+    NoteSignatureError,
+    Signer,
+    UnverifiedNoteError,
+    Verifier,
+    VerifierKey,
+    b64decode,
+    b64encode,
+    check_ed25519_public_key,
+    check_key_name,
+    format_note,
+    key_id,
+    open_note,
+    parse_note,
+    sign_note,
+)
+from chronicle.core.sapient import SigningKey, verify
+
+ALG_COSIGNATURE_V1 = 0x04
+COSIGNATURE_HEADER = "cosignature/v1\n"
+MAX_SIZE = (1 << 63) - 1
+"""Largest tree size and cosignature timestamp accepted (both are int64 in Go tools)."""
+MAX_PROOF_LINES = 63
+TLOG_SIZE_CONTENT_TYPE = "text/x.tlog.size"
+
+_DECIMAL_RE = re.compile(r"\A(?:0|[1-9][0-9]{0,18})\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f]")
+
+
+class CheckpointFormatError(EncodingError):
+    """A checkpoint body breaks tlog-checkpoint's "Note text" rules."""
+
+
+class CheckpointOriginError(IntegrityError):
+    """A checkpoint is for another log than the one expected."""
+
+
+class WitnessRequestError(EncodingError):
+    """A malformed tlog-witness message (add-checkpoint body, tlog.size body)."""
+
+
+def _parse_decimal(text: str, *, what: str, error: type[EncodingError]) -> int:
+    if not _DECIMAL_RE.match(text) or int(text) > MAX_SIZE:
+        raise error(f"{what} must be a decimal number without leading zeroes, got "
+                    f"{text[:40]!r}")
+    return int(text)
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A tree head: origin, size, RFC 6962 root, and (discouraged) extension lines."""
+
+    origin: str
+    size: int
+    root: bytes
+    extensions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        lines = [("origin", self.origin)] + [("extension line", e) for e in self.extensions]
+        for what, line in lines:
+            if not line:
+                raise CheckpointFormatError(f"checkpoint {what} must not be empty")
+            if _CONTROL_RE.search(line):
+                raise CheckpointFormatError(f"checkpoint {what} contains a control character")
+        if not 0 <= self.size <= MAX_SIZE:
+            raise CheckpointFormatError(f"checkpoint size {self.size} is out of range")
+        if len(self.root) != HASH_SIZE:
+            raise CheckpointFormatError(f"checkpoint root must be {HASH_SIZE} bytes, got "
+                                        f"{len(self.root)}")
+
+    def to_text(self) -> str:
+        """The note text, final newline included."""
+        lines = (self.origin, str(self.size), b64encode(self.root), *self.extensions)
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """Parse a checkpoint note text strictly (one checkpoint has one spelling)."""
+        if not text.endswith("\n"):
+            raise CheckpointFormatError("checkpoint must end with a newline")
+        lines = text[:-1].split("\n")
+        if len(lines) < 3:
+            raise CheckpointFormatError(f"checkpoint needs origin, size and root lines, got "
+                                        f"{len(lines)} lines")
+        origin, size_text, root_text, *extensions = lines
+        size = _parse_decimal(size_text, what="checkpoint size", error=CheckpointFormatError)
+        root = b64decode(root_text, what="checkpoint root", error=CheckpointFormatError)
+        return cls(origin, size, root, tuple(extensions))
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoint:
+    """A checkpoint whose note carried at least one verified signature."""
+
+    checkpoint: Checkpoint
+    note: Note
+
+    def to_bytes(self) -> bytes:
+        return self.note.to_bytes()
+
+
+def sign_checkpoint(checkpoint: Checkpoint, *signers: Signer,
+                    existing: Sequence[NoteSignature] = ()) -> bytes:
+    """The checkpoint as a signed note. The log's key name should equal the origin."""
+    return sign_note(checkpoint.to_text(), *signers, existing=existing)
+
+
+def open_checkpoint(data: bytes, verifiers: Iterable[Verifier], *,
+                    origin: str | None = None) -> SignedCheckpoint:
+    """Verify a signed checkpoint (see :func:`~chronicle.core.note.open_note`) and parse it.
+
+    With ``origin``, a checkpoint for any other log raises :class:`CheckpointOriginError`.
+    """
+    note = open_note(data, verifiers)
+    checkpoint = Checkpoint.parse(note.text)
+    if origin is not None and checkpoint.origin != origin:
+        raise CheckpointOriginError("checkpoint is for another log", field="origin",
+                                    expected=origin, found=checkpoint.origin)
+    return SignedCheckpoint(checkpoint, note)
+
+
+# --- cosignatures -------------------------------------------------------------------------
+
+def cosignature_message(text: str, timestamp: int) -> bytes:
+    """What a cosignature/v1 signs: header line, time line, the checkpoint text."""
+    return f"{COSIGNATURE_HEADER}time {timestamp}\n{text}".encode()
+
+
+def cosignature_timestamp(signature: NoteSignature) -> int:
+    """The POSIX time a cosignature/v1 claims (its first 8 bytes, big-endian)."""
+    if len(signature.signature) != 72:
+        raise NoteFormatError(f"cosignature by {signature.name} must be 72 bytes, got "
+                              f"{len(signature.signature)}")
+    return int.from_bytes(signature.signature[:8], "big")
+
+
+@dataclass(frozen=True, slots=True)
+class CosignatureVerifier:
+    """Verifies Ed25519 cosignature/v1 signatures (type 0x04) of one witness."""
+
+    name: str
+    public_key: bytes
+    key_id: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_key_name(self.name)
+        check_ed25519_public_key(self.public_key, what=f"cosigner key {self.name}")
+        object.__setattr__(self, "key_id",
+                           key_id(self.name, ALG_COSIGNATURE_V1, self.public_key))
+
+    @classmethod
+    def from_vkey(cls, text: str) -> CosignatureVerifier:
+        """From a type 0x04 vkey, or a plain Ed25519 (0x01) one as Go's formats/note accepts.
+
+        Either way the key ID on cosignatures is the 0x04 one.
+        """
+        vkey = VerifierKey.parse(text)
+        if vkey.alg not in (ALG_COSIGNATURE_V1, ALG_ED25519):
+            raise NoteKeyError(f"verifier key {vkey.name} has signature type "
+                               f"0x{vkey.alg:02x}, not cosignature/v1 (0x04) or Ed25519 (0x01)")
+        return cls(vkey.name, vkey.key)
+
+    def vkey(self) -> str:
+        return VerifierKey(self.name, ALG_COSIGNATURE_V1, self.public_key).to_text()
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        """``message`` is the note text; ``signature`` is timestamp(8) ‖ Ed25519(64)."""
+        if len(signature) != 72 or message.count(b"\n") < 2:
+            return False
+        timestamp = int.from_bytes(signature[:8], "big")
+        if timestamp > MAX_SIZE:
+            return False
+        signed = f"{COSIGNATURE_HEADER}time {timestamp}\n".encode() + message
+        return verify(self.public_key, signed, signature[8:])
+
+
+@dataclass(frozen=True, slots=True)
+class Cosigner:
+    """A witness key producing cosignature/v1 signatures. ``repr`` never shows the secret."""
+
+    name: str
+    key: SigningKey = field(repr=False)
+    key_id: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_key_name(self.name)
+        object.__setattr__(self, "key_id",
+                           key_id(self.name, ALG_COSIGNATURE_V1, self.key.public))
+
+    @classmethod
+    def generate(cls, name: str) -> Cosigner:
+        return cls(name, SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, name: str, seed: bytes) -> Cosigner:
+        if len(seed) != 32:
+            raise NoteKeyError(f"Ed25519 seed must be 32 bytes, got {len(seed)}")
+        return cls(name, SigningKey.from_seed(seed))
+
+    @classmethod
+    def from_skey(cls, text: str) -> Cosigner:
+        """From a standard Ed25519 signer key (``PRIVATE+KEY+...``), as Go's tools store it."""
+        signer = Ed25519Signer.from_skey(text)
+        return cls(signer.name, signer.key)
+
+    def skey(self) -> str:
+        """The standard Ed25519 signer key form (its key ID is the 0x01 one, as in Go)."""
+        return Ed25519Signer(self.name, self.key).skey()
+
+    def verifier(self) -> CosignatureVerifier:
+        return CosignatureVerifier(self.name, self.key.public)
+
+    def vkey(self) -> str:
+        return self.verifier().vkey()
+
+    def cosign(self, checkpoint: Checkpoint, timestamp: int) -> NoteSignature:
+        """Cosign ``checkpoint`` as of POSIX time ``timestamp``."""
+        if not 0 <= timestamp <= MAX_SIZE:
+            raise NoteFormatError(f"cosignature timestamp {timestamp} is out of range")
+        text = checkpoint.to_text()
+        signature = self.key.sign(cosignature_message(text, timestamp))
+        return NoteSignature(self.name, self.key_id, timestamp.to_bytes(8, "big") + signature)
+
+
+def verifier_from_vkey(text: str) -> Ed25519Verifier | CosignatureVerifier:
+    """A log key (type 0x01) or a witness key (type 0x04), whichever the vkey says."""
+    vkey = VerifierKey.parse(text)
+    if vkey.alg == ALG_ED25519:
+        return Ed25519Verifier(vkey.name, vkey.key)
+    if vkey.alg == ALG_COSIGNATURE_V1:
+        return CosignatureVerifier(vkey.name, vkey.key)
+    raise NoteKeyError(f"verifier key {vkey.name} has unsupported signature type "
+                       f"0x{vkey.alg:02x}")
+
+
+def parse_signature_lines(body: bytes) -> list[NoteSignature]:
+    """A witness's 200 response: one or more note signature lines, each ending in newline."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WitnessRequestError("cosignature response is not valid UTF-8") from None
+    if not text or not text.endswith("\n"):
+        raise WitnessRequestError("cosignature response must be signature lines ending in "
+                                  "a newline")
+    lines = text[:-1].split("\n")
+    if len(lines) > MAX_SIGNATURES:
+        raise WitnessRequestError(f"cosignature response has {len(lines)} lines; at most "
+                                  f"{MAX_SIGNATURES} accepted")
+    return [NoteSignature.parse_line(line) for line in lines]
+
+
+def verify_cosignatures(checkpoint: Checkpoint, signatures: Iterable[NoteSignature],
+                        cosigners: Iterable[Verifier]) -> list[NoteSignature]:
+    """The signatures by known cosigners, all verified (unknown ones are ignored).
+
+    Raises :class:`~chronicle.core.note.NoteSignatureError` if a known cosigner's
+    signature fails and :class:`~chronicle.core.note.UnverifiedNoteError` if none is known.
+    """
+    note = open_note(format_note(checkpoint.to_text(), signatures), cosigners)
+    return list(note.signatures)
+
+
+# --- tlog-witness messages ----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AddCheckpointRequest:
+    """The body of ``POST <witness>/add-checkpoint``."""
+
+    old_size: int
+    proof: tuple[bytes, ...]
+    checkpoint: bytes
+    """The signed checkpoint note, exactly as the log sent it."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.old_size <= MAX_SIZE:
+            raise WitnessRequestError(f"old size {self.old_size} is out of range")
+        if len(self.proof) > MAX_PROOF_LINES:
+            raise WitnessRequestError(f"consistency proof has {len(self.proof)} lines; at "
+                                      f"most {MAX_PROOF_LINES} allowed")
+        for h in self.proof:
+            if len(h) != HASH_SIZE:
+                raise WitnessRequestError(f"consistency proof hash must be {HASH_SIZE} bytes")
+        if not self.checkpoint:
+            raise WitnessRequestError("add-checkpoint request has no checkpoint")
+
+    def to_bytes(self) -> bytes:
+        head = f"old {self.old_size}\n" + "".join(b64encode(h) + "\n" for h in self.proof)
+        return head.encode("ascii") + b"\n" + self.checkpoint
+
+    @classmethod
+    def parse(cls, body: bytes) -> AddCheckpointRequest:
+        """Parse strictly: ``old N``, at most 63 base64 hashes, a blank line, the note."""
+        pos = 0
+        lines: list[str] = []
+        while True:
+            end = body.find(b"\n", pos)
+            if end < 0:
+                raise WitnessRequestError("add-checkpoint body ends before the blank line")
+            line = body[pos:end]
+            pos = end + 1
+            if not line:
+                break
+            if len(lines) > MAX_PROOF_LINES:
+                raise WitnessRequestError(f"add-checkpoint body has more than "
+                                          f"{MAX_PROOF_LINES} consistency proof lines")
+            if len(line) > 64:
+                raise WitnessRequestError("add-checkpoint body has an overlong line")
+            try:
+                lines.append(line.decode("ascii"))
+            except UnicodeDecodeError:
+                raise WitnessRequestError("add-checkpoint header is not ASCII") from None
+        if not lines or not lines[0].startswith("old "):
+            raise WitnessRequestError("add-checkpoint body must start with 'old <size>'")
+        old = _parse_decimal(lines[0][4:], what="old size", error=WitnessRequestError)
+        proof = []
+        for text in lines[1:]:
+            h = b64decode(text, what="consistency proof line", error=WitnessRequestError)
+            if len(h) != HASH_SIZE:
+                raise WitnessRequestError(f"consistency proof line must be a {HASH_SIZE}-byte "
+                                          f"hash, got {len(h)} bytes")
+            proof.append(h)
+        return cls(old, tuple(proof), body[pos:])
+
+    @property
+    def origin(self) -> str:
+        """The checkpoint's origin line, *unverified*: only to look up the log's keys."""
+        text, _ = parse_note(self.checkpoint)
+        return text.split("\n", 1)[0]
+
+
+def format_tlog_size(size: int) -> bytes:
+    """The ``text/x.tlog.size`` body of a 409: the latest cosigned size, a newline."""
+    if not 0 <= size <= MAX_SIZE:
+        raise WitnessRequestError(f"tree size {size} is out of range")
+    return f"{size}\n".encode("ascii")
+
+
+def parse_tlog_size(body: bytes) -> int:
+    if not body.endswith(b"\n"):
+        raise WitnessRequestError("text/x.tlog.size body must end with a newline")
+    try:
+        text = body[:-1].decode("ascii")
+    except UnicodeDecodeError:
+        raise WitnessRequestError("text/x.tlog.size body is not ASCII") from None
+    return _parse_decimal(text, what="tree size", error=WitnessRequestError)
+
+
+# --- the witness decision -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class WitnessState:
+    """What a witness remembers per origin: the latest checkpoint it cosigned."""
+
+    size: int
+    root: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Cosign:
+    """All checks passed: persist :attr:`new_state` atomically, then cosign :attr:`checkpoint`."""
+
+    checkpoint: Checkpoint
+    note: Note
+    status: ClassVar[int] = 200
+
+    @property
+    def new_state(self) -> WitnessState:
+        return WitnessState(self.checkpoint.size, self.checkpoint.root)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """409: the old size is not the witness's, or the same size has another root."""
+
+    known_size: int
+    reason: str
+    status: ClassVar[int] = 409
+    content_type: ClassVar[str] = TLOG_SIZE_CONTENT_TYPE
+
+    def body(self) -> bytes:
+        return format_tlog_size(self.known_size)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownLog:
+    """404: the witness has no keys for this origin."""
+
+    origin: str
+    status: ClassVar[int] = 404
+
+
+@dataclass(frozen=True, slots=True)
+class BadSignature:
+    """403: no signature verifies against the log's keys (or one from its keys fails)."""
+
+    reason: str
+    status: ClassVar[int] = 403
+
+
+@dataclass(frozen=True, slots=True)
+class BadProof:
+    """422: the consistency proof does not verify."""
+
+    reason: str
+    status: ClassVar[int] = 422
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """400: malformed checkpoint, old size above the checkpoint's, or an empty tree."""
+
+    reason: str
+    status: ClassVar[int] = 400
+
+
+Verdict: TypeAlias = Cosign | Conflict | UnknownLog | BadSignature | BadProof | BadRequest
+
+
+def decide_add_checkpoint(request: AddCheckpointRequest, log_verifiers: Sequence[Verifier],
+                          state: WitnessState | None) -> Verdict:
+    """What a witness answers to ``add-checkpoint`` (tlog-witness, in the spec's order).
+
+    ``log_verifiers`` are the keys configured for the request's origin (empty: unknown
+    log); ``state`` is what the witness last cosigned for it (``None``: never). Never
+    cosigns a smaller tree, a different root at the same size, a tree not proven
+    consistent with ``state``, or an empty tree.
+    """
+    try:
+        origin = request.origin
+        if not log_verifiers:
+            return UnknownLog(origin)
+        note = open_note(request.checkpoint, log_verifiers)
+    except NoteFormatError as exc:
+        return BadRequest(exc.message)
+    except (UnverifiedNoteError, NoteSignatureError, NoteKeyError) as exc:
+        return BadSignature(exc.message)
+    try:
+        checkpoint = Checkpoint.parse(note.text)
+    except CheckpointFormatError as exc:
+        return BadRequest(exc.message)
+    if checkpoint.size == 0:
+        return BadRequest("an empty tree is never cosigned")
+    if request.old_size > checkpoint.size:
+        return BadRequest(f"old size {request.old_size} is larger than the checkpoint's "
+                          f"{checkpoint.size}")
+    known = state.size if state is not None else 0
+    if request.old_size != known:
+        return Conflict(known, f"old size {request.old_size} is not the latest cosigned size "
+                               f"{known}")
+    if request.old_size == 0 or state is None:  # the second implies the first
+        if request.proof:
+            return BadProof("the consistency proof from size 0 must be empty")
+        return Cosign(checkpoint, note)
+    if request.old_size == checkpoint.size:
+        if request.proof:
+            return BadProof("the consistency proof between equal sizes must be empty")
+        if checkpoint.root != state.root:
+            return Conflict(known, f"size {known} was cosigned with another root hash")
+        return Cosign(checkpoint, note)
+    try:
+        verify_consistency(request.old_size, checkpoint.size, state.root, checkpoint.root,
+                           request.proof)
+    except ProofError as exc:
+        return BadProof(exc.message)
+    return Cosign(checkpoint, note)
+
+
+def cosignature_response(signatures: Iterable[NoteSignature]) -> bytes:
+    """The body of a 200 answer to add-checkpoint: the witness's signature lines."""
+    body = "".join(s.line() for s in signatures)
+    if not body:
+        raise WitnessRequestError("a cosignature response needs at least one signature")
+    return body.encode("utf-8")
