@@ -230,7 +230,7 @@ def normalize_version(version: str) -> str:
     """
     match = VERSION_RE.fullmatch(version) if len(version) <= MAX_VERSION_CHARS else None
     if match is None:
-        raise ValueError(f"not a Composer release version: {version!r}")
+        raise ValueError(f"not a Composer release version: {_q(version)}")
     out = match["major"] + "".join(match[g] or ".0" for g in ("minor", "patch", "extra"))
     if match["stability"]:
         number = (match["number"] or "").lstrip(".-")
@@ -246,8 +246,9 @@ def valid_package(text: str) -> bool:
     return len(text) <= MAX_NAME_CHARS and PACKAGE_RE.fullmatch(text) is not None
 
 
-def _where(op: str | None, name: str) -> str:
-    return f'{op} field "{name}"' if op else f'field "{name}"'
+def _q(value: str) -> str:
+    """Quote a value inside a message as JSON does, so every implementation words it alike."""
+    return json.dumps(value, ensure_ascii=True)
 
 
 class _Fields:
@@ -260,7 +261,7 @@ class _Fields:
         self.prefix = prefix
         for key in obj:
             if key not in allowed:
-                raise MalformedMessage(f'{what}: field "{prefix}{key}" is not allowed',
+                raise MalformedMessage(f"{what}: field {_q(prefix + key)} is not allowed",
                                        field=prefix + key)
 
     def _fail(self, name: str, problem: str) -> MalformedMessage:
@@ -285,13 +286,13 @@ class _Fields:
     def vendor(self, name: str) -> str:
         value = self.required(name)
         if not valid_vendor(value):
-            raise self._fail(name, f"is not a Composer vendor name: {value!r}")
+            raise self._fail(name, f"is not a Composer vendor name: {_q(value)}")
         return value
 
     def package(self, name: str) -> str:
         value = self.required(name)
         if not valid_package(value):
-            raise self._fail(name, f"is not a Composer package name: {value!r}")
+            raise self._fail(name, f"is not a Composer package name: {_q(value)}")
         return value
 
     def version(self, name: str) -> str:
@@ -299,7 +300,7 @@ class _Fields:
         try:
             normalize_version(value)
         except ValueError:
-            raise self._fail(name, f"is not a Composer release version: {value!r}") from None
+            raise self._fail(name, f"is not a Composer release version: {_q(value)}") from None
         return value
 
     def key(self, name: str) -> str:
@@ -363,8 +364,8 @@ def _parse_object(text: str, what: str) -> dict[str, Any]:
     try:
         value = _strict_loads(text)
     except _Duplicate as dup:
-        raise MalformedMessage(f'{what}: field "{dup.key}" appears twice', field=dup.key) \
-            from None
+        raise MalformedMessage(f"{what}: field {_q(dup.key)} appears twice",
+                               field=dup.key) from None
     except (ValueError, RecursionError):
         raise MalformedMessage(f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
@@ -420,7 +421,7 @@ def _parse_metadata(value: Any) -> Metadata:
 def parse_body(op: str, body_text: str) -> Body:
     """Parse one op's body strictly; raise :class:`MalformedMessage` naming the field."""
     if op not in _BODY_FIELDS:
-        raise MalformedMessage(f"unknown op {op!r}", field="op")
+        raise MalformedMessage(f"unknown op {_q(op)}", field="op")
     what = f"op-body of {op}"
     fields = _Fields(_parse_object(body_text, what), _BODY_FIELDS[op], what=what)
     if op == OP_ADD_KEY:
@@ -455,7 +456,7 @@ def parse_body(op: str, body_text: str) -> Body:
 
 def _parse_envelope(obj: dict[str, Any]) -> ReleaseMessage:
     """Herd's envelope; extra top-level fields are ignored, as Herd does (vector E08)."""
-    what = "release message"
+    what = "envelope"
     values: dict[str, str] = {}
     for name in ("op-body", "op-sig", "op-public-key"):
         if name not in obj:
@@ -510,7 +511,7 @@ def classify(contents: bytes) -> ReleaseMessage | EnableLedger | NotRelease:
             return NotRelease("not-json")
         if isinstance(loose, dict) and (loose.get("op") in OPS
                                         or loose.get("server-action") == ACTION_ENABLE):
-            raise MalformedMessage(f'release message: field "{dup.key}" appears twice',
+            raise MalformedMessage(f"envelope: field {_q(dup.key)} appears twice",
                                    field=dup.key) from None
         return _not_release(loose)
     except (ValueError, RecursionError):
@@ -591,8 +592,8 @@ def sign_message(op_body: Body, signing_key: SigningKey) -> bytes:
 def enable_contents(now: datetime, core_vendor: str, core_key: str) -> bytes:
     """The server's bootstrap entry, styled as ``protocol.server_action_message``."""
     if not valid_vendor(core_vendor):
-        raise MalformedMessage(f"core vendor is not a Composer vendor name: {core_vendor!r}",
-                               field="core-vendor")
+        raise MalformedMessage("core vendor is not a Composer vendor name: "
+                               f"{_q(core_vendor)}", field="core-vendor")
     _check_b64(core_key, PUBLIC_KEY_BYTES, MalformedMessage(
         "core key is not a base64url Ed25519 public key (32 bytes, padded)", field="core-key"))
     return php_json({
