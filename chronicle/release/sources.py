@@ -8,12 +8,14 @@ turns it into the digest. This is the only module of the release package that do
 
 from __future__ import annotations
 
+import gzip
 import os
 import stat
 import subprocess
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Final
@@ -168,7 +170,8 @@ def read_archive(path: str | os.PathLike[str]) -> list[TreeEntry]:
 def read_zip(path: str | os.PathLike[str]) -> list[TreeEntry]:
     """A zip archive. Modes come from the Unix mode in ``external_attr`` when the member
     was written on Unix (``git archive`` does so for executables and symlinks); other
-    members are regular files (``100644``) or directories."""
+    members are regular files (``100644``) or directories (by a trailing ``/`` or the DOS
+    directory attribute)."""
     top = _TopFolder()
     entries: list[TreeEntry] = []
     try:
@@ -176,6 +179,10 @@ def read_zip(path: str | os.PathLike[str]) -> list[TreeEntry]:
             for info in archive.infolist():
                 raw = info.filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
                 unix = info.external_attr >> 16 if info.create_system == _ZIP_UNIX else 0
+                if unix and not stat.S_IFMT(unix):
+                    # Permission bits without a file type (Python's zipfile writes these):
+                    # a regular file, or a directory by its name.
+                    unix |= stat.S_IFDIR if info.filename.endswith("/") else stat.S_IFREG
                 is_dir = (info.filename.endswith("/") or stat.S_ISDIR(unix)
                           or (not unix and bool(info.external_attr & _DOS_DIRECTORY)))
                 if info.flag_bits & 0x1:
@@ -189,7 +196,8 @@ def read_zip(path: str | os.PathLike[str]) -> list[TreeEntry]:
                 mode = mode_from_unix(unix) if unix else MODE_FILE
                 with archive.open(info) as member:
                     entries.append(TreeEntry(inner, mode, _hash_stream(member)))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError,
+            zlib.error) as exc:
         raise ArchiveFormatError(f"not a readable zip archive: {exc}") from None
     except OSError as exc:
         raise SourceReadError(f"cannot read {os.fspath(path)!r}: {exc}") from None
@@ -238,7 +246,7 @@ def read_tar(path: str | os.PathLike[str]) -> list[TreeEntry]:
         with tarfile.open(path, "r:gz" if gzipped else "r:", encoding="utf-8",
                           errors="surrogateescape") as archive:
             entries = list(_tar_members(archive, top))
-    except (tarfile.TarError, EOFError) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ArchiveFormatError(f"not a readable tar or tar.gz archive: {exc}") from None
     except OSError as exc:
         raise SourceReadError(f"cannot read {os.fspath(path)!r}: {exc}") from None
