@@ -186,6 +186,8 @@ class ReleaseMessage:
     body_text: str
     op_sig: str
     op_public_key: str
+    signature_raw: bytes = field(repr=False, compare=False, default=b"")
+    public_key_raw: bytes = field(repr=False, compare=False, default=b"")
 
     @property
     def op(self) -> str:
@@ -193,8 +195,9 @@ class ReleaseMessage:
 
     def signature_valid(self) -> bool:
         """Ed25519 (libsodium semantics) of ``op-sig`` over ``op-body``'s UTF-8 bytes."""
-        return verify(b64u_decode(self.op_public_key), self.body_text.encode("utf-8"),
-                      b64u_decode(self.op_sig))
+        return verify(self.public_key_raw or b64u_decode(self.op_public_key),
+                      self.body_text.encode("utf-8"),
+                      self.signature_raw or b64u_decode(self.op_sig))
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,9 +332,9 @@ class _Fields:
         return value
 
 
-def _check_b64(text: str, length: int, error: MalformedMessage) -> None:
+def _check_b64(text: str, length: int, error: MalformedMessage) -> bytes:
     try:
-        b64u_decode(text, length)
+        return b64u_decode(text, length)
     except EncodingError:
         raise error from None
 
@@ -464,10 +467,10 @@ def _parse_envelope(obj: dict[str, Any]) -> ReleaseMessage:
         if not isinstance(obj[name], str):
             raise MalformedMessage(f'{what}: field "{name}" must be a string', field=name)
         values[name] = obj[name]
-    _check_b64(values["op-sig"], SIGNATURE_BYTES, MalformedMessage(
+    signature = _check_b64(values["op-sig"], SIGNATURE_BYTES, MalformedMessage(
         f'{what}: field "op-sig" is not a base64url Ed25519 signature (64 bytes, padded)',
         field="op-sig"))
-    _check_b64(values["op-public-key"], PUBLIC_KEY_BYTES, MalformedMessage(
+    public_key = _check_b64(values["op-public-key"], PUBLIC_KEY_BYTES, MalformedMessage(
         f'{what}: field "op-public-key" is not a base64url Ed25519 public key '
         "(32 bytes, padded)", field="op-public-key"))
     try:
@@ -477,7 +480,8 @@ def _parse_envelope(obj: dict[str, Any]) -> ReleaseMessage:
                                field="op-body") from None
     return ReleaseMessage(body=parse_body(obj["op"], values["op-body"]),
                           body_text=values["op-body"], op_sig=values["op-sig"],
-                          op_public_key=values["op-public-key"])
+                          op_public_key=values["op-public-key"], signature_raw=signature,
+                          public_key_raw=public_key)
 
 
 def parse_enable(obj: dict[str, Any]) -> EnableLedger:
