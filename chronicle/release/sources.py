@@ -102,29 +102,42 @@ def read_directory(root: str | os.PathLike[str]) -> list[TreeEntry]:
         raise SourceReadError(f"cannot read {exc.filename!r}: {exc.strerror}") from None
 
 
-def _walk(base: bytes, rel: bytes) -> Iterator[TreeEntry]:
-    with os.scandir(os.path.join(base, rel) if rel else base) as listing:
-        children = sorted(listing, key=lambda e: e.name)
-    for child in children:
-        name = os.fsencode(child.name)
-        if not rel and name == b".git":
-            continue
-        path = rel + b"/" + name if rel else name
-        info = child.stat(follow_symlinks=False)
-        if stat.S_ISDIR(info.st_mode):
-            yield from _walk(base, path)
-        elif stat.S_ISLNK(info.st_mode):
-            yield TreeEntry(check_path(path), MODE_SYMLINK,
-                            content_hash(os.readlink(os.path.join(base, path))))
-        elif stat.S_ISREG(info.st_mode):
-            checked = check_path(path)
-            fd = os.open(os.path.join(base, path), os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, "rb") as stream:
-                mode = mode_from_unix(os.fstat(stream.fileno()).st_mode)
-                yield TreeEntry(checked, mode, _hash_stream(stream))
-        else:
+def _walk(base: bytes, start: bytes) -> Iterator[TreeEntry]:
+    """Depth-first, iteratively (no recursion limit on deep trees), symlinks not followed."""
+    pending = [start]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(base, rel) if rel else base) as listing:
+            children = sorted(listing, key=lambda e: e.name, reverse=True)
+        for child in children:
+            name = os.fsencode(child.name)
+            if not rel and name == b".git":
+                continue
+            path = rel + b"/" + name if rel else name
+            info = child.stat(follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(path)
+            elif stat.S_ISLNK(info.st_mode):
+                yield TreeEntry(check_path(path), MODE_SYMLINK,
+                                content_hash(os.readlink(os.path.join(base, path))))
+            elif stat.S_ISREG(info.st_mode):
+                yield _read_file(base, path)
+            else:
+                raise SpecialFileError(f"not a regular file or symlink: "
+                                       f"{os.fsdecode(path)!r} (mode {info.st_mode:o})")
+
+
+def _read_file(base: bytes, path: bytes) -> TreeEntry:
+    """Open without following a symlink or blocking on a fifo (the file may have been
+    swapped since it was listed), then take the mode from the open file itself."""
+    checked = check_path(path)
+    fd = os.open(os.path.join(base, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as stream:
+        mode = os.fstat(stream.fileno()).st_mode
+        if not stat.S_ISREG(mode):
             raise SpecialFileError(f"not a regular file or symlink: {os.fsdecode(path)!r} "
-                                   f"(mode {info.st_mode:o})")
+                                   f"(mode {mode:o})")
+        return TreeEntry(checked, mode_from_unix(mode), _hash_stream(stream))
 
 
 # --- archives -------------------------------------------------------------------------------

@@ -597,7 +597,7 @@ class _Scope:
     core_vendor: str | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class ReleaseState:
     """The release ledger's state: a :class:`ReleaseView` that :meth:`apply` updates.
 
@@ -630,6 +630,10 @@ class ReleaseState:
             state._updates[update.key] = update
         state._op_sigs.update(op_sigs or {})
         return state
+
+    def __repr__(self) -> str:
+        return (f"ReleaseState(vendors={len(self._keys)}, updates={len(self._updates)}, "
+                f"attestations={len(self._attestations)}, partial={self._scope is not None})")
 
     # -- ReleaseView
     def ledger(self) -> EnableEffect | None:

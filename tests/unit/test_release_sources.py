@@ -419,3 +419,20 @@ def test_git_errors(repo: Path, tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(GitError, match="git rev-parse failed"):
         read_git(tmp_path / "plain")
+
+
+def test_deep_directory_tree(tmp_path: Path) -> None:
+    """Deeper than Python's recursion limit. Built and removed by hand: pathlib's mkdir and
+    shutil.rmtree (pytest's tmp_path clean-up) recurse and would fail on it."""
+    levels = [tmp_path]
+    for _ in range(1200):
+        levels.append(levels[-1] / "d")
+        os.mkdir(levels[-1])
+    (levels[-1] / "f").write_bytes(b"x")
+    try:
+        [entry] = read_directory(tmp_path)
+        assert entry.path == "d/" * 1200 + "f"
+    finally:
+        (levels[-1] / "f").unlink()
+        for level in reversed(levels[1:]):
+            os.rmdir(level)
