@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Final
@@ -123,7 +124,7 @@ class Metadata:
                            ("dist-sha256", self.dist_sha256)):
             if value is not None:
                 out[key] = value
-        for key, text in self.extra:
+        for key, text in sorted(self.extra):
             out[key] = json.loads(text)
         return out
 
@@ -308,8 +309,8 @@ class _Fields:
 
     def key(self, name: str) -> str:
         value = self.required(name)
-        _check_b64(value, PUBLIC_KEY_BYTES, self._fail(name, "is not a base64url Ed25519 "
-                                                            "public key (32 bytes, padded)"))
+        _check_b64(value, PUBLIC_KEY_BYTES, lambda: self._fail(
+            name, "is not a base64url Ed25519 public key (32 bytes, padded)"))
         return value
 
     def label(self, name: str, limit: int, *, multiline: bool = False) -> str | None:
@@ -332,11 +333,11 @@ class _Fields:
         return value
 
 
-def _check_b64(text: str, length: int, error: MalformedMessage) -> bytes:
+def _check_b64(text: str, length: int, error: Callable[[], MalformedMessage]) -> bytes:
     try:
         return b64u_decode(text, length)
     except EncodingError:
-        raise error from None
+        raise error() from None
 
 
 class _Duplicate(Exception):
@@ -467,10 +468,10 @@ def _parse_envelope(obj: dict[str, Any]) -> ReleaseMessage:
         if not isinstance(obj[name], str):
             raise MalformedMessage(f'{what}: field "{name}" must be a string', field=name)
         values[name] = obj[name]
-    signature = _check_b64(values["op-sig"], SIGNATURE_BYTES, MalformedMessage(
+    signature = _check_b64(values["op-sig"], SIGNATURE_BYTES, lambda: MalformedMessage(
         f'{what}: field "op-sig" is not a base64url Ed25519 signature (64 bytes, padded)',
         field="op-sig"))
-    public_key = _check_b64(values["op-public-key"], PUBLIC_KEY_BYTES, MalformedMessage(
+    public_key = _check_b64(values["op-public-key"], PUBLIC_KEY_BYTES, lambda: MalformedMessage(
         f'{what}: field "op-public-key" is not a base64url Ed25519 public key '
         "(32 bytes, padded)", field="op-public-key"))
     try:
@@ -598,7 +599,7 @@ def enable_contents(now: datetime, core_vendor: str, core_key: str) -> bytes:
     if not valid_vendor(core_vendor):
         raise MalformedMessage("core vendor is not a Composer vendor name: "
                                f"{_q(core_vendor)}", field="core-vendor")
-    _check_b64(core_key, PUBLIC_KEY_BYTES, MalformedMessage(
+    _check_b64(core_key, PUBLIC_KEY_BYTES, lambda: MalformedMessage(
         "core key is not a base64url Ed25519 public key (32 bytes, padded)", field="core-key"))
     return php_json({
         "server-action": ACTION_ENABLE,

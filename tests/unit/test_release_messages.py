@@ -66,7 +66,7 @@ def test_canonical_key_order_and_spelling() -> None:
         "https://x.invalid/r", COMMIT, TREE, "f" * 64, (("z", '"1"'), ("a", "[1]"))))) == (
         '{"vendor":"acme","name":"demo","version":"1.0.0","metadata":{"repo":'
         '"https://x.invalid/r","commit":"' + COMMIT + '","tree":"' + TREE + '",'
-        '"dist-sha256":"' + "f" * 64 + '","z":"1","a":[1]}}')
+        '"dist-sha256":"' + "f" * 64 + '","a":[1],"z":"1"}}')
     assert canonical_body(RevokeUpdate("acme", "demo", "1.0.0", "caf\u00e9")) == \
         '{"vendor":"acme","name":"demo","version":"1.0.0","reason":"caf\\u00e9"}'
     assert canonical_body(AttestUpdate("acme", "demo", "1.0.0", "r", "code-review", "ok")) == (
