@@ -1,0 +1,69 @@
+"""Release-layer test helpers: fixed keys, metadata, a chain that judges as it grows."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from chronicle.core.encoding import b64u_encode
+from chronicle.core.sapient import SigningKey
+from chronicle.release.messages import Body, Metadata, enable_contents, sign_message
+from chronicle.release.state import Accepted, ChainEntry, ReleaseState, Skipped, Verdict
+
+CORE = "registry"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def key(name: str) -> SigningKey:
+    """A fixed test key: Ed25519 seed = SHA-256('chronicle-release-test-' + name)."""
+    return SigningKey.from_seed(hashlib.sha256(f"chronicle-release-test-{name}".encode())
+                                .digest())
+
+
+def pk(name: str) -> str:
+    return key(name).public_b64
+
+
+SERVER = key("server")
+CLIENT = key("client")
+
+
+def meta(n: int = 0) -> Metadata:
+    return Metadata(
+        repo="https://github.com/acme/demo",
+        commit=hashlib.sha1(f"c{n}".encode(), usedforsecurity=False).hexdigest(),
+        tree="b3t1:" + b64u_encode(hashlib.sha256(f"t{n}".encode()).digest()),
+    )
+
+
+class Chain:
+    """A ledger in memory, judging like the gate: refused messages are not appended.
+
+    ``entries`` holds what was stored; ``state`` is the state after them.
+    """
+
+    def __init__(self, *, enable: bool = True, core_key: str = "core") -> None:
+        self.state = ReleaseState(server_key=SERVER.public_b64)
+        self.entries: list[ChainEntry] = []
+        if enable:
+            verdict = self.raw(enable_contents(NOW, CORE, pk(core_key)), by=SERVER)
+            assert isinstance(verdict, Accepted)
+
+    def next_entry(self, contents: bytes, *, by: SigningKey = CLIENT) -> ChainEntry:
+        index = len(self.entries)
+        chash = hashlib.blake2b(index.to_bytes(8, "big") + contents, digest_size=32).digest()
+        return ChainEntry(index=index, currhash=b64u_encode(chash),
+                          created=f"2026-01-01T00:{index // 60 % 60:02d}:{index % 60:02d}+00:00",
+                          publickey=by.public_b64, contents=contents)
+
+    def raw(self, contents: bytes, *, by: SigningKey = CLIENT) -> Verdict:
+        entry = self.next_entry(contents, by=by)
+        verdict = self.state.judge(entry)
+        if isinstance(verdict, Accepted):
+            self.state.apply(verdict.effects)
+        if isinstance(verdict, Accepted | Skipped):
+            self.entries.append(entry)
+        return verdict
+
+    def submit(self, body: Body, signer: str) -> Verdict:
+        return self.raw(sign_message(body, key(signer)))
