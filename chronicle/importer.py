@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chronicle.client.document import DocumentParser
 from chronicle.config import DataDir
 from chronicle.core.blakechain import ChainBuilder, Entry
+from chronicle.core.document import DocumentParser
 from chronicle.core.encoding import atom, b64u_decode, b64u_encode, utcnow
 from chronicle.core.errors import (
     ChronicleError,

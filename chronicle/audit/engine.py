@@ -1,8 +1,9 @@
 """The audit engine: rows in, the first fault (by chain order) out. No I/O here.
 
 Sequential part (this thread): :class:`~chronicle.core.verify.ChainVerifier` checks each
-row's link, currhash and summaryhash. Parallel part: :class:`SignaturePool` checks entry
-signatures. A fault is reported for the lowest entry index at which anything is wrong,
+row's link, currhash and summaryhash. Parallel part: the signature pool checks entry
+signatures (:class:`~chronicle.client.sigpool.InOrder`). A fault is reported for the
+lowest entry index at which anything is wrong,
 and within an entry in the order signature, link, currhash, summaryhash — whatever the
 scheduling, the same damaged chain gets the same diagnosis.
 
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chronicle.audit.pool import SignaturePool
+from chronicle.client.sigpool import InOrder
 from chronicle.core.encoding import b64u_encode
 from chronicle.core.verify import (
     ChainFault,
@@ -84,7 +85,7 @@ class AuditReport:
 class ChainAuditor:
     """Feed it rows in chain order; it raises the first fault, or :meth:`finish` passes."""
 
-    def __init__(self, pool: SignaturePool, *, start: ChainState | None = None,
+    def __init__(self, pool: InOrder, *, start: ChainState | None = None,
                  remembered: ChainState | None = None, keys: RowKeys | None = None,
                  track_hashstate: bool = False, anchors: Iterable[bytes] = (),
                  on_rows: Callable[[int], None] | None = None) -> None:

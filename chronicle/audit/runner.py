@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -27,13 +27,16 @@ from urllib.parse import quote
 import aiohttp
 
 from chronicle.audit.engine import AuditReport, ChainAuditor
-from chronicle.audit.pool import SignaturePool
 from chronicle.audit.progress import Progress
-from chronicle.client.document import DocumentParser
 from chronicle.client.errors import RecordNotFound, ServerRefused, refusal
-from chronicle.client.http import ChronicleClient, Head, api_base, chronicle_root
+from chronicle.client.http import ChronicleClient, Head, api_base
+from chronicle.client.peers import announced_key, ask_peer
+from chronicle.client.sigpool import InOrder, SignaturePool
+from chronicle.core import agreement
+from chronicle.core.agreement import PeerReport, PeerStatus, split_view
+from chronicle.core.document import DocumentParser
 from chronicle.core.encoding import atom, b64u_decode, b64u_encode, utcnow
-from chronicle.core.errors import ChronicleError, RequestError, TransportError
+from chronicle.core.errors import ChronicleError, RequestError
 from chronicle.core.verify import (
     ROW_KEYS,
     AnchorError,
@@ -42,7 +45,6 @@ from chronicle.core.verify import (
     DocumentSignatureError,
     HistoryRewrittenError,
     MalformedError,
-    SplitViewError,
     StreamingVerifier,
     decode_b64_field,
 )
@@ -204,7 +206,7 @@ def audit_export(path: Path, signature: bytes | None, options: AuditOptions) -> 
     anchors = [options.anchor] if options.anchor else []
     with SignaturePool(workers=options.workers, mode=options.mode) as pool, \
             path.open("rb") as fh:
-        auditor = ChainAuditor(pool, remembered=remembered, anchors=anchors,
+        auditor = ChainAuditor(InOrder(pool), remembered=remembered, anchors=anchors,
                                track_hashstate=options.state_file is not None)
 
         def drain_then(fault: ChronicleError) -> None:
@@ -280,7 +282,7 @@ async def audit_server(url: str, options: AuditOptions) -> AuditReport:
             await _check_still_on_chain(client, remembered)
             start = remembered
         with SignaturePool(workers=options.workers, mode=options.mode) as pool:
-            auditor = ChainAuditor(pool, start=start, anchors=[_raw(a) for a in anchors],
+            auditor = ChainAuditor(InOrder(pool), start=start, anchors=[_raw(a) for a in anchors],
                                    keys=ROW_KEYS if start else None,
                                    track_hashstate=options.state_file is not None)
             seen = auditor.verifier.anchors_seen
@@ -381,76 +383,32 @@ async def _walk(client: ChronicleClient, path: str, auditor: ChainAuditor, *,
 
 # --- split view ---------------------------------------------------------------------------------
 
-def _index_url(url: str) -> str:
-    """The ``/chronicle`` index of the server behind an API base (replica URLs included)."""
-    return chronicle_root(api_base(url))
-
-
-async def _peer_key(session: aiohttp.ClientSession, spec: PeerSpec,
-                    wait: float) -> tuple[bytes, bool]:
-    """The peer's pinned key, or (unpinned) the key its own signed index announces."""
-    if spec.key is not None:
-        return spec.key, True
-    url = _index_url(spec.url)
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=wait)) as resp:
-            body = await resp.read()
-            sigs = resp.headers.getall("Body-Signature-Ed25519", [])
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise TransportError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
-    try:
-        doc = json.loads(body)
-        key = decode_b64_field(doc.get("public-key"), 32)
-    except (ValueError, AttributeError):
-        key = None
-    sig = decode_b64_field(sigs[0], 64) if len(sigs) == 1 else None
-    if key is None or sig is None:
-        raise DocumentSignatureError(f"{url} does not announce a signed public key")
-    verifier = StreamingVerifier(key, sig)
-    verifier.update(body)
-    if not verifier.verify():
-        raise DocumentSignatureError(f"{url}: its index is not signed by the key it announces")
-    return key, False
-
-
-async def _ask_peer(spec: PeerSpec, head: Head, options: AuditOptions) -> dict[str, Any]:
-    result: dict[str, Any] = {"url": spec.url, "pinned": spec.key is not None}
+async def _ask(spec: PeerSpec, head: Head, options: AuditOptions) -> PeerReport:
+    """One peer's verdict on the audited head (its key pinned, or the one it announces)."""
+    pinned = spec.key is not None
     try:
         async with aiohttp.ClientSession() as session:
-            key, pinned = await _peer_key(session, spec, options.timeout)
-            result["public-key"] = b64u_encode(key)
-            result["pinned"] = pinned
-            async with ChronicleClient(spec.url, key, freshness=options.freshness,
-                                       timeout=options.timeout, session=session) as peer:
-                entries = [e async for e in peer.lookup(head.summaryhash)]
-        match = [e for e in entries if e.summaryhash == head.summaryhash]
-        found = match[0].currhash if match else None
-        result["currhash"] = found
-        result["status"] = "agrees" if found == head.currhash else "disagrees"
-    except RecordNotFound:
-        result["status"] = "missing"
+            def client_for(url: str, key: bytes) -> ChronicleClient:
+                return ChronicleClient(url, key, freshness=options.freshness,
+                                       timeout=options.timeout, session=session)
+
+            key = spec.key or await announced_key(client_for, spec.url)
+            async with client_for(spec.url, key) as peer:
+                answer = await ask_peer(peer, agreement.Head(head.currhash, head.summaryhash))
     except ChronicleError as exc:
-        result["status"] = "error"
-        result["error"] = exc.diagnostics()
-    return result
+        return PeerReport(spec.url, PeerStatus.ERROR, pinned=pinned, error=exc.diagnostics())
+    answer.discard()
+    return replace(answer.report, url=spec.url, pinned=pinned, public_key=b64u_encode(key))
 
 
 async def check_peers(head: Head, options: AuditOptions,
-                      ask: Callable[..., Any] = _ask_peer) -> list[dict[str, Any]]:
+                      ask: Callable[..., Any] = _ask) -> list[dict[str, Any]]:
     """Ask every peer for the audited head; raise :class:`SplitViewError` on a
     disagreement, or when fewer than ``quorum`` peers confirm the same currhash."""
-    results: list[dict[str, Any]] = list(await asyncio.gather(
+    reports: list[PeerReport] = list(await asyncio.gather(
         *(ask(spec, head, options) for spec in options.peers)))
-    disagree = [r for r in results if r["status"] == "disagrees"]
-    agree = sum(1 for r in results if r["status"] == "agrees")
-    if disagree:
-        first = disagree[0]
-        raise SplitViewError(f"split view: {len(disagree)} peer(s) show another entry for the "
-                             f"audited head ({first['url']})", field="currhash",
-                             expected=head.currhash, found=first.get("currhash"),
-                             peers=results)
-    if options.quorum is not None and agree < options.quorum:
-        raise SplitViewError(f"only {agree} peer(s) confirm the audited head, quorum is "
-                             f"{options.quorum}", field="currhash", expected=head.currhash,
-                             found=f"{agree} confirmations", peers=results)
-    return results
+    verdict = split_view(agreement.Head(head.currhash, head.summaryhash), reports,
+                         quorum=options.quorum)
+    if verdict is not None:
+        raise verdict
+    return [r.as_dict() for r in reports]

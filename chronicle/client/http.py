@@ -27,13 +27,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
-from chronicle.client.document import DocumentParser
 from chronicle.client.errors import (
     ServerRefused,
     StaleResponseError,
     UnexpectedResponseError,
     refusal,
 )
+from chronicle.core.document import DocumentParser
 from chronicle.core.encoding import b64u_encode, parse_timestamp, utcnow
 from chronicle.core.errors import EncodingError, RequestError, TransportError
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey
@@ -191,6 +191,67 @@ def _header_status(header: dict[str, Any]) -> str | None:
     return status if isinstance(status, str) else None
 
 
+class Exchange:
+    """One request and its answer, whose body passes through the signature check as it
+    is read. Every request the client makes goes through here.
+
+    ``signature`` is the ``Body-Signature-Ed25519`` header as received (None if absent);
+    :attr:`problem` says why it cannot verify before a byte is read (missing, repeated,
+    malformed); :meth:`verified` is meaningful once :meth:`chunks` has been read to its end.
+    """
+
+    def __init__(self, client: ChronicleClient, method: str, path: str, url: str,
+                 resp: aiohttp.ClientResponse) -> None:
+        self.method = method
+        self.path = path
+        self.url = url
+        self.status = resp.status
+        self.headers = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
+        self._resp = resp
+        self._chunk = client.chunk_size
+        sigs = resp.headers.getall(SIGNATURE_HEADER, [])
+        self.signature: str | None = sigs[0] if len(sigs) == 1 else (", ".join(sigs) or None)
+        raw = decode_b64_field(sigs[0].strip(), 64) if len(sigs) == 1 else None
+        self._verifier = StreamingVerifier(client.server_key, raw) if raw is not None else None
+        if not sigs:
+            self.problem: str | None = f"(HTTP {self.status}) is not signed"
+        elif len(sigs) > 1:
+            self.problem = f"has {len(sigs)} signature headers"
+        elif raw is None:
+            self.problem = "has a malformed signature header"
+        else:
+            self.problem = None
+        if not sigs and self.status >= 500:
+            raise TransportError(f"{method} {path}: HTTP {self.status} from the server "
+                                 "(unsigned error page)")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk, each one fed to the signature check first."""
+        verifier = self._verifier
+        try:
+            async for chunk in self._resp.content.iter_chunked(self._chunk):
+                if verifier is not None:
+                    verifier.update(chunk)
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(f"connection lost reading {self.path}: "
+                                 f"{exc or type(exc).__name__}") from exc
+
+    def verified(self) -> bool:
+        return self._verifier is not None and self._verifier.verify()
+
+    def signature_error(self) -> DocumentSignatureError:
+        problem = self.problem or "has an invalid signature for the pinned server key"
+        return DocumentSignatureError(f"response to {self.method} {self.path} {problem}",
+                                      field=SIGNATURE_HEADER,
+                                      found=(self.signature or "")[:100] or None)
+
+    def require_signature(self) -> None:
+        """Refuse at once an answer whose signature header cannot verify."""
+        if self.problem is not None:
+            raise self.signature_error()
+
+
 class DocumentStream:
     """One signed response, read incrementally: rows as they arrive, signature at the end.
 
@@ -210,42 +271,27 @@ class DocumentStream:
         self.header: dict[str, Any] = {}
         self.rows_count = 0
         self.finished = False
-        self._resp: aiohttp.ClientResponse | None = None
-        self._ctx: Any = None
-        self._verifier: StreamingVerifier | None = None
+        self._exchange: Exchange | None = None
+        self._context: contextlib.AbstractAsyncContextManager[Exchange] | None = None
         self._parser = DocumentParser()
 
     async def __aenter__(self) -> DocumentStream:
-        session = self.client._require_session()
-        url = self.client.url_for(self.path, from_root=self.from_root)
-        try:
-            self._ctx = session.get(url)
-            self._resp = await self._ctx.__aenter__()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransportError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
-        self.status = self._resp.status
-        self._verifier = self.client._response_verifier(self._resp, "GET", self.path)
+        self._context = self.client.exchange("GET", self.path, from_root=self.from_root)
+        self._exchange = await self._context.__aenter__()
+        self._exchange.require_signature()
+        self.status = self._exchange.status
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._ctx is not None:
-            await self._ctx.__aexit__(None, None, None)
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        assert self._resp is not None
-        try:
-            async for chunk in self._resp.content.iter_chunked(self.client.chunk_size):
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransportError(f"connection lost reading {self.path}: "
-                                 f"{exc or type(exc).__name__}") from exc
+        if self._context is not None:
+            await self._context.__aexit__(None, None, None)
 
     async def rows(self) -> AsyncIterator[list[Any]]:
         """Parsed rows of ``results`` in batches; at the end the signature, the envelope
         (``status: OK`` else :class:`ServerRefused`) and the ``datetime`` are checked."""
-        assert self._verifier is not None
-        async for chunk in self._chunks():
-            self._verifier.update(chunk)
+        exchange = self._exchange
+        assert exchange is not None
+        async for chunk in exchange.chunks():
             batch = self._parser.feed(chunk)
             if batch:
                 self.rows_count += len(batch)
@@ -261,27 +307,21 @@ class DocumentStream:
             yield batch
         self.header = self._parser.header
         self.finished = True
-        self.client._check_envelope(self.header, self.status, self._resp_headers(),
-                                    self.path, fresh=self.fresh)
-
-    def _resp_headers(self) -> dict[str, str]:
-        assert self._resp is not None
-        return {k: v for k, v in self._resp.headers.items() if k.lower() == "retry-after"}
+        self.client.check_envelope(self.header, self.status, exchange.headers, self.path,
+                                   fresh=self.fresh)
 
     def _check_signature(self) -> None:
-        assert self._verifier is not None
-        if not self._verifier.verify():
-            raise DocumentSignatureError(
-                f"response to GET {self.path} has an invalid signature for the pinned key",
-                field=SIGNATURE_HEADER)
+        assert self._exchange is not None
+        if not self._exchange.verified():
+            raise self._exchange.signature_error()
 
     async def drain(self) -> None:
         """Read the rest of the body into the signature check only; raise if it fails."""
-        assert self._verifier is not None
+        assert self._exchange is not None
         if self.finished:
             return
-        async for chunk in self._chunks():
-            self._verifier.update(chunk)
+        async for _ in self._exchange.chunks():
+            pass
         self._check_signature()
 
     @property
@@ -346,30 +386,18 @@ class ChronicleClient:
 
     # --- verification of answers --------------------------------------------------------
 
-    def _response_verifier(self, resp: aiohttp.ClientResponse, method: str,
-                           path: str) -> StreamingVerifier:
-        sigs = resp.headers.getall(SIGNATURE_HEADER, [])
-        if not sigs:
-            if resp.status >= 500:
-                raise TransportError(f"{method} {path}: HTTP {resp.status} from the server "
-                                     "(unsigned error page)")
-            raise DocumentSignatureError(f"response to {method} {path} (HTTP {resp.status}) "
-                                         "is not signed", field=SIGNATURE_HEADER)
-        if len(sigs) > 1:
-            raise DocumentSignatureError(f"response to {method} {path} has {len(sigs)} "
-                                         "signature headers", field=SIGNATURE_HEADER)
-        signature = decode_b64_field(sigs[0].strip(), 64)
-        if signature is None:
-            raise DocumentSignatureError(f"response to {method} {path} has a malformed "
-                                         "signature header", field=SIGNATURE_HEADER,
-                                         found=sigs[0][:100])
-        return StreamingVerifier(self.server_key, signature)
-
-    def check_envelope(self, header: dict[str, Any], status: int, headers: dict[str, str],
-                       path: str, *, fresh: bool) -> None:
-        """``status: OK`` (else the matching :class:`ServerRefused`), and a fresh signed
-        ``datetime`` when ``fresh``."""
-        self._check_envelope(header, status, headers, path, fresh=fresh)
+    @contextlib.asynccontextmanager
+    async def exchange(self, method: str, path: str, *, body: bytes | None = None,
+                       headers: dict[str, str] | None = None, from_root: bool = False
+                       ) -> AsyncIterator[Exchange]:
+        """Send one request; the answer's body is read through :meth:`Exchange.chunks`."""
+        session = self._require_session()
+        url = self.url_for(path, from_root=from_root)
+        try:
+            async with session.request(method, url, data=body, headers=headers) as resp:
+                yield Exchange(self, method, path, url, resp)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
 
     async def fetch(self, path: str, *, method: str = "GET", body: bytes | None = None,
                     headers: dict[str, str] | None = None, from_root: bool = False,
@@ -382,29 +410,19 @@ class ChronicleClient:
         stays bounded whatever the size of the answer (``max_size`` bounds the disk). An
         unsigned 5xx page is a :class:`TransportError` (the server is broken, not lying).
         """
-        session = self._require_session()
-        url = self.url_for(path, from_root=from_root)
         fh: Any = None
         spooled: Path | None = None
         buffered = bytearray()
         size = 0
         try:
-            async with session.request(method, url, data=body, headers=headers) as resp:
-                sigs = resp.headers.getall(SIGNATURE_HEADER, [])
-                if not sigs and resp.status >= 500:
-                    raise TransportError(f"{method} {path}: HTTP {resp.status} from the server "
-                                         "(unsigned error page)")
-                raw_sig = decode_b64_field(sigs[0].strip(), 64) if len(sigs) == 1 else None
-                verifier = (StreamingVerifier(self.server_key, raw_sig)
-                            if raw_sig is not None else None)
-                async for chunk in resp.content.iter_chunked(self.chunk_size):
+            async with self.exchange(method, path, body=body, headers=headers,
+                                     from_root=from_root) as answer:
+                async for chunk in answer.chunks():
                     size += len(chunk)
                     if max_size is not None and size > max_size:
                         raise UnexpectedResponseError(
                             f"answer to {path} is larger than {max_size} bytes",
                             field="document")
-                    if verifier is not None:
-                        verifier.update(chunk)
                     if fh is not None:
                         fh.write(chunk)
                         continue
@@ -419,12 +437,6 @@ class ChronicleClient:
                         fh = os.fdopen(fd, "wb")
                         fh.write(buffered)
                         buffered = bytearray()
-                status = resp.status
-                extra = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if spooled is not None:
-                spooled.unlink(missing_ok=True)
-            raise TransportError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
         except BaseException:
             if spooled is not None:
                 spooled.unlink(missing_ok=True)
@@ -434,14 +446,38 @@ class ChronicleClient:
                 with contextlib.suppress(OSError):
                     fh.close()
         return FetchedDocument(
-            method=method, path=path, url=url, status=status,
-            signature=sigs[0] if len(sigs) == 1 else (", ".join(sigs) or None),
-            verified=verifier is not None and verifier.verify(), size=size,
+            method=method, path=path, url=answer.url, status=answer.status,
+            signature=answer.signature, verified=answer.verified(), size=size,
             body=None if spooled is not None else bytes(buffered), file=spooled,
-            headers=extra)
+            headers=answer.headers)
 
-    def _check_envelope(self, header: dict[str, Any], status: int, headers: dict[str, str],
-                        path: str, *, fresh: bool) -> None:
+    async def signed(self, path: str, *, method: str = "GET", body: bytes | None = None,
+                     headers: dict[str, str] | None = None, fresh: bool = True,
+                     from_root: bool = False) -> tuple[FetchedDocument, dict[str, Any]]:
+        """A small answer that must be signed by the pinned key: the document (kept, e.g.
+        as evidence) and its JSON, whose envelope is checked (``status: OK``, else the
+        matching :class:`ServerRefused`; a fresh ``datetime`` when ``fresh``)."""
+        doc = await self.fetch(path, method=method, body=body, headers=headers,
+                               from_root=from_root, memory_limit=SMALL_BODY_LIMIT)
+        if not doc.verified:
+            problem = ("is not signed" if doc.signature is None
+                       else "has an invalid signature for the pinned server key")
+            raise DocumentSignatureError(f"response to {method} {path} {problem}",
+                                         field=SIGNATURE_HEADER,
+                                         found=(doc.signature or "")[:100] or None)
+        parser = DocumentParser()
+        rows = parser.feed(doc.read()) + parser.close()
+        parsed = parser.header
+        if parser.results_is_list:
+            parsed["results"] = rows
+        self.check_envelope(parsed, doc.status, doc.headers, path, fresh=fresh)
+        return doc, parsed
+
+
+    def check_envelope(self, header: dict[str, Any], status: int, headers: dict[str, str],
+                       path: str, *, fresh: bool) -> None:
+        """``status: OK`` (else the matching :class:`ServerRefused`), and a fresh signed
+        ``datetime`` when ``fresh``."""
         state = _header_status(header)
         if state == "ERROR":
             raise refusal(status, str(header.get("message", "request refused")), headers)
@@ -472,35 +508,6 @@ class ChronicleClient:
                 expected=f"within {int(self.freshness.total_seconds())} s of now",
                 found=stamp)
 
-    async def _call(self, method: str, path: str, body: bytes | None = None,
-                    headers: dict[str, str] | None = None) -> dict[str, Any]:
-        """A small request: whole body read (bounded), verified, envelope checked."""
-        session = self._require_session()
-        url = self.url_for(path)
-        try:
-            async with session.request(method, url, data=body, headers=headers) as resp:
-                verifier = self._response_verifier(resp, method, path)
-                raw = bytearray()
-                async for chunk in resp.content.iter_chunked(self.chunk_size):
-                    raw += chunk
-                    if len(raw) > SMALL_BODY_LIMIT:
-                        raise UnexpectedResponseError(f"answer to {path} is too large")
-                status = resp.status
-                extra = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransportError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
-        verifier.update(raw)
-        if not verifier.verify():
-            raise DocumentSignatureError(f"response to {method} {path} has an invalid "
-                                         "signature for the pinned server key",
-                                         field=SIGNATURE_HEADER)
-        parser = DocumentParser()
-        rows = parser.feed(bytes(raw)) + parser.close()
-        doc = parser.header
-        if parser.results_is_list:
-            doc["results"] = rows
-        self._check_envelope(doc, status, extra, path, fresh=True)
-        return doc
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -515,7 +522,7 @@ class ChronicleClient:
         if self.key is None or self.client_id is None:
             raise RequestError("publishing needs a client id and a secret key")
         signature = self.key.sign(body)
-        doc = await self._call("POST", "/publish", body, {
+        _, doc = await self.signed("/publish", method="POST", body=body, headers={
             CLIENT_HEADER: self.client_id, SIGNATURE_HEADER: b64u_encode(signature)})
         results = doc.get("results")
         if not isinstance(results, dict):
@@ -557,7 +564,7 @@ class ChronicleClient:
     async def head(self) -> Head | None:
         """The signed head (``lasthash``): None for an empty chain. Replicas answer an
         object ``{"curr-hash", "summary-hash"}`` instead of a row; both are accepted."""
-        results = (await self._call("GET", "/lasthash")).get("results")
+        results = (await self.signed("/lasthash"))[1].get("results")
         if isinstance(results, dict) and "curr-hash" in results:
             cur, summ = results.get("curr-hash"), results.get("summary-hash")
             if decode_b64_field(cur, 32) is None or decode_b64_field(summ, 32) is None:
@@ -574,7 +581,7 @@ class ChronicleClient:
 
     async def lasthash(self) -> VerifiedEntry | None:
         """The newest entry, verified (signature, currhash from its prevhash)."""
-        results = (await self._call("GET", "/lasthash")).get("results")
+        results = (await self.signed("/lasthash"))[1].get("results")
         if isinstance(results, dict) and "summary-hash" in results:
             head = Head(str(results.get("curr-hash")), str(results.get("summary-hash")))
             for entry in [e async for e in self.lookup(head.summaryhash)]:
@@ -599,7 +606,7 @@ class ChronicleClient:
         Each is verified on its own, and must carry the hash asked for. A hash the server
         does not have raises :class:`~chronicle.client.errors.RecordNotFound`.
         """
-        results = (await self._call("GET", "/lookup/" + quote(hash_, safe=""))).get("results")
+        results = (await self.signed("/lookup/" + quote(hash_, safe="")))[1].get("results")
         if not isinstance(results, list) or not results:
             raise UnexpectedResponseError("lookup answer has no entries", field="results")
         for row in results:

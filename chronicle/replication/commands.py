@@ -40,7 +40,8 @@ from chronicle.ledger import Ledger
 from chronicle.replication import crosssign
 from chronicle.replication.attest import attest
 from chronicle.replication.evidence import describe
-from chronicle.replication.follower import ERROR, OK, SyncOptions, sync_sources
+from chronicle.replication.follower import SyncStatus, sync_sources
+from chronicle.replication.upstream import SyncOptions
 from chronicle.store import ReplicaPeer, ReplicaSource, Store, XsignTarget, open_store
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def replica_sync(data_dir: Path, name: str | None, attest_due: bool, timeout: fl
             await store.close()
 
     results, attested = _run(go())
-    clean = all(r["status"] == OK for r in results)
+    clean = all(r["status"] == SyncStatus.OK for r in results)
     payload: dict[str, Any] = {"ok": clean, "sources": results}
     if attest_due:
         payload["attestation"] = attested
@@ -278,8 +279,8 @@ def replica_sync(data_dir: Path, name: str | None, attest_due: bool, timeout: fl
         text += f"\nattestation appended: {attested}"
     _out(as_json, payload, text)
     if not clean:
-        bad = [r for r in results if r["status"] != OK]
-        code = EXIT_IO if all(r["status"] == ERROR for r in bad) else EXIT_REFUSED
+        bad = [r for r in results if r["status"] != SyncStatus.OK]
+        code = EXIT_IO if all(r["status"] == SyncStatus.ERROR for r in bad) else EXIT_REFUSED
         click.echo(f"error: {len(bad)} of {len(results)} source(s) did not sync cleanly: "
                    + "; ".join(f"{r['name']} {r['status']}: {r['error']}" for r in bad),
                    err=True)
@@ -573,9 +574,11 @@ def xsign_run(data_dir: Path, name: str | None, force: bool, as_json: bool) -> N
          "\n".join(f"{r['name']}: {r['status']}" + (f" - {r['error']}" if r["error"] else "")
                    + (f" (peer entry {r['peer-currhash']})" if r["peer-currhash"] else "")
                    for r in results) or "(no cross-sign targets)")
-    bad = [r for r in results if r["status"] in (crosssign.ERROR, crosssign.REFUSED,
-                                                  crosssign.FAILED)]
+    bad = [r for r in results if r["status"] in (crosssign.PushStatus.ERROR,
+                                                  crosssign.PushStatus.REFUSED,
+                                                  crosssign.PushStatus.FAILED)]
     if bad:
-        code = EXIT_IO if all(r["status"] == crosssign.ERROR for r in bad) else EXIT_REFUSED
+        transient = all(r["status"] == crosssign.PushStatus.ERROR for r in bad)
+        code = EXIT_IO if transient else EXIT_REFUSED
         click.echo("error: " + "; ".join(f"{r['name']}: {r['error']}" for r in bad), err=True)
         sys.exit(code)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import aiohttp
@@ -31,21 +32,25 @@ from chronicle.store import Store, XsignReceipt, XsignTarget
 
 log = logging.getLogger(__name__)
 
-# Push outcomes.
-PUSHED, SKIPPED, ERROR, REFUSED, FAILED = "pushed", "skipped", "error", "refused", "failed"
+class PushStatus(StrEnum):
+    PUSHED = "pushed"      # our head is on the peer's chain (its signed receipt is kept)
+    SKIPPED = "skipped"    # the policy says not yet (or our chain is empty)
+    ERROR = "error"        # the peer could not be reached: retried later
+    REFUSED = "refused"    # the peer answered a signed error
+    FAILED = "failed"      # the peer's answer did not verify
 
 
 @dataclass
 class PushResult:
     name: str
-    status: str
+    status: PushStatus
     index: int | None = None
     peer_currhash: str | None = None
     peer_summaryhash: str | None = None
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "index": self.index,
+        return {"name": self.name, "status": str(self.status), "index": self.index,
                 "peer-currhash": self.peer_currhash,
                 "peer-summaryhash": self.peer_summaryhash, "error": self.error}
 
@@ -70,15 +75,15 @@ async def push(store: Store, key: SigningKey, target: XsignTarget, *,
     due = policy.due(head_index=None if head is None else head.index,
                      last_index=target.last_index, last_run=_when(target.last_run), now=now)
     if head is None or not (due or force):
-        return PushResult(target.name, SKIPPED, None if head is None else head.index)
+        return PushResult(target.name, PushStatus.SKIPPED, None if head is None else head.index)
     message = cross_sign_message(target.publickey, now, head.currhash, head.summaryhash)
     signature = key.sign_b64(message)
     headers = {CLIENT_HEADER: target.clientid, SIGNATURE_HEADER: signature,
                "Content-Type": "application/json"}
-    receipt = XsignReceipt(target_id=target.id, recorded=atom(now), status=FAILED,
+    receipt = XsignReceipt(target_id=target.id, recorded=atom(now), status=PushStatus.FAILED,
                            index=head.index, currhash=head.currhash,
                            summaryhash=head.summaryhash, message=message, signature=signature)
-    result = PushResult(target.name, ERROR, head.index)
+    result = PushResult(target.name, PushStatus.ERROR, head.index)
     try:
         async with ChronicleClient(target.url, target.publickey, timeout=request_timeout,
                                    freshness=freshness, clock=clock, session=session) as peer:
@@ -104,16 +109,16 @@ async def push(store: Store, key: SigningKey, target: XsignTarget, *,
     except TransportError as exc:
         result.error = exc.diagnostics()
     except ServerRefused as exc:
-        result.status = REFUSED
+        result.status = PushStatus.REFUSED
         result.error = exc.diagnostics()
         await store.xsign.add_receipt(replace(receipt, error=result.error))
     except (ChainFault, ValueError) as exc:
-        result.status = FAILED
+        result.status = PushStatus.FAILED
         result.error = (exc.diagnostics() if isinstance(exc, ChronicleError)
                         else "the peer's answer is not JSON")
         await store.xsign.add_receipt(replace(receipt, error=result.error))
     else:
-        result.status = PUSHED
+        result.status = PushStatus.PUSHED
         result.peer_currhash = str(fields["currhash"])
         result.peer_summaryhash = str(fields["summaryhash"])
         await store.xsign.add_receipt(replace(

@@ -12,7 +12,7 @@ from chronicle.config import Settings
 from chronicle.core.encoding import utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
-from chronicle.replication.jobs import BackgroundJobs
+from chronicle.server.jobs import BackgroundJobs
 from chronicle.store import Client, Store
 
 
@@ -104,7 +104,9 @@ class ServerContext:
             await self.store.ensure_instance(name)
             self.ledger(name)
         # Replica follower, cross-signing, attestation: run by the leader process only.
-        self.jobs = BackgroundJobs(self)
+        self.jobs = BackgroundJobs(self.store, self.key, self.settings, self.ledger,
+                                   clock=self.clock, spool_dir=self.cache_dir / "replication",
+                                   evidence_dir=self.cache_dir.parent / "evidence")
         await self.jobs.start()
 
     async def stop(self) -> None:

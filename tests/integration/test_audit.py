@@ -526,10 +526,12 @@ async def test_split_view_peers_and_quorum(server: RunningServer,
 async def test_empty_chain_and_peer_urls(server: RunningServer) -> None:
     out = await acli(server.url, "--server-key", server.key.public_b64, "--json")
     assert (out.code, out.json["entries"], out.json["last"]) == (0, 0, None), out
-    from chronicle.audit.runner import PeerSpec, UsageProblem, _index_url
+    from chronicle.audit.runner import PeerSpec, UsageProblem
+    from chronicle.client.http import api_base, chronicle_root
 
-    assert _index_url(f"http://h:1{REPLICA}") == "http://h:1/chronicle"
-    assert _index_url("http://h:1") == "http://h:1/chronicle"
+    # Where a peer's own index (and its announced key) is, whatever URL it was given as.
+    assert chronicle_root(api_base(f"http://h:1{REPLICA}")) == "http://h:1/chronicle"
+    assert chronicle_root(api_base("http://h:1")) == "http://h:1/chronicle"
     spec = PeerSpec.parse(f"http://h:1{REPLICA}#{PK_B}")
     assert (spec.url, spec.key) == (f"http://h:1{REPLICA}", b64u_decode(PK_B, 32))
     with pytest.raises(UsageProblem):

@@ -24,14 +24,16 @@ from click.testing import CliRunner
 
 from chronicle.cli import main
 from chronicle.client import ChronicleClient
+from chronicle.client.sigpool import SignaturePool
 from chronicle.config import DataDir
 from chronicle.core import protocol
 from chronicle.core.blakechain import ChainBuilder, ChainHead, Entry
 from chronicle.core.encoding import b64u_decode, b64u_encode, utcnow
 from chronicle.core.errors import EncodingError, StorageError
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey, verify
-from chronicle.replication.follower import Replicator, SyncOptions
-from chronicle.replication.jobs import BackgroundJobs
+from chronicle.replication.follower import Replicator
+from chronicle.replication.upstream import SyncOptions
+from chronicle.server.jobs import BackgroundJobs
 from chronicle.store import ReplicaSource, Store, open_store
 from tests import helpers
 from tests.helpers import RunningServer, init_data_dir, start_server
@@ -893,18 +895,16 @@ async def _any_leader(*servers: RunningServer) -> bool:
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-async def test_signature_checker_finds_the_bad_ones(mode: str) -> None:
-    from chronicle.replication.sigcheck import SignatureChecker
-
+async def test_signature_pool_finds_the_bad_ones(mode: str) -> None:
     items = [(CLIENT.public, CLIENT.sign(f"m{i}".encode()), f"m{i}".encode())
              for i in range(50)]
     items[7] = (CLIENT.public, CLIENT.sign(b"other"), b"m7")
     items[31] = (CLIENT.public[:5], items[31][1], items[31][2])  # malformed key
     items[40] = (CLIENT.public, b"short", b"m40")  # malformed signature
-    async with SignatureChecker(mode=mode, workers=2) as checker:
-        results = await asyncio.gather(*(checker.check(items) for _ in range(3)))
+    async with SignaturePool(mode=mode, workers=2) as pool:
+        results = await asyncio.gather(*(pool.check(items) for _ in range(3)))
         assert results == [[7, 31, 40]] * 3
-        assert await checker.check([]) == []
+        assert await pool.check([]) == []
 
 
 async def test_replica_cli_usage_errors(replica_dir: DataDir) -> None:

@@ -28,7 +28,8 @@ from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import b64u_decode, b64u_encode, parse_timestamp
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey, verify
 from chronicle.replication.attest import attest
-from chronicle.replication.follower import Replicator, SyncOptions
+from chronicle.replication.follower import Replicator
+from chronicle.replication.upstream import SyncOptions
 from chronicle.store import Client, ReplicaSource
 from tests.helpers import VECTORS, RunningServer, init_data_dir, load_vector, start_server
 from tests.integration.test_replay_php import PinnedClock, _body, _header, _times

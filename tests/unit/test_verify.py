@@ -19,9 +19,9 @@ import pytest
 from nacl import bindings as sodium
 
 from chronicle.audit.engine import ChainAuditor
-from chronicle.audit.pool import SignaturePool
-from chronicle.client.document import DocumentParser
+from chronicle.client.sigpool import InOrder, SignaturePool
 from chronicle.core.blakechain import ChainBuilder
+from chronicle.core.document import DocumentParser
 from chronicle.core.encoding import b64u_decode, b64u_encode
 from chronicle.core.sapient import SigningKey
 from chronicle.core.sapient import verify as nacl_verify
@@ -399,13 +399,14 @@ def make_chain(count: int) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("mode", ["inline", "thread", "process"])
 def test_pool_reports_the_lowest_failing_index(mode: str) -> None:
     key = SigningKey.generate()
-    with SignaturePool(mode=mode, workers=2, batch_size=7) as pool:
+    with SignaturePool(mode=mode, workers=2) as pool:
+        ordered = InOrder(pool, batch_size=7)
         for i in range(100):
             body = b"x%d" % i
             signature = key.sign(body if i not in (41, 77) else b"other")
-            pool.submit(SignedContents(i, key.public, signature, body))
+            ordered.submit(SignedContents(i, key.public, signature, body))
         with pytest.raises(EntrySignatureError) as info:
-            pool.finish()
+            ordered.finish()
     assert info.value.index == 41
 
 
@@ -416,8 +417,8 @@ def test_engine_prefers_an_earlier_signature_fault(mode: str) -> None:
     # the currhash no longer matches either). Entry 250: a broken summary.
     rows[100]["signature"] = SigningKey.generate().sign_b64(rows[100]["contents"].encode())
     rows[250]["summary"] = rows[249]["summary"]
-    with SignaturePool(mode=mode, workers=2, batch_size=16) as pool:
-        auditor = ChainAuditor(pool, keys=EXPORT_KEYS)
+    with SignaturePool(mode=mode, workers=2) as pool:
+        auditor = ChainAuditor(InOrder(pool, batch_size=16), keys=EXPORT_KEYS)
 
         def audit() -> None:
             auditor.feed(rows)
@@ -431,12 +432,12 @@ def test_engine_prefers_an_earlier_signature_fault(mode: str) -> None:
 def test_engine_skips_remembered_prefix_and_checks_it() -> None:
     rows = make_chain(50)
     with SignaturePool(mode="inline") as pool:
-        first = ChainAuditor(pool, track_hashstate=True)
+        first = ChainAuditor(InOrder(pool), track_hashstate=True)
         first.feed(rows[:30])
         first.finish()
         state = first.verifier.state()
     with SignaturePool(mode="inline") as pool:
-        again = ChainAuditor(pool, remembered=state, track_hashstate=True)
+        again = ChainAuditor(InOrder(pool), remembered=state, track_hashstate=True)
         again.feed(rows)
         again.finish()
         assert (again.count, again.verified, pool.submitted) == (50, 20, 20)

@@ -25,20 +25,20 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
 
+from chronicle.client.sigpool import SignaturePool
+from chronicle.config import Settings
 from chronicle.core.blakechain import Entry
 from chronicle.core.errors import ChronicleError
 from chronicle.core.replica import STATUS_ACTIVE, backoff_delay
+from chronicle.core.sapient import SigningKey
+from chronicle.ledger import Clock, Ledger
 from chronicle.replication.attest import attest
-from chronicle.replication.crosssign import ERROR, FAILED, REFUSED, PushResult, push
-from chronicle.replication.follower import ERROR as SYNC_ERROR
-from chronicle.replication.follower import Replicator, SyncOptions, SyncResult
-from chronicle.replication.sigcheck import SignatureChecker
-from chronicle.store import LeaderLock
-
-if TYPE_CHECKING:
-    from chronicle.server.context import ServerContext
+from chronicle.replication.crosssign import PushResult, PushStatus, push
+from chronicle.replication.follower import Replicator, SyncResult, SyncStatus
+from chronicle.replication.upstream import SyncOptions
+from chronicle.store import LeaderLock, Store
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,16 @@ class BackgroundJobs:
     LEADER_RETRY = 5.0
     LEADER_CHECK = 5.0
 
-    def __init__(self, ctx: ServerContext, *, rand: Callable[[], float] = random.random
-                 ) -> None:
-        self.ctx = ctx
+    def __init__(self, store: Store, key: SigningKey, settings: Settings,
+                 ledger: Callable[[str], Ledger], *, clock: Clock, spool_dir: Path,
+                 evidence_dir: Path, rand: Callable[[], float] = random.random) -> None:
+        self.store = store
+        self.key = key
+        self.settings = settings
+        self.ledger = ledger
+        self.clock = clock
+        self.spool_dir = spool_dir
+        self.evidence_dir = evidence_dir
         self.rand = rand
         self.is_leader = False
         self.results: dict[str, SyncResult] = {}
@@ -71,19 +78,18 @@ class BackgroundJobs:
         self._leading = asyncio.Event()
         self._next_sync: dict[int, float] = {}
         self._next_push: dict[int, float] = {}
-        self._checker = SignatureChecker()
+        self._pool = SignaturePool()
         self._pass_lock = asyncio.Lock()
 
     @property
     def enabled(self) -> bool:
-        s = self.ctx.settings
+        s = self.settings
         return not s.read_only and any(x is not None for x in (
             s.replicate_interval, s.cross_sign_interval, s.scheduled_attestation))
 
     def options(self) -> SyncOptions:
-        data_dir = self.ctx.cache_dir.parent
-        return SyncOptions(spool_dir=self.ctx.cache_dir / "replication",
-                           evidence_dir=data_dir / "evidence", clock=self.ctx.clock)
+        return SyncOptions(spool_dir=self.spool_dir, evidence_dir=self.evidence_dir,
+                           clock=self.clock)
 
     async def start(self) -> None:
         if self.enabled and self._task is None:
@@ -96,7 +102,7 @@ class BackgroundJobs:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._checker.aclose()
+        await self._pool.aclose()
 
     def wake(self) -> None:
         """Run the follower now instead of at its next scheduled time."""
@@ -113,7 +119,7 @@ class BackgroundJobs:
     # --- leader election ------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        lock = self._lock = self.ctx.store.jobs.leader_lock()
+        lock = self._lock = self.store.jobs.leader_lock()
         try:
             while True:
                 try:
@@ -136,7 +142,7 @@ class BackgroundJobs:
                 await lock.release()
 
     async def _lead(self, lock: LeaderLock) -> None:
-        s = self.ctx.settings
+        s = self.settings
         loops = []
         if s.replicate_interval is not None:
             loops.append(self._loop("follower", self._follow_pass))
@@ -174,7 +180,7 @@ class BackgroundJobs:
     # --- the passes ---------------------------------------------------------------------------
 
     async def _follow_pass(self) -> float:
-        interval = _seconds(self.ctx.settings.replicate_interval) or 60.0
+        interval = _seconds(self.settings.replicate_interval) or 60.0
         await self.follow_once()
         await self.attest_once()
         now = time.monotonic()
@@ -182,29 +188,29 @@ class BackgroundJobs:
         return min([interval, *due]) if due else interval
 
     async def _cross_sign_pass(self) -> float:
-        interval = _seconds(self.ctx.settings.cross_sign_interval) or 60.0
+        interval = _seconds(self.settings.cross_sign_interval) or 60.0
         await self.cross_sign_once()
         return interval
 
     async def _attestation_pass(self) -> float:
         await self.attest_once()
-        every = _seconds(self.ctx.settings.scheduled_attestation) or ATTESTATION_CHECK
+        every = _seconds(self.settings.scheduled_attestation) or ATTESTATION_CHECK
         return min(every, ATTESTATION_CHECK)
 
     async def follow_once(self, *, everything: bool = False) -> list[SyncResult]:
         """Sync every active source that is due (``everything``: all of them, now)."""
-        interval = _seconds(self.ctx.settings.replicate_interval) or 60.0
+        interval = _seconds(self.settings.replicate_interval) or 60.0
         results = []
         async with self._pass_lock:
-            for source in await self.ctx.store.replication.sources(None):
-                if source.instance not in self.ctx.settings.instances \
+            for source in await self.store.replication.sources(None):
+                if source.instance not in self.settings.instances \
                         or source.status != STATUS_ACTIVE:
                     continue
                 if not everything and self._next_sync.get(source.id, 0.0) > time.monotonic():
                     continue
-                result = await Replicator(self.ctx.store, source, self.options(),
-                                          self._checker).sync()
-                failures = source.failures + 1 if result.status == SYNC_ERROR else 0
+                result = await Replicator(self.store, source, self.options(),
+                                          self._pool).sync()
+                failures = source.failures + 1 if result.status == SyncStatus.ERROR else 0
                 self._next_sync[source.id] = time.monotonic() + backoff_delay(
                     interval, failures, maximum=max(MAX_BACKOFF, interval), rand=self.rand())
                 self.results[source.uniqueid] = result
@@ -213,16 +219,15 @@ class BackgroundJobs:
 
     async def cross_sign_once(self, *, force: bool = False) -> list[PushResult]:
         """Push our head to every target whose policy says so (``force``: all, now)."""
-        interval = _seconds(self.ctx.settings.cross_sign_interval) or 60.0
+        interval = _seconds(self.settings.cross_sign_interval) or 60.0
         results = []
-        for target in await self.ctx.store.xsign.targets(None):
-            if target.instance not in self.ctx.settings.instances:
+        for target in await self.store.xsign.targets(None):
+            if target.instance not in self.settings.instances:
                 continue
             if not force and self._next_push.get(target.id, 0.0) > time.monotonic():
                 continue
-            result = await push(self.ctx.store, self.ctx.key, target, clock=self.ctx.clock,
-                                force=force)
-            if result.status in (ERROR, REFUSED, FAILED):
+            result = await push(self.store, self.key, target, clock=self.clock, force=force)
+            if result.status in (PushStatus.ERROR, PushStatus.REFUSED, PushStatus.FAILED):
                 self._next_push[target.id] = time.monotonic() + backoff_delay(
                     interval, target.failures + 1, maximum=max(MAX_BACKOFF, interval),
                     rand=self.rand())
@@ -235,10 +240,10 @@ class BackgroundJobs:
     async def attest_once(self, *, force: bool = False) -> list[Entry]:
         """Append the attestation of replicated heads to each chain where it is due."""
         entries = []
-        for instance in self.ctx.settings.instances:
-            entry = await attest(self.ctx.store, self.ctx.ledger(instance), self.ctx.key,
-                                 every=self.ctx.settings.scheduled_attestation,
-                                 clock=self.ctx.clock, force=force)
+        for instance in self.settings.instances:
+            entry = await attest(self.store, self.ledger(instance), self.key,
+                                 every=self.settings.scheduled_attestation,
+                                 clock=self.clock, force=force)
             if entry is not None:
                 entries.append(entry)
         return entries

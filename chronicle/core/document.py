@@ -2,8 +2,8 @@
 
 Sans-I/O: bytes in (any chunking), parsed rows out, memory bounded by the largest single
 row rather than the document. A full export of a million entries is ~700 MB of JSON; the
-auditor and the client stream it through :class:`DocumentParser` while the same bytes feed
-the streaming signature check.
+auditor, the follower and the client stream it through :class:`DocumentParser` while the
+same bytes feed the streaming signature check.
 
 It is a general JSON parser for the one shape Chronicle answers with — a top-level object
 — not one tied to PHP's pretty-printing: the top-level keys are scanned here, every value

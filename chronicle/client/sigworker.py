@@ -1,4 +1,4 @@
-"""A signature-checking worker process: ``python -m chronicle.replication.sigworker``.
+"""A signature-checking worker process: ``python -m chronicle.client.sigworker``.
 
 Reads batches on stdin, answers on stdout, until stdin closes. The framing is plain bytes
 (no pickle: nothing executable crosses the pipe):
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import IO
 
 from chronicle.core.verify import verify_batch
 
@@ -46,6 +47,15 @@ def decode(body: bytes) -> list[Item]:
 
 def encode_answer(bad: Sequence[int]) -> bytes:
     return len(bad).to_bytes(4, "big") + b"".join(i.to_bytes(4, "big") for i in bad)
+
+
+def decode_answer(head: bytes, stream: IO[bytes]) -> list[int]:
+    """The positions of an answer whose 4-byte count ``head`` was read from ``stream``."""
+    count = int.from_bytes(head, "big")
+    raw = stream.read(4 * count)
+    if raw is None or len(raw) != 4 * count:
+        raise EOFError("short answer from a signature worker")
+    return [int.from_bytes(raw[i:i + 4], "big") for i in range(0, len(raw), 4)]
 
 
 def main() -> None:
