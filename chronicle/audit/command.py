@@ -33,9 +33,11 @@ from chronicle.audit.runner import (
 )
 from chronicle.client.errors import ServerRefused
 from chronicle.client.http import api_base
-from chronicle.core.encoding import b64u_encode
+from chronicle.core.encoding import b64u_encode, decode_b64_field
 from chronicle.core.errors import ChronicleError, TransportError
-from chronicle.core.verify import ChainFault, decode_b64_field
+from chronicle.core.verify import (
+    ChainFault,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,8 @@ def _text(report: AuditReport) -> str:
               help="Network timeout in seconds.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress line on stderr (default: only when stderr is a terminal).")
-def audit(url: str | None, url_option: str | None, export_file: Path | None, server_key: str,
+def audit(  # noqa: C901, PLR0912, PLR0915 - split by the CLI package step
+    url: str | None, url_option: str | None, export_file: Path | None, server_key: str,
           signature: str | None, signature_file: Path | None, anchor: str | None,
           instance: str, state_file: Path | None, peers: tuple[str, ...], quorum: int | None,
           fmt: str, as_json: bool, workers: int | None, max_age: float, timeout: float,

@@ -35,7 +35,7 @@ from chronicle.client.sigpool import InOrder, SignaturePool
 from chronicle.core import agreement
 from chronicle.core.agreement import PeerReport, PeerStatus, split_view
 from chronicle.core.document import DocumentParser
-from chronicle.core.encoding import atom, b64u_decode, b64u_encode, utcnow
+from chronicle.core.encoding import atom, b64u_decode, b64u_encode, decode_b64_field, utcnow
 from chronicle.core.errors import ChronicleError, RequestError
 from chronicle.core.verify import (
     ROW_KEYS,
@@ -46,7 +46,6 @@ from chronicle.core.verify import (
     HistoryRewrittenError,
     MalformedError,
     StreamingVerifier,
-    decode_b64_field,
 )
 
 CHUNK = 1 << 20

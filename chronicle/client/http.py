@@ -34,7 +34,7 @@ from chronicle.client.errors import (
     refusal,
 )
 from chronicle.core.document import DocumentParser
-from chronicle.core.encoding import b64u_encode, parse_timestamp, utcnow
+from chronicle.core.encoding import b64u_encode, decode_b64_field, parse_timestamp, utcnow
 from chronicle.core.errors import EncodingError, RequestError, TransportError
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey
 from chronicle.core.verify import (
@@ -50,7 +50,6 @@ from chronicle.core.verify import (
     SignedContents,
     StreamingVerifier,
     check_entry_signature,
-    decode_b64_field,
     verify_row,
 )
 

@@ -18,10 +18,12 @@ from urllib.parse import quote
 from chronicle.client.errors import RecordNotFound
 from chronicle.client.http import ChronicleClient, FetchedDocument, api_base, chronicle_root
 from chronicle.core.agreement import Head, PeerReport, PeerStatus, judge_lookup
-from chronicle.core.encoding import b64u_encode
+from chronicle.core.encoding import b64u_encode, decode_b64_field
 from chronicle.core.errors import ChronicleError
 from chronicle.core.sapient import verify
-from chronicle.core.verify import DocumentSignatureError, decode_b64_field
+from chronicle.core.verify import (
+    DocumentSignatureError,
+)
 
 #: Our copy of the history, by summaryhash: the currhash we hold there, or None.
 History = Callable[[str], Awaitable[str | None]]

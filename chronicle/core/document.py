@@ -20,6 +20,7 @@ import codecs
 import contextlib
 import json
 import re
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from chronicle.core.verify import MalformedError
@@ -154,73 +155,88 @@ class DocumentParser:
         return rows
 
     def _step(self, rows: list[Any]) -> None:
+        """Run the state machine until it needs more input (:class:`_NeedMore`)."""
+        steps = self._steps
         while True:
-            state = self._state
-            if state == _ELEMENT:
-                self._char()
-                rows.append(self._decode())
-                self._state = _AFTER_ELEMENT
-            elif state == _AFTER_ELEMENT:
-                ch = self._char()
-                self._pos += 1
-                if ch == ",":
-                    self._state = _ELEMENT
-                elif ch == "]":
-                    self._state = _AFTER_VALUE
-                else:
-                    self._pos -= 1
-                    raise self._bad("',' or ']' after a results entry")
-            elif state == _START:
-                if self._char() != "{":
-                    raise self._bad("a JSON object")
-                self._pos += 1
-                self._state = _KEY
-            elif state == _KEY:
-                ch = self._char()
-                if ch == "}" and not self._key_required:
-                    self._pos += 1
-                    self._state = _END
-                    continue
-                if ch != '"':
-                    raise self._bad("a member name")
-                key = self._decode()
-                if key in self.header or (key == "results" and self.results_is_list):
-                    raise MalformedError(f"document has the member {key!r} twice",
-                                         field=str(key))
-                self._key = key
-                self._state = _COLON
-            elif state == _COLON:
-                if self._char() != ":":
-                    raise self._bad("':'")
-                self._pos += 1
-                self._state = _VALUE
-            elif state == _VALUE:
-                ch = self._char()
-                if self._key == "results" and ch == "[":
-                    self._pos += 1
-                    self.results_is_list = True
-                    self._state = _RESULTS_FIRST
-                else:
-                    assert self._key is not None
-                    self.header[self._key] = self._decode()
-                    self._state = _AFTER_VALUE
-            elif state == _RESULTS_FIRST:
-                if self._char() == "]":
-                    self._pos += 1
-                    self._state = _AFTER_VALUE
-                else:
-                    self._state = _ELEMENT
-            elif state == _AFTER_VALUE:
-                ch = self._char()
-                self._pos += 1
-                if ch == ",":
-                    self._key_required = True
-                    self._state = _KEY
-                elif ch == "}":
-                    self._state = _END
-                else:
-                    self._pos -= 1
-                    raise self._bad("',' or '}' after a member")
-            else:  # _END: only whitespace may follow
-                if self._char():
-                    raise self._bad("nothing after the closing brace")
+            steps[self._state](rows)
+
+    @property
+    def _steps(self) -> tuple[Callable[[list[Any]], None], ...]:
+        # Indexed by state number (_START .. _END).
+        return (self._start, self._member_name, self._colon, self._value, self._after_value,
+                self._results_first, self._element, self._after_element, self._end)
+
+    def _element(self, rows: list[Any]) -> None:
+        self._char()
+        rows.append(self._decode())
+        self._state = _AFTER_ELEMENT
+
+    def _after_element(self, rows: list[Any]) -> None:
+        ch = self._char()
+        if ch == ",":
+            self._state = _ELEMENT
+        elif ch == "]":
+            self._state = _AFTER_VALUE
+        else:
+            raise self._bad("',' or ']' after a results entry")
+        self._pos += 1
+
+    def _start(self, rows: list[Any]) -> None:
+        if self._char() != "{":
+            raise self._bad("a JSON object")
+        self._pos += 1
+        self._state = _KEY
+
+    def _member_name(self, rows: list[Any]) -> None:
+        ch = self._char()
+        if ch == "}" and not self._key_required:
+            self._pos += 1
+            self._state = _END
+            return
+        if ch != '"':
+            raise self._bad("a member name")
+        key = self._decode()
+        if key in self.header or (key == "results" and self.results_is_list):
+            raise MalformedError(f"document has the member {key!r} twice", field=str(key))
+        self._key = key
+        self._state = _COLON
+
+    def _colon(self, rows: list[Any]) -> None:
+        if self._char() != ":":
+            raise self._bad("':'")
+        self._pos += 1
+        self._state = _VALUE
+
+    def _value(self, rows: list[Any]) -> None:
+        ch = self._char()
+        if self._key == "results" and ch == "[":
+            self._pos += 1
+            self.results_is_list = True
+            self._state = _RESULTS_FIRST
+        else:
+            assert self._key is not None
+            self.header[self._key] = self._decode()
+            self._state = _AFTER_VALUE
+
+    def _results_first(self, rows: list[Any]) -> None:
+        if self._char() == "]":
+            self._pos += 1
+            self._state = _AFTER_VALUE
+        else:
+            self._state = _ELEMENT
+
+    def _after_value(self, rows: list[Any]) -> None:
+        ch = self._char()
+        if ch == ",":
+            self._key_required = True
+            self._state = _KEY
+        elif ch == "}":
+            self._state = _END
+        else:
+            raise self._bad("',' or '}' after a member")
+        self._pos += 1
+
+    def _end(self, rows: list[Any]) -> None:
+        """Only whitespace may follow the closing brace."""
+        if self._char():
+            raise self._bad("nothing after the closing brace")

@@ -19,9 +19,30 @@ from chronicle.core.errors import EncodingError
 _B64U_RE = re.compile(r"\A[A-Za-z0-9_-]*={0,2}\Z")
 
 
+_TO_STD = bytes.maketrans(b"-_", b"+/")
+_TO_URL = bytes.maketrans(b"+/", b"-_")
+_FIELD_CHARS = {32: 44, 64: 88}
+
+
 def b64u_encode(raw: bytes) -> str:
-    """base64url with padding, as PHP's ``Base64UrlSafe::encode``."""
-    return base64.urlsafe_b64encode(raw).decode("ascii")
+    """base64url with padding, as PHP's ``Base64UrlSafe::encode`` (binascii: this runs
+    three times per entry in every export and verification)."""
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_URL).decode("ascii")
+
+
+def decode_b64_field(value: Any, length: int) -> bytes | None:
+    """A wire field (a 32-byte hash or key, a 64-byte signature) in canonical padded
+    base64url, else None: the non-raising form of :func:`b64u_decode` for hot loops."""
+    if not isinstance(value, str) or len(value) != _FIELD_CHARS[length]:
+        return None
+    try:
+        text = value.encode("ascii")
+        raw = binascii.a2b_base64(text.translate(_TO_STD))
+    except (UnicodeEncodeError, binascii.Error):
+        return None
+    if len(raw) != length or binascii.b2a_base64(raw, newline=False).translate(_TO_URL) != text:
+        return None
+    return raw
 
 
 def b64u_decode(text: str | bytes, length: int | None = None, *, what: str = "value") -> bytes:

@@ -25,7 +25,7 @@ from typing import Any
 
 from chronicle.core import protocol
 from chronicle.core.blakechain import Entry
-from chronicle.core.encoding import atom, b64u_encode, php_json
+from chronicle.core.encoding import atom, b64u_encode, decode_b64_field, php_json
 from chronicle.core.errors import EncodingError
 from chronicle.core.verify import (
     BrokenLinkError,
@@ -37,7 +37,6 @@ from chronicle.core.verify import (
     RowKeys,
     SignedContents,
     SplitViewError,
-    decode_b64_field,
 )
 
 #: The extra member PHP puts in replica ``lasthash`` and ``lookup`` answers.

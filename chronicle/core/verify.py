@@ -22,7 +22,6 @@ Three pieces:
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -32,8 +31,8 @@ from typing import Any, ClassVar, NoReturn
 from nacl import bindings as sodium
 from nacl._sodium import ffi, lib
 
-from chronicle.core.blakechain import HASH_BYTES, STATE_BYTES, SummaryState
-from chronicle.core.encoding import b64u_decode, b64u_encode
+from chronicle.core.blakechain import HASH_BYTES, STATE_BYTES, SummaryState, currhash
+from chronicle.core.encoding import b64u_decode, b64u_encode, decode_b64_field
 from chronicle.core.errors import ChronicleError, IntegrityError
 
 # --- faults ---------------------------------------------------------------------------------
@@ -371,29 +370,6 @@ class ChainState:
         return state
 
 
-_TO_STD = bytes.maketrans(b"-_", b"+/")
-_TO_URL = bytes.maketrans(b"+/", b"-_")
-_B64_CHARS = {32: 44, 64: 88}
-
-
-def b64u_encode_fast(raw: bytes) -> str:
-    return binascii.b2a_base64(raw, newline=False).translate(_TO_URL).decode("ascii")
-
-
-def decode_b64_field(value: Any, length: int) -> bytes | None:
-    """Canonical padded base64url of exactly ``length`` bytes, else None (hot-loop helper)."""
-    if not isinstance(value, str) or len(value) != _B64_CHARS[length]:
-        return None
-    try:
-        text = value.encode("ascii")
-        raw = binascii.a2b_base64(text.translate(_TO_STD))
-    except (UnicodeEncodeError, binascii.Error):
-        return None
-    if len(raw) != length or binascii.b2a_base64(raw, newline=False).translate(_TO_URL) != text:
-        return None
-    return raw
-
-
 def _show(value: Any) -> str:
     if value is None:
         return "null"
@@ -498,13 +474,36 @@ class ChainVerifier:
                    found=_show(found))
 
     def check(self, row: Any) -> SignedContents:
+        """Verify the next row: its fields, its link, its currhash and summaryhash (the
+        entry signature is the caller's, in parallel); raise the first fault."""
+        signed = self._fields(row)
+        keys = self._keys
+        self._check_link(signed, row.get(keys.prev))
+        cur = currhash(self._prev_raw, row["created"], signed.publickey, signed.signature,
+                       signed.contents)
+        cur_text = b64u_encode(cur)
+        claimed_cur = row.get(keys.curr)
+        if claimed_cur != cur_text:
+            self._fail_after_signature(signed, HashMismatchError, "currhash does not match",
+                                       keys.curr, cur_text, claimed_cur)
+        summary, sum_text = self._summary(signed, cur, row.get(keys.summary))
+        if self.anchors and sum_text in self.anchors:
+            self.anchors_seen[sum_text] = (signed.index, cur_text)
+        self._prev_raw = cur
+        self._prev_text = cur_text
+        self._summary_raw = summary
+        self._created = row["created"]
+        self._count = signed.index + 1
+        return signed
+
+    def _fields(self, row: Any) -> SignedContents:
+        """The row's types and encodings: what its entry signature covers."""
         index = self._count
         if not isinstance(row, dict):
             raise MalformedError("entry is not a JSON object", index=index)
         if not self._keys_fixed:
             self._keys = row_keys_for(row)
             self._keys_fixed = True
-        keys = self._keys
         for name in _STR_FIELDS:
             if not isinstance(row.get(name), str):
                 raise self._fault(MalformedError, f"entry field {name} missing or not a string",
@@ -523,73 +522,51 @@ class ChainVerifier:
         if signature is None:
             raise self._fault(MalformedError, "entry signature is not 64 bytes of base64url",
                               "signature", "base64url signature", row["signature"])
-        try:
-            contents = row["contents"].encode("utf-8")
-        except UnicodeEncodeError:
-            raise self._fault(MalformedError, "entry contents are not valid Unicode",
-                              "contents", "UTF-8 text", "lone surrogate") from None
-        created: str = row["created"]
-        try:
-            created_raw = created.encode("utf-8")
-        except UnicodeEncodeError:
-            raise self._fault(MalformedError, "entry created is not valid Unicode",
-                              "created", "a timestamp", "lone surrogate") from None
-        signed = SignedContents(index, publickey, signature, contents)
+        contents = self._utf8(row, "contents")
+        self._utf8(row, "created")
+        return SignedContents(index, publickey, signature, contents)
 
-        prev = row.get(keys.prev)
+    def _utf8(self, row: dict[str, Any], name: str) -> bytes:
+        try:
+            return str(row[name]).encode("utf-8")
+        except UnicodeEncodeError:
+            raise self._fault(MalformedError, f"entry {name} is not valid Unicode", name,
+                              "UTF-8 text", "lone surrogate") from None
+
+    def _check_link(self, signed: SignedContents, prev: Any) -> None:
         if self._prev_text is None:
             if prev is not None and prev != "":
                 self._fail_after_signature(signed, BrokenLinkError,
                                            "first entry must not link to a previous one",
-                                           keys.prev, None, prev)
+                                           self._keys.prev, None, prev)
         elif prev != self._prev_text:
             self._fail_after_signature(signed, BrokenLinkError,
                                        "entry does not link to the previous entry",
-                                       keys.prev, self._prev_text, prev)
+                                       self._keys.prev, self._prev_text, prev)
 
-        h = hashlib.blake2b(digest_size=HASH_BYTES, key=self._prev_raw or b"")
-        h.update(created_raw)
-        h.update(publickey)
-        h.update(signature)
-        h.update(contents)
-        cur = h.digest()
-        cur_text = b64u_encode_fast(cur)
-        claimed_cur = row.get(keys.curr)
-        if claimed_cur != cur_text:
-            self._fail_after_signature(signed, HashMismatchError, "currhash does not match",
-                                       keys.curr, cur_text, claimed_cur)
-
-        claimed_sum = row.get(keys.summary)
-        if self._check_summary:
-            if self._sodium is not None:
-                self._sodium.update(cur)
-            if self._digest is not None:
-                self._digest.update(cur)
-                summary = self._digest.copy().digest()
-            else:
-                assert self._sodium is not None
-                summary = self._sodium.digest()
-            sum_text = b64u_encode_fast(summary)
-            if claimed_sum != sum_text:
-                self._fail_after_signature(signed, HashMismatchError,
-                                           "summaryhash does not match", keys.summary,
-                                           sum_text, claimed_sum)
-        else:
-            summary_or_none = decode_b64_field(claimed_sum, HASH_BYTES)
-            if summary_or_none is None:
+    def _summary(self, signed: SignedContents, cur: bytes, claimed: Any) -> tuple[bytes, str]:
+        """The summaryhash after ``cur``: recomputed and compared when the history is
+        known, else taken from the row (it must at least be a hash)."""
+        if not self._check_summary:
+            summary = decode_b64_field(claimed, HASH_BYTES)
+            if summary is None:
                 self._fail_after_signature(signed, MalformedError,
                                            "summaryhash is not 32 bytes of base64url",
-                                           keys.summary, "base64url hash", claimed_sum)
-            summary, sum_text = summary_or_none, str(claimed_sum)
-
-        if self.anchors and sum_text in self.anchors:
-            self.anchors_seen[sum_text] = (index, cur_text)
-        self._prev_raw = cur
-        self._prev_text = cur_text
-        self._summary_raw = summary
-        self._created = created
-        self._count = index + 1
-        return signed
+                                           self._keys.summary, "base64url hash", claimed)
+            return summary, str(claimed)
+        if self._sodium is not None:
+            self._sodium.update(cur)
+        if self._digest is not None:
+            self._digest.update(cur)
+            summary = self._digest.copy().digest()
+        else:
+            assert self._sodium is not None
+            summary = self._sodium.digest()
+        sum_text = b64u_encode(summary)
+        if claimed != sum_text:
+            self._fail_after_signature(signed, HashMismatchError, "summaryhash does not match",
+                                       self._keys.summary, sum_text, claimed)
+        return summary, sum_text
 
     def _fail_after_signature(self, signed: SignedContents, cls: type[ChainFault], message: str,
                               field: str, expected: Any, found: Any) -> NoReturn:

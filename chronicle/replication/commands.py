@@ -32,10 +32,9 @@ from chronicle.cliutil import out as _out
 from chronicle.cliutil import public_key as _key
 from chronicle.cliutil import run as _run
 from chronicle.config import DataDir, Settings
-from chronicle.core.encoding import atom, b64u_encode, utcnow
+from chronicle.core.encoding import atom, b64u_encode, decode_b64_field, utcnow
 from chronicle.core.errors import ChronicleError
 from chronicle.core.replica import STATUS_ACTIVE, STATUS_FAILED, CrossSignPolicy
-from chronicle.core.verify import decode_b64_field
 from chronicle.ledger import Ledger
 from chronicle.replication import crosssign
 from chronicle.replication.attest import attest

@@ -23,11 +23,14 @@ import aiohttp
 
 from chronicle.client.errors import ServerRefused
 from chronicle.client.http import ChronicleClient
-from chronicle.core.encoding import atom, b64u_encode, parse_timestamp, utcnow
+from chronicle.core.encoding import atom, b64u_encode, decode_b64_field, parse_timestamp, utcnow
 from chronicle.core.errors import ChronicleError, EncodingError, TransportError
 from chronicle.core.replica import CrossSignPolicy, cross_sign_message
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey
-from chronicle.core.verify import ChainFault, DocumentSignatureError, decode_b64_field
+from chronicle.core.verify import (
+    ChainFault,
+    DocumentSignatureError,
+)
 from chronicle.store import Store, XsignReceipt, XsignTarget
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,13 @@ from typing import NoReturn
 from chronicle.client.http import FetchedDocument
 from chronicle.core.blakechain import Entry
 from chronicle.core.document import DocumentParser
-from chronicle.core.encoding import b64u_encode
+from chronicle.core.encoding import b64u_encode, decode_b64_field
 from chronicle.core.errors import TransportError
 from chronicle.core.replica import TruncatedError
 from chronicle.core.verify import (
     ChainFault,
     HistoryRewrittenError,
     MalformedError,
-    decode_b64_field,
 )
 from chronicle.replication.upstream import Evidence, Stop, Upstream, head_of, quote_hash
 from chronicle.store import Chain

@@ -21,10 +21,9 @@ from chronicle.client.http import ChronicleClient
 from chronicle.client.peers import PeerAnswer, announced_key, ask_peer, head_from
 from chronicle.core.agreement import PeerReport, PeerStatus, split_view
 from chronicle.core.blakechain import Entry
-from chronicle.core.encoding import b64u_encode
+from chronicle.core.encoding import b64u_encode, decode_b64_field
 from chronicle.core.errors import ChronicleError
 from chronicle.core.replica import parse_cross_sign
-from chronicle.core.verify import decode_b64_field
 from chronicle.replication.upstream import Evidence, Stop, SyncOptions, Upstream, quote_hash
 from chronicle.store import Chain, ReplicaPeer, ReplicaSource, Store
 

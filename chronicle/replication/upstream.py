@@ -20,7 +20,7 @@ import aiohttp
 
 from chronicle.client.errors import RecordNotFound, ServerRefused, StaleResponseError, refusal
 from chronicle.client.http import ChronicleClient, FetchedDocument
-from chronicle.core.encoding import b64u_encode, utcnow
+from chronicle.core.encoding import b64u_encode, decode_b64_field, utcnow
 from chronicle.core.errors import TransportError
 from chronicle.core.replica import KeyChangedError
 from chronicle.core.sapient import SIGNATURE_HEADER, verify
@@ -29,7 +29,6 @@ from chronicle.core.verify import (
     ChainFault,
     DocumentSignatureError,
     MalformedError,
-    decode_b64_field,
     verify_row,
 )
 
