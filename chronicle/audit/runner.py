@@ -31,6 +31,7 @@ from chronicle.audit.progress import Progress
 from chronicle.client.errors import RecordNotFound, ServerRefused, refusal
 from chronicle.client.http import ChronicleClient, Head, api_base
 from chronicle.client.peers import announced_key, ask_peer
+from chronicle.client.reorder import RowBuffer
 from chronicle.client.sigpool import InOrder, SignaturePool
 from chronicle.core import agreement
 from chronicle.core.agreement import PeerReport, PeerStatus, split_view
@@ -40,6 +41,7 @@ from chronicle.core.errors import ChronicleError, RequestError
 from chronicle.core.verify import (
     ROW_KEYS,
     AnchorError,
+    BrokenLinkError,
     ChainFault,
     ChainState,
     DocumentSignatureError,
@@ -300,8 +302,7 @@ async def audit_server(url: str, options: AuditOptions) -> AuditReport:
                 assert last is not None
                 auditor.verifier.expect_keys(ROW_KEYS)
                 try:
-                    await _walk(client, "/since/" + quote(b64u_encode(last), safe=""),
-                                auditor, fresh=True, progress=progress)
+                    await _walk_since(client, last, auditor, progress=progress)
                 except ServerRefused:
                     break  # no continuation offered: reported below as truncated
 
@@ -378,6 +379,39 @@ async def _walk(client: ChronicleClient, path: str, auditor: ChainAuditor, *,
             except ChainFault:
                 await doc.drain()
                 raise
+
+
+async def _walk_since(client: ChronicleClient, last: bytes, auditor: ChainAuditor, *,
+                      progress: Progress | None = None) -> None:
+    """``since`` our last verified entry, every page, fed to the auditor in chain order.
+
+    The rows go through a :class:`RowBuffer` on disk first: a PHP replica lists them in
+    summary-hash order, not chain order (protocol.md). Each page's signature is checked as
+    it is read; rows that do not continue the chain are a broken link.
+    """
+    head = b64u_encode(auditor.verifier.last_currhash or b"")
+    with tempfile.TemporaryDirectory(prefix="chronicle-audit-") as spool, \
+            RowBuffer(Path(spool)) as buffer:
+        path = "/since/" + quote(b64u_encode(last), safe="")
+        async with aclosing(client.documents(path, fresh=True)) as docs:
+            async for doc in docs:
+                try:
+                    async for rows in doc.rows():
+                        buffer.add(rows)
+                except ChainFault:
+                    await doc.drain()
+                    raise
+        for rows in buffer.chain_from(head):
+            auditor.feed(rows)
+            if progress is not None:
+                progress.update(auditor.count, None)
+        left = buffer.left()
+        if left:
+            raise BrokenLinkError(f"{len(left)} row(s) of the since answer do not continue "
+                                  "the chain in any order", index=auditor.count,
+                                  field="prevhash",
+                                  expected=b64u_encode(auditor.verifier.last_currhash or b""),
+                                  found=left[0])
 
 
 # --- split view ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -163,11 +163,26 @@ class FetchedDocument:
             self.file = None
 
 
+def split_instance(url: str) -> tuple[str, str | None]:
+    """A URL that names a chain of the server (``…/chronicle?instance=NAME``): the URL
+    without its query, and the instance (None when it names none). Any other query or a
+    fragment is refused: every request we build appends a path, then its own query."""
+    parts = urlsplit(url)
+    if parts.fragment:
+        raise RequestError(f"a Chronicle URL has no fragment: {url!r}")
+    query = parse_qs(parts.query, keep_blank_values=True) if parts.query else {}
+    if set(query) - {"instance"} or len(query.get("instance", [])) > 1:
+        raise RequestError(f"a Chronicle URL takes only ?instance=NAME: {url!r}")
+    instance = query["instance"][0] if query else None
+    return urlunsplit(parts._replace(query="")), instance
+
+
 def api_base(url: str) -> str:
     """The API root for a URL: given as is if it already points into ``/chronicle``
     (e.g. a replica's ``…/chronicle/replica/{source}``), else the server root plus
-    ``/chronicle`` (cli.md: client commands take the base URL without it)."""
-    url = url.rstrip("/")
+    ``/chronicle`` (cli.md: client commands take the base URL without it). An
+    ``?instance=NAME`` query is not part of it (see :func:`split_instance`)."""
+    url = split_instance(url.strip())[0].rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise RequestError(f"not an http(s) URL: {url!r}")
@@ -342,6 +357,10 @@ class ChronicleClient:
                  timeout: float = 30.0, freshness: float | None = DEFAULT_FRESHNESS,
                  session: aiohttp.ClientSession | None = None,
                  clock: Callable[[], datetime] = utcnow, chunk_size: int = CHUNK) -> None:
+        named = split_instance(url.strip())[1]
+        if named is not None and instance and named != instance:
+            raise RequestError(f"the URL names instance {named!r}, the caller {instance!r}")
+        instance = instance or named or ""
         self.base = api_base(url)
         self.root = chronicle_root(self.base)
         self.server_key = server_key

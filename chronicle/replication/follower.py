@@ -21,6 +21,7 @@ the source stays active and the next attempt backs off.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -30,25 +31,36 @@ from pathlib import Path
 from typing import Any
 
 from chronicle.client.errors import RecordNotFound, ServerRefused, StaleResponseError, refusal
+from chronicle.client.http import FetchedDocument
+from chronicle.client.reorder import RowBuffer
 from chronicle.client.sigpool import SignaturePool
 from chronicle.core.agreement import PeerReport
 from chronicle.core.blakechain import Entry
-from chronicle.core.encoding import atom, b64u_encode
+from chronicle.core.document import DocumentParser
+from chronicle.core.encoding import atom, b64u_encode, decode_b64_field
 from chronicle.core.errors import ChronicleError, StorageError, TransportError
 from chronicle.core.replica import (
     STATUS_ACTIVE,
     STATUS_FORKED,
+    ForkedLinkError,
     ReplicaVerifier,
     fault_details,
     status_for,
 )
-from chronicle.core.verify import EXPORT_KEYS, ROW_KEYS, AnchorError, ChainFault, MalformedError
+from chronicle.core.verify import (
+    EXPORT_KEYS,
+    ROW_KEYS,
+    AnchorError,
+    BrokenLinkError,
+    ChainFault,
+    MalformedError,
+)
 from chronicle.replication.evidence import EvidenceKeeper
 from chronicle.replication.forensics import analyse_lost_head
 from chronicle.replication.ingest import Ingest, Ingested
 from chronicle.replication.peers import check_peers
-from chronicle.replication.upstream import Stop, SyncOptions, Upstream, quote_hash
-from chronicle.store import ReplicaFault, ReplicaSource, Store
+from chronicle.replication.upstream import Evidence, Stop, SyncOptions, Upstream, quote_hash
+from chronicle.store import Chain, ReplicaFault, ReplicaSource, Store
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +207,16 @@ class Replicator:
         fetched = time.monotonic()
         kept = False
         try:
-            got = await self.ingest.document(doc, verifier)
+            try:
+                got = await self.ingest.document(doc, verifier)
+            except BrokenLinkError:
+                if head is None:
+                    raise
+                # A since answer whose rows are not in chain order (PHP's replicas list
+                # them by summaryhash): put them back in order before judging.
+                kept = True
+                await self._reorder(upstream, path, doc, role)
+                return False
             log.info("replica %s: GET %s: %d bytes in %.2f s, %d entries verified and "
                      "stored in %.2f s", self.source.name, path, doc.size, fetched - started,
                      got.rows, time.monotonic() - fetched)
@@ -214,11 +235,95 @@ class Replicator:
             kept = True
             raise Stop(fault, [(role, doc, upstream.key)]) from None
         except Stop as stop:
-            kept = kept or any(d is doc for _, d, _ in stop.docs)
+            kept = kept and any(d is doc for _, d, _ in stop.docs)
             raise
         finally:
             if not kept:
                 doc.discard()
+
+    async def _reorder(self, upstream: Upstream, path: str, first: FetchedDocument,
+                       role: str) -> None:
+        """Accept a ``since`` answer (all its pages) whose rows, put in chain order from
+        our head, form exactly one chain continuing it with no row left over (repeats
+        dropped; a missing row asked for once more); else it is a fork."""
+        docs: Evidence = [(role, first, upstream.key)]
+        copy = self.store.replication.chain(self.source.id)
+        try:
+            with RowBuffer(self.options.spool_dir) as buffer:
+                await self._buffer_pages(upstream, path, first, buffer, docs)
+                head = await self._take_chain(copy, buffer)
+                left = [c for c in buffer.left() if not await _holds(copy, c)]
+                if left:  # a row may be missing from these pages: ask once more
+                    again = _since(head)
+                    docs.append((role, await upstream.fetch(again, role), upstream.key))
+                    await self._buffer_pages(upstream, again, docs[-1][1], buffer, docs)
+                    head = await self._take_chain(copy, buffer)
+                    left = [c for c in buffer.left() if not await _holds(copy, c)]
+                if left:
+                    raise ForkedLinkError(
+                        f"{len(left)} row(s) of the since answer do not continue our chain "
+                        "in any order", index=head.index + 1, field="prevhash",
+                        expected=b64u_encode(head.currhash), found=left[0])
+        except ChainFault as fault:
+            raise Stop(fault, docs) from None
+        for _, doc, _ in docs:
+            doc.discard()
+
+    async def _take_chain(self, copy: Chain, buffer: RowBuffer) -> Entry:
+        """Verify and store the buffered rows that continue our head, in chain order."""
+        head = await copy.head()
+        assert head is not None
+        verifier = ReplicaVerifier(head)
+        verifier.expect_keys(ROW_KEYS)
+        await self.ingest.rows(buffer.chain_from(b64u_encode(head.currhash)), verifier)
+        head = await copy.head()
+        assert head is not None
+        return head
+
+    async def _buffer_pages(self, upstream: Upstream, path: str, doc: FetchedDocument,
+                            buffer: RowBuffer, docs: Evidence) -> None:
+        """Every row of ``doc`` and of the pages after it into ``buffer``."""
+        total_rows, first_total = 0, None
+        while True:
+            header, results_is_list, rows = await asyncio.to_thread(_buffer_rows, doc, buffer)
+            if header.get("status") == "ERROR":
+                raise refusal(doc.status, str(header.get("message", "refused")), doc.headers)
+            upstream.client.check_envelope(header, doc.status, doc.headers, path, fresh=True)
+            if not results_is_list:
+                raise MalformedError(f"the answer to GET {path} has no results list",
+                                     field="results")
+            total_rows += rows
+            if first_total is None:
+                first_total = header.get("total")
+            nxt = header.get("next") if header.get("paginated") is True else None
+            if not isinstance(nxt, str) or rows == 0:
+                break
+            path = nxt
+            doc = await upstream.fetch(path, "upstream since (next page)", from_root=True)
+            docs.append(("upstream since (next page)", doc, upstream.key))
+        if first_total is not None and first_total != total_rows:
+            raise AnchorError(f"the answer says total {first_total!r} but carries "
+                              f"{total_rows} entries", field="total",
+                              expected=str(first_total), found=str(total_rows))
+
+
+async def _holds(copy: Chain, currhash: str) -> bool:
+    """Is this row already in our copy (a repeat of a row we stored)?"""
+    raw = decode_b64_field(currhash, 32)
+    return raw is not None and any(e.currhash == raw for e in await copy.lookup(raw))
+
+
+def _buffer_rows(doc: FetchedDocument, buffer: RowBuffer
+                 ) -> tuple[dict[str, Any], bool, int]:
+    parser = DocumentParser()
+    count = 0
+    for chunk in doc.chunks():
+        rows = parser.feed(chunk)
+        buffer.add(rows)
+        count += len(rows)
+    rows = parser.close()
+    buffer.add(rows)
+    return parser.header, parser.results_is_list, count + len(rows)
 
 
 SPOOL_MAX_AGE = 3600.0

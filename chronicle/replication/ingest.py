@@ -117,22 +117,27 @@ class Ingest:
     async def document(self, doc: FetchedDocument, verifier: ReplicaVerifier) -> Ingested:
         """Verify and store every row of ``doc`` in order; raise the first fault."""
         parser = DocumentParser()
-        chunks = doc.chunks()
+        rows = await self.rows(_document_rows(parser, doc.chunks()), verifier)
+        return Ingested(parser.header, rows, parser.results_is_list)
+
+    async def rows(self, batches: Iterator[list[Any]], verifier: ReplicaVerifier) -> int:
+        """Verify and store rows given in batches (read in a thread: the iterator may
+        parse or read a file); raise the first fault. Returns how many verified."""
         pipeline = _Pipeline(self)
-        rows = 0
+        count = 0
         try:
             fault: ChainFault | None = None
             done = False
             while not done and fault is None:
-                verified, fault, done = await asyncio.to_thread(_step, parser, chunks, verifier)
-                rows += len(verified)
+                verified, fault, done = await asyncio.to_thread(_step, batches, verifier)
+                count += len(verified)
                 await pipeline.add(verified)
             await pipeline.finish()
             if fault is not None:
                 raise fault
         finally:
             await pipeline.cancel()
-        return Ingested(parser.header, rows, parser.results_is_list)
+        return count
 
     async def commit(self, previous: asyncio.Task[None] | None, group: list[Checked]) -> None:
         """Store a group of hashed batches once their signatures verified (after the
@@ -161,19 +166,30 @@ class Ingest:
             self.added += len(entries)
 
 
-def _step(parser: DocumentParser, chunks: Iterator[bytes], verifier: ReplicaVerifier
+def _document_rows(parser: DocumentParser, chunks: Iterator[bytes]) -> Iterator[list[Any]]:
+    """The rows of a document, a chunk's worth at a time (only an OK answer has any)."""
+    def ok(rows: list[Any]) -> list[Any]:
+        if rows and parser.header.get("status") != "OK":
+            raise MalformedError("the answer carries entries but no status OK", field="status")
+        return rows
+
+    for chunk in chunks:
+        yield ok(parser.feed(chunk))
+    yield ok(parser.close())
+
+
+def _step(batches: Iterator[list[Any]], verifier: ReplicaVerifier
           ) -> tuple[list[tuple[Entry, Item]], ChainFault | None, bool]:
-    """Stage 1 for one chunk: the rows it completes, checked in order; the first fault
-    stops the chunk (what verified before it is returned)."""
-    chunk = next(chunks, None)
-    rows = parser.close() if chunk is None else parser.feed(chunk)
-    if rows and parser.header.get("status") != "OK":
-        raise MalformedError("the answer carries entries but no status OK", field="status")
+    """Stage 1 for one batch: its rows checked in order; the first fault stops the batch
+    (what verified before it is returned). The third value is True at the end."""
+    rows = next(batches, None)
+    if rows is None:
+        return [], None, True
     out: list[tuple[Entry, Item]] = []
     for row in rows:
         try:
             entry, signed = verifier.check(row)
         except ChainFault as fault:
-            return out, fault, chunk is None
+            return out, fault, False
         out.append((entry, (signed.publickey, signed.signature, signed.contents)))
-    return out, None, chunk is None
+    return out, None, False

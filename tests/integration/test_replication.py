@@ -152,6 +152,10 @@ class View:
     key: SigningKey
     entries: list[Entry] = field(default_factory=list)
     paginate: int = 0
+    #: PHP Chronicle 1.3's replica ``since`` has no ORDER BY: rows come by summaryhash.
+    since_by_summary: bool = False
+    #: Rows a lying or broken upstream leaves out of its ``since`` answers.
+    since_drops: set[int] = field(default_factory=set)
 
 
 class FakeUpstream:
@@ -234,7 +238,10 @@ class FakeUpstream:
             found = self._find(view, segs[1])
             if found is None:
                 return 400, missing
-            after = view.entries[found.index + 1:]
+            after = [e for e in view.entries[found.index + 1:]
+                     if e.index not in view.since_drops]
+            if view.since_by_summary:
+                after.sort(key=lambda e: b64u_encode(e.summaryhash))
             if not view.paginate:
                 return 200, protocol.render(protocol.ok_envelope(
                     now, [protocol.row(e) for e in after], total=len(after)))
@@ -444,6 +451,67 @@ async def test_paginated_upstream_is_followed_with_since(tmp_path: Path,
     assert fake.requests == ["/chronicle", "/chronicle/export", f"/chronicle/since/{hashes[3]}",
                              f"/chronicle/since/{hashes[7]}"]
     assert same_rows(await replica_rows(replica), fake.view.entries)
+
+
+@pytest.mark.parametrize("page_size", [0, 3])
+async def test_since_in_summary_hash_order_is_put_back_in_chain_order(
+        tmp_path: Path, fake: FakeUpstream, page_size: int) -> None:
+    """A PHP replica as upstream: its since rows come by summaryhash, its pages cut that
+    order anywhere. The genuine rows, put back in order, are accepted (issue 9)."""
+    fake.view.entries = chain(5)
+    fake.view.paginate = page_size
+    fake.view.since_by_summary = True
+    replica = await ledger(tmp_path, "B", **QUIET)
+    await add_source(replica, fake.url(), fake.view.key.public)
+    assert (await sync(replica)).code == 0
+    for more in (20, 7):
+        fake.view.entries = chain(more, start=fake.view.entries)
+        listed = [b64u_encode(e.summaryhash) for e in fake.view.entries[-more:]]
+        assert listed != sorted(listed)  # the order the upstream serves is not chain order
+        res = await sync(replica)
+        assert res.code == 0, res.stderr
+        assert res.json["sources"][0]["status"] == "ok"
+        assert same_rows(await replica_rows(replica), fake.view.entries)
+    listed = await cli("replica", "list", "--data-dir", str(replica.path), "--json")
+    assert listed.json["sources"][0]["status"] == "active"
+    # The auditor's incremental mode reads such since answers too.
+    state = tmp_path / "audit.state"
+    args = ("audit", fake.url(), "--server-key", fake.view.key.public_b64, "--state",
+            str(state), "--json")
+    first = await cli(*args)
+    assert first.code == 0, first.stderr
+    fake.view.entries = chain(11, start=fake.view.entries)
+    again = await cli(*args)
+    assert again.code == 0, again.stderr
+    assert (again.json["entries"], again.json["verified"]) == (len(fake.view.entries), 11)
+
+
+@pytest.mark.parametrize("damage", ["dropped", "altered"])
+async def test_a_shuffled_since_that_loses_or_changes_a_row_is_still_a_fork(
+        tmp_path: Path, fake: FakeUpstream, damage: str) -> None:
+    fake.view.entries = chain(6)
+    fake.view.since_by_summary = True
+    replica = await ledger(tmp_path, "B", **QUIET)
+    await add_source(replica, fake.url(), fake.view.key.public)
+    assert (await sync(replica)).code == 0
+    verified = list(fake.view.entries)
+    fake.view.entries = chain(10, start=verified)
+    if damage == "dropped":
+        fake.view.since_drops = {9}
+    else:  # entry 9 replaced by another well-signed one: the rows after it link elsewhere
+        other = chain(1, start=fake.view.entries[:9], prefix="other")[9]
+        fake.view.entries = [*fake.view.entries[:9], other, *fake.view.entries[10:]]
+    res = await sync(replica)
+    assert res.code == 1, res.stdout
+    (report,) = res.json["sources"]
+    assert (report["status"], report["fault"]["kind"]) == ("forked", "history-rewritten")
+    assert "do not continue our chain" in report["fault"]["message"]
+    fault = await stopped(replica, "forked", "history-rewritten")
+    assert [d["role"] for d in fault["documents"]][:2] == ["upstream since", "upstream since"]
+    # What did continue our head was verified and kept (the other entry 9 included: it is
+    # a valid continuation); nothing after the break.
+    kept = 9 if damage == "dropped" else 10
+    assert same_rows(await replica_rows(replica), fake.view.entries[:kept])
 
 
 # --- forks and faults -----------------------------------------------------------------------
