@@ -8,6 +8,7 @@ same transaction as the client change (PHP Chronicle 1.3.1 crashes here instead)
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime
 
 from chronicle.core.encoding import atom, b64u_encode
@@ -31,25 +32,44 @@ def new_client_id() -> str:
     return b64u_encode(os.urandom(24))
 
 
-async def _require_admin(tx: WriteTx, admin_id: str | None) -> None:
+async def _require_admin(tx: WriteTx, admin_id: str) -> None:
     """Inside the write transaction: the administrator asking is still an active admin.
 
     The HTTP layer checked it when the request arrived; this closes the window between
     that check and the commit (a revocation committed by another process meanwhile).
     """
-    if admin_id is None:
-        return
     found = (await tx.active_clients([admin_id])).get(admin_id)
     if found is None or not found.is_admin:
         raise AuthError(MSG_CLIENT_NOT_FOUND)
 
 
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    """A signed admin request that came over the API: who sent it, and its signature
+    (recorded with the change, so the same request never acts twice)."""
+
+    admin_id: str
+    signature: bytes
+    endpoint: str
+
+
+async def _check_request(store: Store, tx: WriteTx, request: AdminRequest | None,
+                         now: datetime) -> None:
+    """Inside the write transaction: the administrator is still one, and the request was
+    not carried out before."""
+    if request is None:
+        return
+    await _require_admin(tx, request.admin_id)
+    await store.replays.record(tx.session, request.signature, request.endpoint, atom(now))
+
+
 async def register_client(store: Store, ledger: Ledger, key: SigningKey, *, publickey: bytes,
                           is_admin: bool, comment: str | None, client_id: str,
-                          now: datetime, publish: bool, by_admin: str | None = None) -> Client:
+                          now: datetime, publish: bool,
+                          request: AdminRequest | None = None) -> Client:
     """Add an active client; with ``publish``, record it on the chain atomically.
 
-    ``by_admin``: the administrator's client id when the request came over the API.
+    ``request``: the signed admin request, when the change came over the API.
     """
     if publickey == key.public:
         raise RequestError(MSG_SERVER_KEY, status=400)
@@ -57,7 +77,7 @@ async def register_client(store: Store, ledger: Ledger, key: SigningKey, *, publ
                     comment=comment, created=atom(now))
 
     async def add(tx: WriteTx) -> None:
-        await _require_admin(tx, by_admin)
+        await _check_request(store, tx, request, now)
         await tx.add_client(client)
 
     if publish:
@@ -71,7 +91,8 @@ async def register_client(store: Store, ledger: Ledger, key: SigningKey, *, publ
 
 
 async def revoke_client(store: Store, ledger: Ledger, key: SigningKey, *, client: Client,
-                        now: datetime, publish: bool, by_admin: str | None = None) -> None:
+                        now: datetime, publish: bool,
+                        request: AdminRequest | None = None) -> None:
     """Revoke an active client (the row is kept, marked revoked, for the audit trail).
 
     The client is re-checked inside the write transaction, so two concurrent revocations
@@ -79,11 +100,11 @@ async def revoke_client(store: Store, ledger: Ledger, key: SigningKey, *, client
     """
 
     async def revoke(tx: WriteTx) -> None:
-        await _require_admin(tx, by_admin)
+        await _check_request(store, tx, request, now)
         current = (await tx.active_clients([client.publicid])).get(client.publicid)
         if current is None or current.publickey != client.publickey:
             raise NotFoundError(MSG_REVOKE_UNKNOWN)
-        if current.is_admin and by_admin is not None:
+        if current.is_admin and request is not None:
             raise AuthError(MSG_REVOKE_ADMIN)
         await tx.revoke_client(client.publicid, atom(now))
 

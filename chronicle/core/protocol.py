@@ -290,6 +290,19 @@ def parse_admin_body(body: bytes, now: datetime, window: timedelta | None) -> di
     return parsed
 
 
+REGISTER_FIELDS = frozenset({"publickey", "comment", "request-time"})
+REVOKE_FIELDS = frozenset({"clientid", "publickey", "request-time"})
+
+
+def check_fields(body: dict[str, Any], allowed: frozenset[str], endpoint: str) -> None:
+    """An admin body carries exactly its endpoint's fields: a signed revoke body must not
+    pass for a register (it would give a revoked key a new id), nor the reverse (400)."""
+    extra = sorted(set(body) - allowed)
+    if extra:
+        raise RequestError(f"Unexpected field(s) for {endpoint}: {', '.join(extra)}",
+                           status=400)
+
+
 def parse_register(body: dict[str, Any]) -> tuple[bytes, str | None]:
     """``(publickey raw, comment)``; a missing or malformed key is the client's fault: 400."""
     key_text = body.get("publickey")
@@ -304,6 +317,7 @@ def parse_register(body: dict[str, Any]) -> tuple[bytes, str | None]:
     if len(key) != 32:
         raise RequestError(MSG_PUBKEY_SIZE, status=400)
     comment = body.get("comment")
+    check_fields(body, REGISTER_FIELDS, "register")
     return key, comment if isinstance(comment, str) else None
 
 
@@ -322,6 +336,7 @@ def parse_revoke(body: dict[str, Any]) -> tuple[str, str]:
     key = body.get("publickey")
     if not key or not isinstance(key, str):
         raise RequestError(MSG_PUBKEY_EXPECTED, status=401)
+    check_fields(body, REVOKE_FIELDS, "revoke")
     return client_id, key
 
 

@@ -89,15 +89,22 @@ async def publish(request: web.Request) -> web.StreamResponse:
     instance = instance_of(request)
     _check_writable(ctx)
     client, body, signature = await authenticate(request, instance, admin_only=False)
-    wait = ctx.limiter.retry_after(instance, client.publicid)
-    if wait > 0:
-        raise RequestError("Rate limit exceeded, retry later", status=429,
-                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestError("Request body is not valid UTF-8") from None
     protocol.check_publish_timestamp(body, resp.clock(), ctx.settings.request_timeout)
+    if ctx.limiter.rate > 0:
+        # A retry of a stored entry (anyone can resend a public one) takes no token:
+        # otherwise strangers could spend a client's rate limit with its old entries.
+        stored = await ctx.store.chain(instance).with_signature(signature)
+        if stored is not None and stored.contents == body \
+                and stored.publickey == client.publickey:
+            return resp.ok(stored.receipt())
+        wait = ctx.limiter.retry_after(instance, client.publicid)
+        if wait > 0:
+            raise RequestError("Rate limit exceeded, retry later", status=429,
+                               headers={"Retry-After": str(max(1, math.ceil(wait)))})
     entry: Entry = await ctx.ledger(instance).append(body, client.publickey, signature,
                                                      client_id=client.publicid)
     return resp.ok(entry.receipt())
@@ -107,14 +114,15 @@ async def register(request: web.Request) -> web.StreamResponse:
     ctx, resp = request.app[CTX], request.app[RESP]
     instance = instance_of(request)
     _check_writable(ctx)
-    admin_client, body, _ = await authenticate(request, instance, admin_only=True)
+    admin_client, body, signature = await authenticate(request, instance, admin_only=True)
     now = resp.clock()
     fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)
     publickey, comment = protocol.parse_register(fields)
     client = await admin.register_client(
         ctx.store, ctx.ledger(instance), ctx.key, publickey=publickey, is_admin=False,
         comment=comment, client_id=ctx.new_client_id(), now=now,
-        publish=ctx.settings.publish_new_clients, by_admin=admin_client.publicid)
+        publish=ctx.settings.publish_new_clients,
+        request=admin.AdminRequest(admin_client.publicid, signature, "register"))
     return resp.ok({"client-id": client.publicid})
 
 
@@ -122,7 +130,7 @@ async def revoke(request: web.Request) -> web.StreamResponse:
     ctx, resp = request.app[CTX], request.app[RESP]
     instance = instance_of(request)
     _check_writable(ctx)
-    admin_client, body, _ = await authenticate(request, instance, admin_only=True)
+    admin_client, body, signature = await authenticate(request, instance, admin_only=True)
     now = resp.clock()
     fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)
     client_id, key_text = protocol.parse_revoke(fields)
@@ -133,5 +141,6 @@ async def revoke(request: web.Request) -> web.StreamResponse:
         raise AuthError(protocol.MSG_REVOKE_ADMIN)
     await admin.revoke_client(ctx.store, ctx.ledger(instance), ctx.key, client=client, now=now,
                               publish=ctx.settings.publish_revoked_clients,
-                              by_admin=admin_client.publicid)
+                              request=admin.AdminRequest(admin_client.publicid, signature,
+                                                         "revoke"))
     return resp.ok({"deleted": True})

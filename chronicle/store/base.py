@@ -8,7 +8,8 @@ Each concern has its own object with a small interface, written once over the dr
 - ``store.clients``, ``store.mirrors``: who may publish, and the public mirror list;
 - ``store.replication``: upstreams we copy, their verified copies, peers, faults;
 - ``store.xsign``: peers we cross-sign our head onto;
-- ``store.jobs``: background job state and the leader lock.
+- ``store.jobs``: background job state and the leader lock;
+- ``store.replays``: signed admin requests already carried out (never twice).
 
 A new concern (e.g. a Merkle tree kept with the entries) is one more module and one more
 attribute here. Hashes, keys and signatures cross this boundary as raw bytes; ``created``
@@ -27,6 +28,7 @@ from chronicle.store.chains import Chain, ChainStore, Planner, WriteTx
 from chronicle.store.clients import ClientStore, MirrorStore
 from chronicle.store.crosssign import CrossSignStore
 from chronicle.store.jobs import JobStore
+from chronicle.store.replays import ReplayGuard
 from chronicle.store.replication import ReplicationStore
 from chronicle.store.sql import Database
 
@@ -46,6 +48,7 @@ class Store:
         self.replication = ReplicationStore(db, self.instance_id)
         self.xsign = CrossSignStore(db, self.instance_id)
         self.jobs = JobStore(db)
+        self.replays = ReplayGuard(db)
 
     # --- lifecycle ----------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class Chain:
         self._lookup = (f"SELECT {rows.ENTRY_COLS} {where} AND currhash = ? UNION "
                         f"SELECT {rows.ENTRY_COLS} {where} AND summaryhash = ? ORDER BY idx")
         self._at = f"SELECT {rows.ENTRY_COLS} {where} AND idx = ?"
+        self._signed = f"SELECT {rows.ENTRY_COLS} {where} AND signature = ?"
         self._range = (f"SELECT {rows.RANGE_COLS} {where} "
                        "AND idx >= ? AND idx < ? ORDER BY idx")
 
@@ -65,6 +66,11 @@ class Chain:
 
     async def entry_at(self, index: int) -> Entry | None:
         found = await self._db.read(self._at, await self.key(), index)
+        return rows.entry(found[0]) if found else None
+
+    async def with_signature(self, signature: bytes) -> Entry | None:
+        """The entry carrying this signature (indexed on our chains, not on copies)."""
+        found = await self._db.read(self._signed, await self.key(), signature)
         return rows.entry(found[0]) if found else None
 
     async def range(self, start: int, stop: int) -> list[Entry]:

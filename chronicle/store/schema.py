@@ -13,7 +13,7 @@ from __future__ import annotations
 from chronicle.core.errors import SchemaMismatchError, StorageError
 from chronicle.store.sql import Database, Dialect, Session
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SQLITE_TYPES = {"serial": "INTEGER PRIMARY KEY", "bigserial": "INTEGER PRIMARY KEY",
                 "bigint": "INTEGER", "blob": "BLOB", "bool": "INTEGER", "false": "0"}
@@ -171,6 +171,14 @@ CREATE TABLE xsign_receipts (
     error TEXT
 );
 CREATE TABLE job_state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+    3: """
+CREATE TABLE admin_requests (
+    id {bigserial},
+    signature {blob} NOT NULL UNIQUE,
+    endpoint TEXT NOT NULL,
+    recorded TEXT NOT NULL
+);
 """,
 }
 

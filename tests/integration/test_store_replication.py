@@ -56,9 +56,9 @@ def _source(name: str = "upstream", uniqueid: str = "id-" + "x" * 41) -> Replica
                          publickey=KEY.public, created=WHEN)
 
 
-async def test_schema_version_is_2(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 2
-    assert sorted(MIGRATIONS) == [1, 2]
+async def test_schema_version_is_3(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 3
+    assert sorted(MIGRATIONS) == [1, 2, 3]
     store = await _store(tmp_path)
     try:
         assert await store.replication.sources() == []
@@ -313,7 +313,7 @@ async def test_leader_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> N
 
 
 async def test_migrate_a_version_1_database(tmp_path: Path) -> None:
-    """`chronicle migrate` brings a schema-1 ledger (entries kept) to version 2."""
+    """`chronicle migrate` brings a schema-1 ledger (entries kept) to the current version."""
     url = helpers.DATABASE["url"]
     store = open_store(url, tmp_path)
     if isinstance(store, SqliteStore):
@@ -333,8 +333,8 @@ async def test_migrate_a_version_1_database(tmp_path: Path) -> None:
             await conn.execute("INSERT INTO instances (name) VALUES ('')")
         finally:
             await conn.close()
-    assert await store.migrate() == (1, 2)
-    assert await store.migrate() == (2, 2)
+    assert await store.migrate() == (1, 3)
+    assert await store.migrate() == (3, 3)
     await store.close()
     await store.open()
     try:
