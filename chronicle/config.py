@@ -2,8 +2,9 @@
 
 A data directory holds ``chronicle.toml``, the server's signing key
 (``signing-secret.key``, base64url of libsodium's 64-byte secret key, mode 0600, the same
-format as PHP Chronicle's ``local/signing-secret.key``) and, by default, ``chronicle.db``.
-Every setting's default is written once, in :data:`SETTINGS`.
+format as PHP Chronicle's ``local/signing-secret.key``), by default ``chronicle.db``, and
+``cache/`` (rebuildable) and ``evidence/`` (replication faults); :class:`DataDir` names
+them all. Every setting's default is written once, in :data:`SETTINGS`.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def parse_value(key: str, text: str) -> Any:
 
 
 class DataDir:
-    """Paths and files of one ledger's data directory."""
+    """One ledger's data directory: it names every path in it, so nothing else joins them."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -240,8 +241,32 @@ class DataDir:
             raise ConfigError(f"signing key {path}: {exc.message}") from exc
 
     @property
+    def default_key_path(self) -> Path:
+        """Where ``init`` and ``backup`` put the signing key (``signing-key-file``'s default)."""
+        return self.path / KEY_FILE
+
+    def sqlite_file(self, database: str) -> Path | None:
+        """The file a ``sqlite:PATH`` database URL names (relative to this directory), or
+        None for a database server."""
+        if not database.startswith("sqlite:"):
+            return None
+        path = Path(database[len("sqlite:"):])
+        return path if path.is_absolute() else self.path / path
+
+    @property
     def cache_dir(self) -> Path:
+        """Files that can be rebuilt: spooled documents, replication downloads."""
         return self.path / "cache"
+
+    @property
+    def replication_spool_dir(self) -> Path:
+        """Where the replica follower spools pages it is still verifying."""
+        return self.cache_dir / "replication"
+
+    @property
+    def evidence_dir(self) -> Path:
+        """Signed answers kept as evidence of a replication source's faults (not a cache)."""
+        return self.path / "evidence"
 
 
 def write_secret_file(path: Path, text: str) -> None:
