@@ -9,7 +9,6 @@ import click
 
 from chronicle import admin
 from chronicle.cli.common import (
-    EXIT_REFUSED,
     data_dir_option,
     fail,
     handle_errors,
@@ -57,7 +56,7 @@ def client_add(data_dir: DataDir, public_key_text: str, is_admin: bool, comment:
             key = opened.signing_key()
             cid = client_id or admin.new_client_id()
             if await store.clients.get(instance, cid) is not None:
-                fail(f"client id {cid} is already in use", EXIT_REFUSED)
+                fail(f"client id {cid} is already in use")
             async with opened.ledger(instance) as ledger:
                 await admin.register_client(store, ledger, key, publickey=pk, is_admin=is_admin,
                                             comment=comment, client_id=cid, now=utcnow(),
@@ -101,7 +100,7 @@ def client_revoke(data_dir: DataDir, client_id: str, instance: str, as_json: boo
         async with open_store(data_dir) as opened:
             found = await opened.store.clients.get(instance, client_id)
             if found is None:
-                fail(f"no active client {client_id}", EXIT_REFUSED)
+                fail(f"no active client {client_id}")
             async with opened.ledger(instance) as ledger:
                 await admin.revoke_client(opened.store, ledger, opened.signing_key(),
                                           client=found, now=utcnow(),
@@ -169,5 +168,5 @@ def mirror_remove(data_dir: DataDir, url: str, instance: str) -> None:
             return await opened.store.mirrors.remove(instance, url)
 
     if not run(go()):
-        fail(f"no mirror {url}", EXIT_REFUSED)
+        fail(f"no mirror {url}")
     click.echo(f"mirror {url} removed")

@@ -10,7 +10,6 @@ import click
 
 from chronicle.backup import run_backup
 from chronicle.cli.common import (
-    EXIT_REFUSED,
     closing,
     data_dir_option,
     fail,
@@ -45,21 +44,21 @@ from chronicle.store import open_store as store_for_url
 def init(data_dir: DataDir, signing_key: Path | None, database: str, as_json: bool) -> None:
     """Create a data directory: settings, signing key and an empty database."""
     if data_dir.exists():
-        fail(f"{data_dir.path} already holds a ledger", EXIT_REFUSED)
+        fail(f"{data_dir.path} already holds a ledger")
     if signing_key is not None:
         try:
             key = SigningKey.from_text(signing_key.read_text())
         except ChronicleError as exc:
-            fail(f"{signing_key}: {exc.message}", EXIT_REFUSED)
+            fail(f"{signing_key}: {exc.message}")
     else:
         key = SigningKey.generate()
     data_dir.path.mkdir(parents=True, exist_ok=True)
     key_path = data_dir.default_key_path
     if key_path.exists():
-        fail(f"{key_path} already exists", EXIT_REFUSED)
+        fail(f"{key_path} already exists")
     db_path = data_dir.sqlite_file(database)
     if db_path is not None and db_path.exists():  # e.g. an interrupted init: refuse
-        fail(f"{db_path} already exists", EXIT_REFUSED)
+        fail(f"{db_path} already exists")
 
     async def create() -> None:
         async with closing(store_for_url(database, data_dir.path)) as store:

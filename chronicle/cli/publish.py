@@ -10,7 +10,6 @@ import click
 
 from chronicle.cli.common import (
     EXIT_IO,
-    EXIT_REFUSED,
     EXIT_USAGE,
     fail,
     handle_errors,
@@ -75,5 +74,5 @@ def publish(url: str, client_id: str, secret_key_file: Path, server_key: str, in
     try:
         receipt = run(go())
     except IntegrityError as exc:
-        fail(f"verification failed: {exc.diagnostics()}", EXIT_REFUSED)
+        fail(f"verification failed: {exc.diagnostics()}")
     out(as_json, receipt, "\n".join(f"{k}: {v}" for k, v in receipt.items()))
