@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chronicle.config import KEY_FILE, DataDir, write_secret_file
+from chronicle.config import DEFAULT_DB, KEY_FILE, DataDir, write_secret_file
 from chronicle.core.blakechain import ChainBuilder, ChainHead
 from chronicle.core.encoding import b64u_encode
 from chronicle.core.errors import IntegrityError, RequestError, StorageError
@@ -35,11 +35,6 @@ class BackupReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"backup": str(self.path), "bytes": self.bytes, "chains": self.chains}
-
-
-def _sqlite_path(dd: DataDir, url: str) -> Path:
-    path = Path(url[len("sqlite:"):])
-    return path if path.is_absolute() else dd.path / path
 
 
 def snapshot_sqlite(source: Path, target: Path) -> None:
@@ -64,7 +59,8 @@ def _integrity_check(path: Path) -> str:
 async def verify_snapshot(dd: DataDir) -> dict[str, dict[str, Any]]:
     """Integrity-check the copy and re-derive each chain's last entry from its predecessor."""
     settings = dd.settings()
-    path = _sqlite_path(dd, settings.database)
+    path = dd.sqlite_file(settings.database)
+    assert path is not None  # _write_copy made it a SQLite database
     result = await asyncio.to_thread(_integrity_check, path)
     if result != "ok":
         raise IntegrityError(f"backup failed SQLite's integrity check: {result}")
@@ -97,22 +93,24 @@ async def verify_snapshot(dd: DataDir) -> dict[str, dict[str, Any]]:
 def _write_copy(dd: DataDir, out: Path) -> DataDir:
     """Snapshot the database and copy settings and key into ``out`` (blocking file work)."""
     settings = dd.settings()
-    if not settings.database.startswith("sqlite:"):
+    source = dd.sqlite_file(settings.database)
+    if source is None:
         raise RequestError("chronicle backup snapshots SQLite ledgers; back up PostgreSQL "
                            "with pg_dump or base backups (docs/operations.md)")
     if out.exists() and any(out.iterdir()):
         raise RequestError(f"{out} exists and is not empty")
-    source = _sqlite_path(dd, settings.database)
     if not source.is_file():
         raise StorageError(f"{source}: no such database")
+    copy = DataDir(out)
+    database = copy.sqlite_file(DEFAULT_DB)
+    assert database is not None  # DEFAULT_DB is a sqlite: URL
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)
-    snapshot_sqlite(source, out / "chronicle.db")
-    write_secret_file(out / KEY_FILE, dd.key_path(settings).read_text().strip())
+    snapshot_sqlite(source, database)
+    write_secret_file(copy.default_key_path, dd.key_path(settings).read_text().strip())
     raw = dd.read_raw()
-    raw["database"] = "sqlite:chronicle.db"
+    raw["database"] = DEFAULT_DB
     raw["signing-key-file"] = KEY_FILE
-    copy = DataDir(out)
     copy.write_raw(raw)
     return copy
 

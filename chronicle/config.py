@@ -2,7 +2,9 @@
 
 A data directory holds ``chronicle.toml``, the server's signing key
 (``signing-secret.key``, base64url of libsodium's 64-byte secret key, mode 0600, the same
-format as PHP Chronicle's ``local/signing-secret.key``) and, by default, ``chronicle.db``.
+format as PHP Chronicle's ``local/signing-secret.key``), by default ``chronicle.db``, and
+``cache/`` (rebuildable) and ``evidence/`` (replication faults); :class:`DataDir` names
+them all. Every setting's default is written once, in :data:`SETTINGS`.
 """
 
 from __future__ import annotations
@@ -60,22 +62,24 @@ SETTINGS: dict[str, tuple[Any, str]] = {
 
 @dataclass(frozen=True)
 class Settings:
-    database: str = DEFAULT_DB
-    signing_key_file: str = KEY_FILE
-    paginate_export: int = 0
-    request_timeout: timedelta | None = timedelta(minutes=10)
-    publish_new_clients: bool = True
-    publish_revoked_clients: bool = True
-    instances: tuple[str, ...] = ("",)
-    max_body_size: int = DEFAULT_BODY
-    max_batch: int = 512
-    max_queue: int = 8192
-    export_cache: bool = True
-    rate_limit: float = 0.0
-    read_only: bool = False
-    replicate_interval: timedelta | None = timedelta(minutes=1)
-    scheduled_attestation: timedelta | None = timedelta(days=7)
-    cross_sign_interval: timedelta | None = timedelta(minutes=1)
+    """Settings parsed and typed. Build with :meth:`from_mapping` (defaults: ``SETTINGS``)."""
+
+    database: str
+    signing_key_file: str
+    paginate_export: int
+    request_timeout: timedelta | None
+    publish_new_clients: bool
+    publish_revoked_clients: bool
+    instances: tuple[str, ...]
+    max_body_size: int
+    max_batch: int
+    max_queue: int
+    export_cache: bool
+    rate_limit: float
+    read_only: bool
+    replicate_interval: timedelta | None
+    scheduled_attestation: timedelta | None
+    cross_sign_interval: timedelta | None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -83,7 +87,7 @@ class Settings:
         unknown = sorted(set(data) - set(SETTINGS))
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-        merged = {k: data.get(k, default) for k, (default, _) in SETTINGS.items()}
+        merged = with_defaults(data)
         try:
             page = int(merged["paginate-export"] or 0)
             timeout_text = str(merged["request-timeout"] or "")
@@ -132,6 +136,11 @@ class Settings:
         )
 
 
+def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Every setting, in ``SETTINGS`` order: the value in ``data``, else the default."""
+    return {key: data.get(key, default) for key, (default, _) in SETTINGS.items()}
+
+
 def _optional_interval(value: Any) -> timedelta | None:
     """An interval setting; ``""`` (or 0) disables the job it schedules."""
     text = str(value or "").strip()
@@ -146,6 +155,10 @@ def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false, not {value!r}")
     return value
+
+
+#: The typed defaults (what an empty ``chronicle.toml`` means).
+DEFAULTS = Settings.from_mapping({})
 
 
 def parse_value(key: str, text: str) -> Any:
@@ -178,7 +191,7 @@ def parse_value(key: str, text: str) -> Any:
 
 
 class DataDir:
-    """Paths and files of one ledger's data directory."""
+    """One ledger's data directory: it names every path in it, so nothing else joins them."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -228,8 +241,32 @@ class DataDir:
             raise ConfigError(f"signing key {path}: {exc.message}") from exc
 
     @property
+    def default_key_path(self) -> Path:
+        """Where ``init`` and ``backup`` put the signing key (``signing-key-file``'s default)."""
+        return self.path / KEY_FILE
+
+    def sqlite_file(self, database: str) -> Path | None:
+        """The file a ``sqlite:PATH`` database URL names (relative to this directory), or
+        None for a database server."""
+        if not database.startswith("sqlite:"):
+            return None
+        path = Path(database[len("sqlite:"):])
+        return path if path.is_absolute() else self.path / path
+
+    @property
     def cache_dir(self) -> Path:
+        """Files that can be rebuilt: spooled documents, replication downloads."""
         return self.path / "cache"
+
+    @property
+    def replication_spool_dir(self) -> Path:
+        """Where the replica follower spools pages it is still verifying."""
+        return self.cache_dir / "replication"
+
+    @property
+    def evidence_dir(self) -> Path:
+        """Signed answers kept as evidence of a replication source's faults (not a cache)."""
+        return self.path / "evidence"
 
 
 def write_secret_file(path: Path, text: str) -> None:

@@ -378,7 +378,9 @@ async def run_import(data_dir: DataDir, spec: str) -> ImportReport:
                                    "import into a fresh data directory", status=409)
         for instance in instances:
             clients = await source.clients(instance)
-            count = await Ledger(store, instance).import_chain(
+            ledger = Ledger(store, instance, max_batch=settings.max_batch,
+                            max_queue=settings.max_queue)
+            count = await ledger.import_chain(
                 verified_batches(source, instance), clients)
             mirrors = await source.mirrors(instance)
             for mirror in mirrors:

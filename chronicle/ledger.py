@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from chronicle.config import DEFAULTS
 from chronicle.core.blakechain import ChainBuilder, ChainHead, Entry
 from chronicle.core.encoding import atom, parse_timestamp, utcnow
 from chronicle.core.errors import (
@@ -57,10 +58,14 @@ class AppendRequest:
 
 
 class Ledger:
-    """Serialises appends to one chain (``instance``) of ``store``."""
+    """Serialises appends to one chain (``instance``) of ``store``.
+
+    ``max_batch`` and ``max_queue`` are settings: whoever has the data directory's
+    :class:`~chronicle.config.Settings` passes them; the defaults are the settings' own.
+    """
 
     def __init__(self, store: Store, instance: str = "", *, clock: Clock = utcnow,
-                 max_batch: int = 512, max_queue: int = 8192,
+                 max_batch: int = DEFAULTS.max_batch, max_queue: int = DEFAULTS.max_queue,
                  max_batch_bytes: int = 16 << 20, max_queue_bytes: int = 256 << 20) -> None:
         self.store = store
         self.instance = instance

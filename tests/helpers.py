@@ -142,7 +142,7 @@ async def start_server(data_dir: DataDir, *, clock: Callable[[], datetime] = utc
     store = open_store(settings.database, data_dir.path)
     await store.open()
     ctx = ServerContext(settings=settings, key=data_dir.signing_key(settings), store=store,
-                        cache_dir=data_dir.cache_dir, clock=clock, ledger_clock=ledger_clock)
+                        data_dir=data_dir, clock=clock, ledger_clock=ledger_clock)
     if new_client_id is not None:
         ctx.new_client_id = new_client_id
     runner = web.AppRunner(build_app(ctx), access_log=None)
@@ -290,7 +290,7 @@ async def start_server_with_store(data_dir: DataDir, store: Any) -> RunningServe
     settings = data_dir.settings()
     await store.open()
     ctx = ServerContext(settings=settings, key=data_dir.signing_key(settings), store=store,
-                        cache_dir=data_dir.cache_dir)
+                        data_dir=data_dir)
     runner = web.AppRunner(build_app(ctx), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

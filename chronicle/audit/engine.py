@@ -30,22 +30,6 @@ from chronicle.core.verify import (
     RowKeys,
 )
 
-#: Exit codes of ``chronicle audit`` per fault class (cli.md: refinements of 1 are >= 10).
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_IO = 3
-FAULT_EXIT_CODES = {
-    "document-signature": 10,
-    "entry-signature": 11,
-    "broken-link": 12,
-    "hash-mismatch": 13,
-    "anchor": 14,
-    "malformed": 15,
-    "history-rewritten": 16,
-    "split-view": 17,
-}
-
 
 @dataclass
 class AuditReport:

@@ -130,7 +130,8 @@ def build_app(ctx: ServerContext) -> web.Application:
                           client_max_size=ctx.settings.max_body_size)
     app[CTX] = ctx
     app[RESP] = Responder(ctx.key, ctx.clock)
-    app[DOCS] = DocumentBuilder(ctx.key, ctx.cache_dir, cache_exports=ctx.settings.export_cache)
+    app[DOCS] = DocumentBuilder(ctx.key, ctx.data_dir.cache_dir,
+                                cache_exports=ctx.settings.export_cache)
     app[LASTHASH] = {}
     r = app.router
     r.add_get("/", root)

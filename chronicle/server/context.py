@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from chronicle.admin import new_client_id
-from chronicle.config import Settings
+from chronicle.config import DataDir, Settings
 from chronicle.core.encoding import utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
@@ -76,7 +75,7 @@ class ServerContext:
     settings: Settings
     key: SigningKey
     store: Store
-    cache_dir: Path
+    data_dir: DataDir
     clock: Clock = utcnow
     ledger_clock: Clock | None = None
     new_client_id: Callable[[], str] = new_client_id
@@ -105,8 +104,9 @@ class ServerContext:
             self.ledger(name)
         # Replica follower, cross-signing, attestation: run by the leader process only.
         self.jobs = BackgroundJobs(self.store, self.key, self.settings, self.ledger,
-                                   clock=self.clock, spool_dir=self.cache_dir / "replication",
-                                   evidence_dir=self.cache_dir.parent / "evidence")
+                                   clock=self.clock,
+                                   spool_dir=self.data_dir.replication_spool_dir,
+                                   evidence_dir=self.data_dir.evidence_dir)
         await self.jobs.start()
 
     async def stop(self) -> None:

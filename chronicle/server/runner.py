@@ -37,7 +37,7 @@ async def open_context(data_dir: DataDir) -> ServerContext:
     store = open_store(settings.database, data_dir.path)
     await store.open()
     return ServerContext(settings=settings, key=key, store=store,
-                         cache_dir=data_dir.cache_dir)
+                         data_dir=data_dir)
 
 
 async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket | None = None,

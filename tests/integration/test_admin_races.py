@@ -108,12 +108,12 @@ async def test_two_concurrent_revocations_only_one_succeeds(tmp_path: Path) -> N
             first = await _waiting(srv, _admin_post(
                 srv, admin, "/chronicle/revoke", clientid=bob.client_id,
                 publickey=bob.key.public_b64))
-            # Signed a second earlier: two distinct requests (the same one twice would be a
+            # Signed seconds earlier: two distinct requests (the same one twice would be a
             # replay, refused on its own).
             second = await _waiting(srv, _admin_post(
                 srv, admin, "/chronicle/revoke", clientid=bob.client_id,
                 publickey=bob.key.public_b64,
-                request_time=atom(utcnow() - timedelta(seconds=1))))
+                request_time=atom(utcnow() - timedelta(seconds=2))))
         results = sorted([(r.status, r.json.get("message")) for r in
                           await asyncio.gather(first, second)], key=lambda x: x[0])
         assert results == [(200, None), (404, "Error: Client not found. It may have "

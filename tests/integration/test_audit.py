@@ -463,7 +463,7 @@ class LyingPeer:
 
 
 def twin_dir_of(srv: RunningServer) -> Path:
-    return Path(srv.ctx.cache_dir).parent
+    return Path(srv.ctx.data_dir.path)
 
 
 def _now() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from click.testing import CliRunner, Result
 
 from chronicle import __version__
 from chronicle.cli import main
+from chronicle.cli.common import open_store as open_data_dir
 from chronicle.config import KEY_FILE, write_secret_file
 from chronicle.core.encoding import b64u_decode
 from chronicle.core.sapient import SigningKey
-from chronicle.store import open_store
+from chronicle.store import Store, open_store
 from tests import helpers
 from tests.helpers import (
     Identity,
@@ -443,3 +445,53 @@ def test_init_refuses_a_leftover_database_and_config_flags_are_typed(tmp_path: P
     result = runner.invoke(main, ["client", "list", "--data-dir", str(good)])
     assert result.exit_code == 3
     assert "read-only must be true or false" in result.stderr
+
+
+# --- the command's plumbing ------------------------------------------------------------------
+
+def test_python_m_chronicle() -> None:
+    for module in ("chronicle", "chronicle.cli"):
+        proc = subprocess.run([sys.executable, "-m", module, "--version"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == EXIT_OK, proc.stderr
+        assert proc.stdout.strip() == f"chronicle, version {__version__}"
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    args = ["client", "list", "--data-dir", str(tmp_path / "nothing-here")]
+    plain = subprocess.run([sys.executable, "-m", "chronicle", *args],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert plain.returncode == EXIT_IO
+    assert "not a chronicle data directory" in assert_error_line(plain.stderr)
+    debug = subprocess.run([sys.executable, "-m", "chronicle", "--debug", *args],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert debug.returncode != EXIT_OK
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.rstrip().splitlines()[-1].startswith("chronicle.config.ConfigError: ")
+
+
+async def test_open_store_always_closes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    data_dir = await init_data_dir(tmp_path / "ledger")
+    closed: list[Store] = []
+    close = Store.close
+
+    async def spy(self: Store) -> None:
+        closed.append(self)
+        await close(self)
+
+    monkeypatch.setattr(Store, "close", spy)
+    async with open_data_dir(data_dir) as opened:
+        assert opened.settings == data_dir.settings()
+        assert await opened.store.chain("").head() is None
+    assert closed == [opened.store]
+    with pytest.raises(RuntimeError):
+        async with open_data_dir(data_dir) as again:
+            raise RuntimeError("the command failed")
+    assert closed == [opened.store, again.store]
+
+
+async def test_cli_ledgers_use_the_data_directory_settings(tmp_path: Path) -> None:
+    data_dir = await init_data_dir(tmp_path / "ledger", max_batch=7, max_queue=9)
+    async with open_data_dir(data_dir) as opened, opened.ledger("") as ledger:
+        assert (ledger.max_batch, ledger.max_queue) == (7, 9)

@@ -69,7 +69,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, RunningServ
 
 
 def _a_dir(a: RunningServer) -> DataDir:
-    return DataDir(a.ctx.cache_dir.parent)
+    return a.ctx.data_dir
 
 
 async def test_policy_by_count(pair: tuple[RunningServer, RunningServer]) -> None:
@@ -136,7 +136,7 @@ async def start_server_on(data_dir: DataDir, port: int) -> RunningServer:
     store = open_store(settings.database, data_dir.path)
     await store.open()
     ctx = ServerContext(settings=settings, key=data_dir.signing_key(settings), store=store,
-                        cache_dir=data_dir.cache_dir)
+                        data_dir=data_dir)
     runner = web.AppRunner(build_app(ctx), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

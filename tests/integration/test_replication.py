@@ -405,7 +405,7 @@ async def test_sync_resumes_after_a_crash_without_refetching(tmp_path: Path,
     try:
         source = await store.replication.source("upstream")
         assert source is not None
-        options = SyncOptions(spool_dir=replica.cache_dir / "replication",
+        options = SyncOptions(spool_dir=replica.replication_spool_dir,
                               evidence_dir=replica.path / "evidence", chunk_rows=8,
                               commit_rows=8, memory_limit=4096)
         real_append = store.replication.append
@@ -422,7 +422,7 @@ async def test_sync_resumes_after_a_crash_without_refetching(tmp_path: Path,
         assert (result.status, result.added, result.entries) == ("error", 16, 16)
         assert "simulated crash" in (result.error or "")
         # The spooled answer is gone, and nothing half-verified was stored.
-        assert list((replica.cache_dir / "replication").iterdir()) == []
+        assert list((replica.replication_spool_dir).iterdir()) == []
         store.replication.append = real_append  # type: ignore[method-assign]
         fake.requests.clear()
         source = await store.replication.source("upstream")
@@ -472,8 +472,8 @@ async def test_since_in_summary_hash_order_is_put_back_in_chain_order(
         assert res.code == 0, res.stderr
         assert res.json["sources"][0]["status"] == "ok"
         assert same_rows(await replica_rows(replica), fake.view.entries)
-    listed = await cli("replica", "list", "--data-dir", str(replica.path), "--json")
-    assert listed.json["sources"][0]["status"] == "active"
+    sources = await cli("replica", "list", "--data-dir", str(replica.path), "--json")
+    assert sources.json["sources"][0]["status"] == "active"
     # The auditor's incremental mode reads such since answers too.
     state = tmp_path / "audit.state"
     args = ("audit", fake.url(), "--server-key", fake.view.key.public_b64, "--state",

@@ -1,0 +1,5 @@
+"""``python -m chronicle …``: the ``chronicle`` command."""
+
+from chronicle.cli import main
+
+main()

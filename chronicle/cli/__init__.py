@@ -1,0 +1,60 @@
+"""The ``chronicle`` command (conventions: shared spec cli.md), a module per command group.
+
+- ``lifecycle``: init, serve, migrate, config get|set, backup, import (a data directory)
+- ``clients``: client add|list|revoke, mirror add|list|remove (the ledger's lists)
+- ``publish``: keygen, publish (the publisher's side, no data directory)
+- ``replica``, ``crosssign``: replication and cross-signing
+- ``audit``: replay a whole chain and prove it
+- ``common``: exit codes, the error handler, ``open_store``, shared options, output
+
+The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from chronicle import __version__
+from chronicle.cli.audit import audit
+from chronicle.cli.clients import client, mirror
+from chronicle.cli.common import EXIT_OK, EXIT_REFUSED, exit_with_error
+from chronicle.cli.crosssign import cross_sign
+from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serve
+from chronicle.cli.publish import keygen, publish
+from chronicle.cli.replica import replica
+
+__all__ = ["main"]
+
+
+class ChronicleGroup(click.Group):
+    """Click group whose own usage errors follow cli.md too: one ``error: …`` line, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            exit_with_error(exc.format_message(), exc.exit_code)
+        except click.exceptions.Abort:
+            exit_with_error("aborted", EXIT_REFUSED)
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+@click.group(cls=ChronicleGroup)
+@click.version_option(__version__, prog_name="chronicle")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def main(debug: bool) -> None:
+    """Append-only, signed transparency ledger (Chronicle 1.3 compatible)."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
+                publish, audit, replica, cross_sign):
+    main.add_command(command)

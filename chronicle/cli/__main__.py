@@ -1,0 +1,5 @@
+"""``python -m chronicle.cli …``: the ``chronicle`` command."""
+
+from chronicle.cli import main
+
+main()
