@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, overload
+from urllib.parse import quote
 
 import click
 
 from chronicle.audit.runner import UsageProblem
 from chronicle.client.errors import ServerRefused
-from chronicle.client.http import api_base
+from chronicle.client.http import api_base, split_instance
 from chronicle.config import ConfigError, DataDir, Settings
 from chronicle.core.errors import ChronicleError, StorageError, TransportError
 from chronicle.core.sapient import SigningKey, parse_public_key
@@ -316,6 +317,21 @@ def base_url(text: str, hint: str = "--url") -> str:
         return api_base(text)
     except ChronicleError as exc:
         raise click.BadParameter(exc.message, param_hint=hint) from None
+
+
+def chain_url(text: str, instance: str | None, hint: str = "--url") -> str:
+    """A Chronicle's API base URL naming one of its chains: ``…/chronicle?instance=NAME``
+    when ``instance`` (or the URL itself) names one, else just the base."""
+    try:
+        named = split_instance(text.strip())[1]
+    except ChronicleError as exc:
+        raise click.BadParameter(exc.message, param_hint=hint) from None
+    if named is not None and instance and named != instance:
+        raise click.BadParameter(f"the URL names instance {named!r}, --upstream-instance "
+                                 f"{instance!r}", param_hint=hint)
+    name = instance or named
+    base = base_url(text, hint)
+    return base + (f"?instance={quote(name, safe='')}" if name else "")
 
 
 # --- output -----------------------------------------------------------------------------------

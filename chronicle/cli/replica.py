@@ -16,7 +16,7 @@ import click
 from chronicle.cli.common import (
     EXIT_IO,
     EXIT_REFUSED,
-    base_url,
+    chain_url,
     data_dir_option,
     exit_with_error,
     fail,
@@ -28,6 +28,7 @@ from chronicle.cli.common import (
     public_key,
     run,
 )
+from chronicle.client.http import split_instance
 from chronicle.config import DataDir
 from chronicle.core.encoding import atom, b64u_encode, decode_b64_field, utcnow
 from chronicle.core.replica import STATUS_ACTIVE, STATUS_FAILED
@@ -47,7 +48,7 @@ def _peer(text: str, kind: str, hint: str) -> ReplicaPeer:
         if key is None:
             raise click.BadParameter(f"{text!r}: the part after '#' is not a public key",
                                      param_hint=hint)
-    return ReplicaPeer(base_url(url.strip(), hint), key, kind)
+    return ReplicaPeer(chain_url(url, None, hint), key, kind)
 
 
 def _peers(peers: tuple[str, ...], xsign_peers: tuple[str, ...]) -> list[ReplicaPeer]:
@@ -75,6 +76,8 @@ def replica() -> None:
 @replica.command("add")
 @data_dir_option
 @click.option("--url", required=True, help="The upstream's base URL (…/chronicle optional).")
+@click.option("--upstream-instance", default=None, metavar="NAME",
+              help="Copy this chain of the upstream (its ?instance=NAME), not its default one.")
 @click.option("--server-key", required=True, help="The upstream's server public key (pinned).")
 @click.option("--name", required=True, help="A name for this source (unique).")
 @click.option("--id", "uniqueid", default=None,
@@ -88,12 +91,13 @@ def replica() -> None:
 @instance_option
 @json_option
 @handle_errors
-def replica_add(data_dir: DataDir, url: str, server_key: str, name: str, uniqueid: str | None,
-                peers: tuple[str, ...], xsign_peers: tuple[str, ...], instance: str,
-                as_json: bool) -> None:
-    """Add a replication source (the first `replica sync` copies it)."""
+def replica_add(data_dir: DataDir, url: str, upstream_instance: str | None, server_key: str,
+                name: str, uniqueid: str | None, peers: tuple[str, ...],
+                xsign_peers: tuple[str, ...], instance: str, as_json: bool) -> None:
+    """Add a replication source (the first `replica sync` copies it). `--instance` names
+    our own chain the copy belongs to; `--upstream-instance` the upstream's chain."""
     key = public_key(server_key, "--server-key")
-    base = base_url(url.strip())
+    base = chain_url(url, upstream_instance)
     if not name.strip():
         raise click.BadParameter("must not be empty", param_hint="--name")
     if uniqueid is not None and (not uniqueid or len(uniqueid) > 100 or not all(
@@ -349,18 +353,22 @@ def replica_resume(data_dir: DataDir, name: str, as_json: bool) -> None:
 @data_dir_option
 @click.argument("name")
 @click.option("--url", required=True, help="The upstream's new base URL.")
+@click.option("--upstream-instance", default=None, metavar="NAME",
+              help="The upstream's chain copied (default: the one the source follows now).")
 @handle_errors
-def replica_set_url(data_dir: DataDir, name: str, url: str) -> None:
+def replica_set_url(data_dir: DataDir, name: str, url: str,
+                    upstream_instance: str | None) -> None:
     """The upstream moved: follow it at a new address (same key, same chain)."""
-    base = base_url(url.strip())
 
-    async def go() -> None:
+    async def go() -> str:
         async with open_store(data_dir) as opened:
             source = await _source(opened.store, name)
+            followed = split_instance(source.url)[1]
+            base = chain_url(url, upstream_instance or followed)
             await opened.store.replication.set_url(source.id, base)
+            return base
 
-    run(go())
-    click.echo(f"{name}: {base}")
+    click.echo(f"{name}: {run(go())}")
 
 
 @replica.command("set-peers")

@@ -514,6 +514,50 @@ async def test_a_shuffled_since_that_loses_or_changes_a_row_is_still_a_fork(
     assert same_rows(await replica_rows(replica), fake.view.entries[:kept])
 
 
+@pytest.mark.parametrize("page_size", [0, 3])
+async def test_replica_of_an_upstream_instance(tmp_path: Path, page_size: int) -> None:
+    """--upstream-instance (or ?instance= in --url) copies that chain of the upstream,
+    every request (pagination links included) carrying the parameter (issue 9)."""
+    upstream = await start_server(await ledger(tmp_path, "A", instances=["pkgs"],
+                                               paginate_export=page_size,
+                                               publish_new_clients=False, **QUIET))
+    await upstream.add_client("alice")
+    await upstream.add_client("bob", instance="pkgs")
+    replica = await ledger(tmp_path, "B", **QUIET)
+    try:
+        await publish_many(upstream, "alice", [f"default {i}" for i in range(4)])
+        for i in range(7):
+            res = await upstream.publish("bob", f"pkgs {i}",
+                                         path="/chronicle/publish?instance=pkgs")
+            assert res.status == 200, res.body
+        res = await cli("replica", "add", "--data-dir", str(replica.path), "--url",
+                        upstream.url, "--upstream-instance", "pkgs", "--server-key",
+                        upstream.key.public_b64, "--name", "upstream", "--json")
+        assert res.code == 0, res.stderr
+        assert res.json["url"] == f"{upstream.url}/chronicle?instance=pkgs"
+        assert (await sync(replica)).code == 0
+        pkgs = [await upstream.ctx.store.chain("pkgs").entry_at(i) for i in range(7)]
+        assert same_rows(await replica_rows(replica), [e for e in pkgs if e is not None])
+        for i in range(7, 12):  # the next sync asks since, on that chain
+            res = await upstream.publish("bob", f"pkgs {i}",
+                                         path="/chronicle/publish?instance=pkgs")
+            assert res.status == 200
+        res = await sync(replica)
+        assert (res.code, res.json["sources"][0]["added"]) == (0, 5), res.stderr
+        pkgs = [await upstream.ctx.store.chain("pkgs").entry_at(i) for i in range(12)]
+        assert same_rows(await replica_rows(replica), [e for e in pkgs if e is not None])
+        # Moving the upstream keeps the chain it follows; two names for it are refused.
+        res = await cli("replica", "set-url", "--data-dir", str(replica.path), "upstream",
+                        "--url", upstream.url)
+        assert res.code == 0 and res.stdout.strip().endswith("/chronicle?instance=pkgs")
+        res = await cli("replica", "add", "--data-dir", str(replica.path), "--url",
+                        f"{upstream.url}/chronicle?instance=pkgs", "--upstream-instance",
+                        "other", "--server-key", upstream.key.public_b64, "--name", "x")
+        assert res.code == 2 and "names instance 'pkgs'" in res.stderr
+    finally:
+        await upstream.close()
+
+
 # --- forks and faults -----------------------------------------------------------------------
 
 async def first_sync(replica: DataDir, fake: FakeUpstream, n: int = 10, **extra: Any) -> str:
