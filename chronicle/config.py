@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -35,34 +36,112 @@ class ConfigError(ChronicleError):
     status = 500
 
 
-# key -> (default, description); the order is the order written by `chronicle init`.
-SETTINGS: dict[str, tuple[Any, str]] = {
-    "database": (DEFAULT_DB, "sqlite:PATH (relative to the data dir)"),
-    "signing-key-file": (KEY_FILE, "server signing key file (relative to the data dir)"),
-    "paginate-export": (0, "page size for export/since; 0 = unpaginated (PHP: null)"),
-    "request-timeout": ("10 minutes", "window for signed timestamps; \"\" disables"),
-    "publish-new-clients": (True, "append a server message when a client is registered"),
-    "publish-revoked-clients": (True, "append a server message when a client is revoked"),
-    "instances": ([], "extra chain names selectable with ?instance=NAME"),
-    "max-body-size": (DEFAULT_BODY, "largest request body in bytes (at least 1 MiB)"),
-    "max-batch": (512, "most entries committed in one transaction"),
-    "max-queue": (8192, "pending publishes before answering 503"),
-    "export-cache": (True, "keep the signed unpaginated export until the chain grows"),
-    "rate-limit": (0, "publishes per second per client (a burst of one second's worth); "
-                      "0 = unlimited"),
-    "read-only": (False, "refuse every write with 503 + Retry-After (maintenance, freeze)"),
-    "replicate-interval": ("1 minute", "how often `serve` pulls each replication source "
-                                       "(backs off on errors); \"\" disables the follower"),
-    "scheduled-attestation": ("7 days", "how often replicated heads are attested on our own "
-                                        "chain; \"\" disables"),
-    "cross-sign-interval": ("1 minute", "how often `serve` checks cross-sign policies; "
-                                        "\"\" disables cross-signing"),
-}
+# --- how a value in chronicle.toml becomes a typed setting ----------------------------------
+
+def _text(key: str, value: Any) -> str:
+    return str(value)
+
+
+def _flag(key: str, value: Any) -> bool:
+    """A TOML boolean; a string such as "false" is an error, not a truthy value."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, not {value!r}")
+    return value
+
+
+def _count(minimum: int) -> Callable[[str, Any], int]:
+    def parse(key: str, value: Any) -> int:
+        number = int(value or 0)
+        if number < minimum:
+            raise ConfigError(f"{key} must be at least {minimum}")
+        return number
+
+    return parse
+
+
+def _rate(key: str, value: Any) -> float:
+    number = float(value or 0)
+    if number < 0:
+        raise ConfigError(f"{key} must be >= 0")
+    return number
+
+
+def _interval(key: str, value: Any) -> timedelta | None:
+    """An interval (``"10 minutes"``); ``""`` (or 0) turns off what it governs."""
+    text = str(value or "").strip()
+    if not text or text == "0":
+        return None
+    interval = parse_interval(text)
+    return interval if interval.total_seconds() > 0 else None
+
+
+def _instances(key: str, value: Any) -> tuple[str, ...]:
+    """The default chain ``""`` and the extra ones (Chronicle's ``{"name": "prefix"}`` form
+    too), each a name ``[A-Za-z0-9_-]+``."""
+    extra = list(value) if isinstance(value, dict | list | tuple) else []
+    names = ("", *sorted({str(n) for n in extra if str(n)}))
+    for name in names[1:]:
+        if not name.replace("-", "").replace("_", "").isalnum() or name == "replication":
+            raise ConfigError(f"invalid instance name {name!r} ([A-Za-z0-9_-]+)")
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One ``chronicle.toml`` key: its default (as written in the file), how it is read,
+    what it means, and the :class:`Settings` attribute it becomes."""
+
+    key: str
+    default: Any
+    parse: Callable[[str, Any], Any]
+    help: str
+
+    @property
+    def attribute(self) -> str:
+        return self.key.replace("-", "_")
+
+
+#: Every setting, once; the order is the order ``chronicle init`` writes them in.
+TABLE: tuple[Setting, ...] = (
+    Setting("database", DEFAULT_DB, _text, "sqlite:PATH (relative to the data dir)"),
+    Setting("signing-key-file", KEY_FILE, _text,
+            "server signing key file (relative to the data dir)"),
+    Setting("paginate-export", 0, _count(0),
+            "page size for export/since; 0 = unpaginated (PHP: null)"),
+    Setting("request-timeout", "10 minutes", _interval,
+            "window for signed timestamps; \"\" disables"),
+    Setting("publish-new-clients", True, _flag,
+            "append a server message when a client is registered"),
+    Setting("publish-revoked-clients", True, _flag,
+            "append a server message when a client is revoked"),
+    Setting("instances", [], _instances, "extra chain names selectable with ?instance=NAME"),
+    Setting("max-body-size", DEFAULT_BODY, _count(MIN_BODY),
+            "largest request body in bytes (at least 1 MiB)"),
+    Setting("max-batch", 512, _count(1), "most entries committed in one transaction"),
+    Setting("max-queue", 8192, _count(1), "pending publishes before answering 503"),
+    Setting("export-cache", True, _flag,
+            "keep the signed unpaginated export until the chain grows"),
+    Setting("rate-limit", 0, _rate,
+            "publishes per second per client (a burst of one second's worth); 0 = unlimited"),
+    Setting("read-only", False, _flag,
+            "refuse every write with 503 + Retry-After (maintenance, freeze)"),
+    Setting("replicate-interval", "1 minute", _interval,
+            "how often `serve` pulls each replication source (backs off on errors); "
+            "\"\" disables the follower"),
+    Setting("scheduled-attestation", "7 days", _interval,
+            "how often replicated heads are attested on our own chain; \"\" disables"),
+    Setting("cross-sign-interval", "1 minute", _interval,
+            "how often `serve` checks cross-sign policies; \"\" disables cross-signing"),
+)
+
+#: key -> (default, description), in :data:`TABLE` order.
+SETTINGS: dict[str, tuple[Any, str]] = {s.key: (s.default, s.help) for s in TABLE}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Settings parsed and typed. Build with :meth:`from_mapping` (defaults: ``SETTINGS``)."""
+    """Settings parsed and typed, one attribute per :data:`TABLE` row (build with
+    :meth:`from_mapping`)."""
 
     database: str
     signing_key_file: str
@@ -88,52 +167,15 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
         merged = with_defaults(data)
-        try:
-            page = int(merged["paginate-export"] or 0)
-            timeout_text = str(merged["request-timeout"] or "")
-            timeout = parse_interval(timeout_text) if timeout_text else None
-            extra = merged["instances"]
-            if isinstance(extra, dict):  # Chronicle's {"name": "prefix"} form
-                extra = list(extra)
-            names = ("", *sorted({str(n) for n in extra if str(n)}))
-            body = int(merged["max-body-size"])
-            rate = float(merged["rate-limit"] or 0)
-            max_batch = max(1, int(merged["max-batch"]))
-            max_queue = max(1, int(merged["max-queue"]))
-            flags = {name: _flag(name, merged[name]) for name in (
-                "publish-new-clients", "publish-revoked-clients", "export-cache", "read-only")}
-            intervals = {name: _optional_interval(merged[name]) for name in (
-                "replicate-interval", "scheduled-attestation", "cross-sign-interval")}
-        except (TypeError, ValueError, ChronicleError) as exc:
-            raise ConfigError(f"invalid setting: {exc}") from exc
-        if page < 0:
-            raise ConfigError("paginate-export must be >= 0")
-        if rate < 0:
-            raise ConfigError("rate-limit must be >= 0")
-        if body < MIN_BODY:
-            raise ConfigError(f"max-body-size must be at least {MIN_BODY} bytes")
-        for name in names[1:]:
-            if not name.replace("-", "").replace("_", "").isalnum() or name == "replication":
-                raise ConfigError(f"invalid instance name {name!r} ([A-Za-z0-9_-]+)")
-        return cls(
-            database=str(merged["database"]),
-            signing_key_file=str(merged["signing-key-file"]),
-            paginate_export=page,
-            request_timeout=timeout,
-            publish_new_clients=flags["publish-new-clients"],
-            publish_revoked_clients=flags["publish-revoked-clients"],
-            instances=names,
-            max_body_size=body,
-            max_batch=max_batch,
-            max_queue=max_queue,
-            export_cache=flags["export-cache"],
-            replicate_interval=intervals["replicate-interval"],
-            scheduled_attestation=intervals["scheduled-attestation"],
-            cross_sign_interval=intervals["cross-sign-interval"],
-            rate_limit=rate,
-            read_only=flags["read-only"],
-            raw=dict(data),
-        )
+        values: dict[str, Any] = {}
+        for setting in TABLE:
+            try:
+                values[setting.attribute] = setting.parse(setting.key, merged[setting.key])
+            except ConfigError:
+                raise
+            except (TypeError, ValueError, ChronicleError) as exc:
+                raise ConfigError(f"invalid setting {setting.key}: {exc}") from exc
+        return cls(**values, raw=dict(data))
 
 
 def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
@@ -141,28 +183,12 @@ def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return {key: data.get(key, default) for key, (default, _) in SETTINGS.items()}
 
 
-def _optional_interval(value: Any) -> timedelta | None:
-    """An interval setting; ``""`` (or 0) disables the job it schedules."""
-    text = str(value or "").strip()
-    if not text or text == "0":
-        return None
-    interval = parse_interval(text)
-    return interval if interval.total_seconds() > 0 else None
-
-
-def _flag(name: str, value: Any) -> bool:
-    """A TOML boolean; a string such as "false" is an error, not a truthy value."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, not {value!r}")
-    return value
-
-
 #: The typed defaults (what an empty ``chronicle.toml`` means).
 DEFAULTS = Settings.from_mapping({})
 
 
 def parse_value(key: str, text: str) -> Any:
-    """Turn a CLI string into the type the setting has (``config set``)."""
+    """Turn a CLI string into the value ``chronicle.toml`` holds (``config set``)."""
     if key not in SETTINGS:
         raise ConfigError(f"unknown setting: {key}")
     default = SETTINGS[key][0]
