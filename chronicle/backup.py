@@ -97,6 +97,9 @@ def _write_copy(dd: DataDir, out: Path) -> DataDir:
     if source is None:
         raise RequestError("chronicle backup snapshots SQLite ledgers; back up PostgreSQL "
                            "with pg_dump or base backups (docs/operations.md)")
+    if out.exists() and out.stat().st_uid != os.getuid():
+        raise RequestError(f"{out} belongs to another user: a backup goes into a directory "
+                           "of our own")
     if out.exists() and any(out.iterdir()):
         raise RequestError(f"{out} exists and is not empty")
     if not source.is_file():

@@ -132,6 +132,17 @@ TABLE: tuple[Setting, ...] = (
             "how often replicated heads are attested on our own chain; \"\" disables"),
     Setting("cross-sign-interval", "1 minute", _interval,
             "how often `serve` checks cross-sign policies; \"\" disables cross-signing"),
+    Setting("max-connections", 1024, _count(1),
+            "open connections per server process; more get a signed 503 and are closed"),
+    Setting("max-connections-per-ip", 128, _count(1),
+            "open connections from one address per server process"),
+    Setting("idle-timeout", "15 seconds", _interval,
+            "a connection with no complete request for this long is closed"),
+    Setting("body-timeout", "30 seconds", _interval,
+            "a request body must arrive within this (else 408)"),
+    Setting("body-memory", 64 << 20, _count(MIN_BODY),
+            "bytes of request bodies read at once per process (bodies over 64 KiB may use "
+            "half); over it: signed 503"),
 )
 
 #: key -> (default, description), in :data:`TABLE` order.
@@ -159,6 +170,11 @@ class Settings:
     replicate_interval: timedelta | None
     scheduled_attestation: timedelta | None
     cross_sign_interval: timedelta | None
+    max_connections: int
+    max_connections_per_ip: int
+    idle_timeout: timedelta | None
+    body_timeout: timedelta | None
+    body_memory: int
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod

@@ -13,6 +13,7 @@ The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imp
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -51,6 +52,9 @@ class ChronicleGroup(click.Group):
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 def main(debug: bool) -> None:
     """Append-only, signed transparency ledger (Chronicle 1.3 compatible)."""
+    # Everything chronicle creates (databases, WAL files, caches, evidence, backups, keys)
+    # is its owner's alone.
+    os.umask(0o077)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

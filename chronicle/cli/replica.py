@@ -264,8 +264,16 @@ def _evidence_text(source: ReplicaSource, data: dict[str, Any]) -> str:
             lines.append(f"  sha256 {doc['sha256']}, {doc['size']} bytes"
                          + (f", kept in {doc['file']}" if doc["file"] else ""))
             if "body" in doc:
-                lines.extend("    " + line for line in doc["body"].splitlines())
+                # The upstream's bytes, never as terminal control sequences.
+                lines.extend("    " + printable(line) for line in doc["body"].splitlines())
     return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``), so that
+    bytes an upstream sent cannot drive the terminal that reads them."""
+    return "".join(c if c.isprintable() or c == "\t" else f"\\x{ord(c):02x}"
+                   if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in text)
 
 
 @replica.command("evidence")

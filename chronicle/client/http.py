@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -163,6 +163,27 @@ class FetchedDocument:
             self.file = None
 
 
+MAX_REDIRECTS = 3
+
+
+def _redirect(resp: aiohttp.ClientResponse, method: str, url: str) -> str | None:
+    """Where a redirect leads, if it may be followed: only a read, only to the same scheme,
+    host and port. A signed request is never re-sent elsewhere (a 307 would carry its
+    client headers and body to whoever the Location names)."""
+    if resp.status not in (301, 302, 303, 307, 308):
+        return None
+    location = resp.headers.get("Location", "")
+    target = urljoin(url, location)
+    here, there = urlsplit(url), urlsplit(target)
+    if method != "GET":
+        raise TransportError(f"{method} {url}: redirected to {location!r}; a signed request "
+                             "is not re-sent anywhere")
+    if (here.scheme, here.netloc) != (there.scheme, there.netloc):
+        raise TransportError(f"GET {url}: redirected to another origin ({target}); not "
+                             "followed")
+    return target
+
+
 def split_instance(url: str) -> tuple[str, str | None]:
     """A URL that names a chain of the server (``…/chronicle?instance=NAME``): the URL
     without its query, and the instance (None when it names none). Any other query or a
@@ -238,6 +259,13 @@ class Exchange:
         if not sigs and self.status >= 500:
             raise TransportError(f"{method} {path}: HTTP {self.status} from the server "
                                  "(unsigned error page)")
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # We ask for identity: a compressed answer would be inflated before its
+            # signature could be checked (611 KB of gzip is 600 MB of zeros).
+            raise UnexpectedResponseError(
+                f"response to {method} {path} is compressed ({encoding}) although identity "
+                "was asked for; refused unread", field="Content-Encoding", found=encoding)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk, each one fed to the signature check first."""
@@ -411,9 +439,17 @@ class ChronicleClient:
         """Send one request; the answer's body is read through :meth:`Exchange.chunks`."""
         session = self._require_session()
         url = self.url_for(path, from_root=from_root)
+        asked = {"Accept-Encoding": "identity", **(headers or {})}
         try:
-            async with session.request(method, url, data=body, headers=headers) as resp:
-                yield Exchange(self, method, path, url, resp)
+            for _ in range(MAX_REDIRECTS + 1):
+                async with session.request(method, url, data=body, headers=asked,
+                                           allow_redirects=False) as resp:
+                    target = _redirect(resp, method, url)
+                    if target is None:
+                        yield Exchange(self, method, path, url, resp)
+                        return
+                url = target
+            raise TransportError(f"{method} {path}: more than {MAX_REDIRECTS} redirects")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransportError(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
 

@@ -26,7 +26,10 @@ from typing import Any, NoReturn
 from chronicle.core.verify import MalformedError
 
 _WS = re.compile(r"[ \t\n\r]*")
-_DEFAULT_MAX_ELEMENT = 256 << 20
+_DEFAULT_MAX_ELEMENT = 64 << 20
+_DEFAULT_MAX_MEMBERS = 64
+#: A small answer (index, lasthash, lookup, a refusal) is never larger than this.
+SMALL_DOCUMENT = 16 << 20
 
 # Parser states.
 _START, _KEY, _COLON, _VALUE, _AFTER_VALUE, _RESULTS_FIRST, _ELEMENT, _AFTER_ELEMENT, _END = \
@@ -48,7 +51,8 @@ class DocumentParser:
     ``results`` would let two readers see two different chains).
     """
 
-    def __init__(self, *, max_element: int = _DEFAULT_MAX_ELEMENT) -> None:
+    def __init__(self, *, max_element: int = _DEFAULT_MAX_ELEMENT,
+                 max_members: int = _DEFAULT_MAX_MEMBERS) -> None:
         self.header: dict[str, Any] = {}
         self.results_is_list = False
         self.rows_seen = 0
@@ -62,6 +66,7 @@ class DocumentParser:
         self._key_required = False
         self._retry_at = 0
         self._max_element = max_element
+        self._max_members = max_members
         self._final = False
 
     @property
@@ -120,6 +125,8 @@ class DocumentParser:
         start = self._pos
         try:
             value, end = self._decoder.raw_decode(self._buf, start)
+        except RecursionError:
+            raise MalformedError("document is nested too deeply", field="document") from None
         except json.JSONDecodeError as exc:
             if self._final:
                 raise MalformedError(f"document is not valid JSON: {exc.msg}",
@@ -198,6 +205,9 @@ class DocumentParser:
         key = self._decode()
         if key in self.header or (key == "results" and self.results_is_list):
             raise MalformedError(f"document has the member {key!r} twice", field=str(key))
+        if len(self.header) + self.results_is_list >= self._max_members:
+            raise MalformedError(f"document has more than {self._max_members} members",
+                                 field="document")
         self._key = key
         self._state = _COLON
 
@@ -240,3 +250,19 @@ class DocumentParser:
         """Only whitespace may follow the closing brace."""
         if self._char():
             raise self._bad("nothing after the closing brace")
+
+
+def load_object(data: bytes, *, what: str, limit: int = SMALL_DOCUMENT) -> dict[str, Any]:
+    """A small JSON object from untrusted bytes: bounded in size and nesting, and every
+    failure a :class:`MalformedError` (never a ``ValueError`` or ``RecursionError``)."""
+    if len(data) > limit:
+        raise MalformedError(f"{what} is too large ({len(data)} bytes, at most {limit})",
+                             field="document")
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        raise MalformedError(f"{what} is not JSON (or nested too deeply)",
+                             field="document") from None
+    if not isinstance(parsed, dict):
+        raise MalformedError(f"{what} is not a JSON object", field="document")
+    return parsed

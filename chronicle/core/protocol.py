@@ -23,6 +23,7 @@ from chronicle.core.encoding import (
     php_json_string,
 )
 from chronicle.core.errors import EncodingError, RequestError
+from chronicle.core.sapient import check_public_key
 
 VERSION = "1.3.x"
 
@@ -255,9 +256,10 @@ def check_fresh(sent_text: Any, now: datetime, window: timedelta) -> None:
         sent = parse_timestamp(sent_text)
     except EncodingError:
         raise RequestError(MSG_INVALID_TS, status=408) from None
-    if now > sent + window:
+    # Compare differences, not sums: 9999-12-31 plus a window overflows datetime.
+    if now - sent > window:
         raise RequestError(MSG_TOO_OLD, status=408)
-    if sent > now + window:
+    if sent - now > window:
         raise RequestError(MSG_TOO_NEW, status=408)
 
 
@@ -316,6 +318,10 @@ def parse_register(body: dict[str, Any]) -> tuple[bytes, str | None]:
         raise RequestError(exc.message, status=400) from None
     if len(key) != 32:
         raise RequestError(MSG_PUBKEY_SIZE, status=400)
+    try:
+        check_public_key(key)
+    except EncodingError as exc:
+        raise RequestError(exc.message, status=400) from None
     comment = body.get("comment")
     check_fields(body, REGISTER_FIELDS, "register")
     return key, comment if isinstance(comment, str) else None

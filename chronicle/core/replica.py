@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from chronicle.core import protocol
 from chronicle.core.blakechain import Entry
@@ -177,11 +178,20 @@ def source_urls(uniqueid: str) -> list[dict[str, str]]:
     ]
 
 
+def public_url(url: str) -> str:
+    """A source's URL as it may be shown: without the ``user:password@`` an operator may
+    have put in it to reach the upstream."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def index_row(uniqueid: str, canonical: str, name: str, public_key: bytes) -> dict[str, Any]:
     """One row of ``GET /chronicle/replica`` (key order as PHP)."""
     return {
         "uniqueid": uniqueid,
-        "canonical": canonical,
+        "canonical": public_url(canonical),
         "name": name,
         "serverPublicKey": b64u_encode(public_key),
         "index": source_path(uniqueid),
@@ -198,7 +208,7 @@ def subindex(uniqueid: str, canonical: str, public_key: bytes, *, status: str = 
     body: dict[str, Any] = {
         "uniqueid": uniqueid,
         "serverPublicKey": b64u_encode(public_key),
-        "canonical": canonical,
+        "canonical": public_url(canonical),
         "urls": source_urls(uniqueid),
     }
     if status != STATUS_ACTIVE:
@@ -339,7 +349,7 @@ def parse_cross_sign(contents: bytes) -> CrossSignClaim | None:
         return None
     try:
         data = json.loads(contents)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("cross-sign-at"), str):
         return None

@@ -72,8 +72,49 @@ class SigningKey:
         return b64u_encode(self.sign(body))
 
 
+#: Order of the prime-order subgroup (the scalar field).
+L = 2**252 + 27742317777372353535851937790883648493
+#: The field prime.
+P = 2**255 - 19
+
+# The encodings libsodium refuses as small-order points (ge25519_has_small_order): 0, 1, the
+# two y coordinates of the order-8 points, and p-1, p, p+1 (the last two non-canonical).
+# The sign bit is ignored, as libsodium does.
+_Y_ORDER8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+_SMALL_ORDER_Y = frozenset({0, 1, _Y_ORDER8, P - _Y_ORDER8, P - 1, P, P + 1})
+
+
+def has_small_order(encoded: bytes) -> bool:
+    """libsodium's ``ge25519_has_small_order``: the encoding is on its blacklist."""
+    return int.from_bytes(encoded, "little") & ((1 << 255) - 1) in _SMALL_ORDER_Y
+
+
+def is_canonical_point(encoded: bytes) -> bool:
+    """libsodium's ``ge25519_is_canonical``: the y coordinate (sign bit aside) is < p."""
+    return int.from_bytes(encoded, "little") & ((1 << 255) - 1) < P
+
+
+def is_canonical_scalar(encoded: bytes) -> bool:
+    """libsodium's ``sc25519_is_canonical``: the scalar is < L."""
+    return int.from_bytes(encoded, "little") < L
+
+
 def parse_public_key(text: str, *, what: str = "public key") -> bytes:
-    return b64u_decode(text, PUBLIC_KEY_BYTES, what=what)
+    """A public key that can verify anything: 32 bytes of canonical base64url encoding a
+    canonical curve point outside the small-order set libsodium refuses (such a key would
+    be a client no signature can come from, or one whose signatures prove nothing)."""
+    raw = b64u_decode(text, PUBLIC_KEY_BYTES, what=what)
+    check_public_key(raw, what=what)
+    return raw
+
+
+def check_public_key(raw: bytes, *, what: str = "public key") -> None:
+    """Refuse (:class:`EncodingError`) a key libsodium would never verify with."""
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise EncodingError(f"Invalid {what}: expected {PUBLIC_KEY_BYTES} bytes")
+    if not is_canonical_point(raw) or has_small_order(raw):
+        raise EncodingError(f"Invalid {what}: not a usable Ed25519 point (non-canonical or "
+                            "of small order)")
 
 
 def verify(public_key: bytes, body: bytes, signature: bytes) -> bool:

@@ -34,6 +34,12 @@ from nacl._sodium import ffi, lib
 from chronicle.core.blakechain import HASH_BYTES, STATE_BYTES, SummaryState, currhash
 from chronicle.core.encoding import b64u_decode, b64u_encode, decode_b64_field
 from chronicle.core.errors import ChronicleError, IntegrityError
+from chronicle.core.sapient import (
+    P,
+    has_small_order,
+    is_canonical_point,
+    is_canonical_scalar,
+)
 
 # --- faults ---------------------------------------------------------------------------------
 
@@ -110,32 +116,7 @@ class SplitViewError(ChainFault):
 SIGNATURE_BYTES = 64
 PUBLICKEY_BYTES = 32
 
-#: Order of the prime-order subgroup (the scalar field).
-L = 2**252 + 27742317777372353535851937790883648493
-#: The field prime.
-P = 2**255 - 19
-
-# The encodings libsodium refuses as small-order points (ge25519_has_small_order): 0, 1, the
-# two y coordinates of the order-8 points, and p-1, p, p+1 (the last two non-canonical).
-# The sign bit is ignored, as libsodium does.
-_Y_ORDER8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
-_SMALL_ORDER_Y = frozenset({0, 1, _Y_ORDER8, P - _Y_ORDER8, P - 1, P, P + 1})
 _IDENTITY = (1).to_bytes(32, "little")
-
-
-def has_small_order(encoded: bytes) -> bool:
-    """libsodium's ``ge25519_has_small_order``: the encoding is on its blacklist."""
-    return int.from_bytes(encoded, "little") & ((1 << 255) - 1) in _SMALL_ORDER_Y
-
-
-def is_canonical_point(encoded: bytes) -> bool:
-    """libsodium's ``ge25519_is_canonical``: the y coordinate (sign bit aside) is < p."""
-    return int.from_bytes(encoded, "little") & ((1 << 255) - 1) < P
-
-
-def is_canonical_scalar(encoded: bytes) -> bool:
-    """libsodium's ``sc25519_is_canonical``: the scalar is < L."""
-    return int.from_bytes(encoded, "little") < L
 
 
 def verify_detached(publickey: bytes, message: bytes, signature: bytes) -> bool:

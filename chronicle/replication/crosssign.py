@@ -11,7 +11,6 @@ never slow down or fail our writes (PHP Chronicle 1.3.1 cross-signs inside the p
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,8 +22,9 @@ import aiohttp
 
 from chronicle.client.errors import ServerRefused
 from chronicle.client.http import ChronicleClient
+from chronicle.core.document import load_object
 from chronicle.core.encoding import atom, b64u_encode, decode_b64_field, parse_timestamp, utcnow
-from chronicle.core.errors import ChronicleError, EncodingError, TransportError
+from chronicle.core.errors import EncodingError, TransportError
 from chronicle.core.replica import CrossSignPolicy, cross_sign_message
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey
 from chronicle.core.verify import (
@@ -97,9 +97,7 @@ async def push(store: Store, key: SigningKey, target: XsignTarget, *,
                                              field=SIGNATURE_HEADER,
                                              expected=b64u_encode(target.publickey),
                                              found=doc.signature or "no signature")
-            parsed = json.loads(doc.read())
-            if not isinstance(parsed, dict):
-                raise DocumentSignatureError("the peer's answer is not a JSON object")
+            parsed = load_object(doc.read(), what="the peer's answer")
             peer.check_envelope(parsed, doc.status, doc.headers, "/publish", fresh=True)
             results = parsed.get("results")
             fields = {k: results.get(k) if isinstance(results, dict) else None
@@ -115,10 +113,9 @@ async def push(store: Store, key: SigningKey, target: XsignTarget, *,
         result.status = PushStatus.REFUSED
         result.error = exc.diagnostics()
         await store.xsign.add_receipt(replace(receipt, error=result.error))
-    except (ChainFault, ValueError) as exc:
+    except ChainFault as exc:
         result.status = PushStatus.FAILED
-        result.error = (exc.diagnostics() if isinstance(exc, ChronicleError)
-                        else "the peer's answer is not JSON")
+        result.error = exc.diagnostics()
         await store.xsign.add_receipt(replace(receipt, error=result.error))
     else:
         result.status = PushStatus.PUSHED

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from chronicle.client.http import FetchedDocument
-from chronicle.core.encoding import b64u_encode
+from chronicle.core.encoding import b64u_encode, decode_b64_field
+from chronicle.core.verify import StreamingVerifier
 from chronicle.store import EvidenceDocument
 
 #: Answers up to this size are kept in the database; larger ones as files.
@@ -34,15 +35,22 @@ class EvidenceKeeper:
     file_limit: int = FILE_LIMIT
 
     def keep(self, role: str, doc: FetchedDocument, signer: bytes | None) -> EvidenceDocument:
+        """The document as evidence. Its bytes are kept only when ``signer`` signed them:
+        an unsigned (or forged) answer proves nothing against anyone, so of it only the
+        size, SHA-256 and signature header are recorded (a gzip bomb once left 600 MB)."""
         digest = hashlib.sha256()
+        verifier = _verifier(signer, doc.signature)
         for chunk in doc.chunks():
             digest.update(chunk)
+            if verifier is not None:
+                verifier.update(chunk)
+        signed = verifier is not None and verifier.verify()
         body: bytes | None = None
         file: str | None = None
-        if doc.size <= self.inline_limit:
+        if signed and doc.size <= self.inline_limit:
             body = doc.read()
             doc.discard()
-        elif doc.size <= self.file_limit:
+        elif signed and doc.size <= self.file_limit:
             self.directory.mkdir(parents=True, exist_ok=True)
             target = self.directory / f"{digest.hexdigest()[:32]}.json"
             if doc.file is not None:
@@ -55,8 +63,15 @@ class EvidenceKeeper:
         else:
             doc.discard()
         return EvidenceDocument(role=role, method=doc.method, url=doc.url, status=doc.status,
-                                signature=doc.signature, signer=signer, body=body, file=file,
-                                size=doc.size, sha256=digest.hexdigest())
+                                signature=doc.signature, signer=signer if signed else None,
+                                body=body, file=file, size=doc.size, sha256=digest.hexdigest())
+
+
+def _verifier(signer: bytes | None, header: str | None) -> StreamingVerifier | None:
+    signature = decode_b64_field((header or "").strip(), 64)
+    if signer is None or signature is None:
+        return None
+    return StreamingVerifier(signer, signature)
 
 
 def describe(doc: EvidenceDocument, *, with_body: bool = True) -> dict[str, Any]:

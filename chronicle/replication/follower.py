@@ -156,6 +156,10 @@ class Replicator:
                 ChronicleError) as exc:
             result.status = SyncStatus.ERROR
             result.error = exc.diagnostics()
+        except Exception as exc:  # a bug, or input nobody foresaw: this source only
+            log.exception("replica %s: sync failed unexpectedly", source.name)
+            result.status = SyncStatus.ERROR
+            result.error = f"internal error: {type(exc).__name__}: {exc}"[:500]
         when = atom(self.options.clock())
         if result.status == SyncStatus.OK:
             await self.store.replication.record_attempt(source.id, when=when, error=None)

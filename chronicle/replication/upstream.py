@@ -8,18 +8,18 @@ postpones, like a network error.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import aiohttp
 
 from chronicle.client.errors import RecordNotFound, ServerRefused, StaleResponseError, refusal
 from chronicle.client.http import ChronicleClient, FetchedDocument
+from chronicle.core.document import SMALL_DOCUMENT, load_object
 from chronicle.core.encoding import b64u_encode, decode_b64_field, utcnow
 from chronicle.core.errors import TransportError
 from chronicle.core.replica import KeyChangedError
@@ -85,15 +85,7 @@ def parse_small(doc: FetchedDocument) -> dict[str, Any]:
     if doc.body is None:
         raise MalformedError(f"the answer to {doc.method} {doc.path} is far too large "
                              f"({doc.size} bytes)", field="document")
-    try:
-        parsed = json.loads(doc.read())
-    except ValueError:
-        raise MalformedError(f"answer to {doc.method} {doc.path} is not JSON",
-                             field="document") from None
-    if not isinstance(parsed, dict):
-        raise MalformedError(f"answer to {doc.method} {doc.path} is not a JSON object",
-                             field="document")
-    return parsed
+    return load_object(doc.body, what=f"the answer to {doc.method} {doc.path}")
 
 
 def head_of(results: Any) -> tuple[str, str] | None:
@@ -173,35 +165,43 @@ class Upstream:
         index stops it as ``failed``.
         """
         pinned = self.key
-        o = self.options
-        doc = await self.client.fetch("", from_root=True, spool_dir=o.spool_dir,
-                                      memory_limit=o.memory_limit, max_size=o.max_document)
+        doc = await self.client.fetch("", from_root=True, memory_limit=SMALL_DOCUMENT,
+                                      max_size=SMALL_DOCUMENT)
         unsigned_error(doc)
-        try:
+        if doc.verified:
             index = parse_small(doc)
-        except MalformedError:
-            index = {}
-        announced = decode_b64_field(index.get("public-key"), 32)
-        raw_sig = decode_b64_field((doc.signature or "").strip(), 64)
-        if announced is not None and announced != pinned:
-            if raw_sig is not None and verify(announced, doc.read(), raw_sig):
-                raise Stop(KeyChangedError(
-                    "the upstream now signs with another server key; nothing it says is "
-                    "believed until the new key is pinned (replica set-key)",
+            announced = decode_b64_field(index.get("public-key"), 32)
+            if announced is not None and announced != pinned:
+                raise Stop(DocumentSignatureError(
+                    "the upstream's index, signed by the pinned key, announces another key",
                     field="public-key", expected=b64u_encode(pinned),
-                    found=b64u_encode(announced)), [("upstream index", doc, announced)])
-            raise Stop(DocumentSignatureError(
-                "the upstream's index announces another key and is not signed by it",
-                field="public-key", expected=b64u_encode(pinned),
-                found=b64u_encode(announced)), [("upstream index", doc, pinned)])
-        if not doc.verified:
-            raise Stop(DocumentSignatureError(
-                "the upstream's index is not signed by the pinned key",
-                field=SIGNATURE_HEADER, expected=f"a signature by {b64u_encode(pinned)}",
-                found=doc.signature or "no signature"), [("upstream index", doc, pinned)])
+                    found=b64u_encode(announced)), [("upstream index", doc, pinned)])
+        else:
+            self._key_change(doc)
         doc.discard()
         if index.get("status") == "ERROR":
             raise refusal(doc.status, str(index.get("message", "refused")), doc.headers)
+
+    def _key_change(self, doc: FetchedDocument) -> NoReturn:
+        """An index not signed by the pinned key: a key change (signed by the key it
+        announces) or a forgery. Either way the source stops with it."""
+        pinned = self.key
+        try:
+            announced = decode_b64_field(parse_small(doc).get("public-key"), 32)
+        except MalformedError:
+            announced = None
+        raw_sig = decode_b64_field((doc.signature or "").strip(), 64)
+        if announced is not None and announced != pinned and raw_sig is not None \
+                and verify(announced, doc.read(), raw_sig):
+            raise Stop(KeyChangedError(
+                "the upstream now signs with another server key; nothing it says is "
+                "believed until the new key is pinned (replica set-key)",
+                field="public-key", expected=b64u_encode(pinned),
+                found=b64u_encode(announced)), [("upstream index", doc, announced)])
+        raise Stop(DocumentSignatureError(
+            "the upstream's index is not signed by the pinned key",
+            field=SIGNATURE_HEADER, expected=f"a signature by {b64u_encode(pinned)}",
+            found=doc.signature or "no signature"), [("upstream index", doc, pinned)])
 
     async def knows(self, summaryhash: bytes, currhash: bytes
                     ) -> tuple[bool, FetchedDocument]:

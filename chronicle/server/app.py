@@ -21,6 +21,7 @@ from chronicle.core.encoding import atom
 from chronicle.core.errors import ChronicleError
 from chronicle.core.sapient import CLIENT_HEADER
 from chronicle.server import reads, replicas, writes
+from chronicle.server.admission import CLOSE_AFTER, holding
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
 from chronicle.server.keys import CTX, DOCS, LASTHASH, RESP
@@ -57,15 +58,15 @@ async def root(request: web.Request) -> web.StreamResponse:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
+    """The endpoint list. A registered client id also sees ``publish`` (as PHP); an admin's
+    id sees nothing more: PHP lists the admin endpoints to anyone sending an admin's
+    public id, which tells strangers who the administrators are."""
     ctx = request.app[CTX]
     instance = instance_of(request)
-    known = is_admin = False
     ids = request.headers.getall(CLIENT_HEADER, [])
-    if len(ids) == 1 and protocol.valid_client_id(ids[0]):
-        client = await ctx.store.clients.get(instance, ids[0])
-        known = client is not None
-        is_admin = bool(client and client.is_admin)
-    results = protocol.index_results(client_known=known, client_admin=is_admin)
+    known = len(ids) == 1 and protocol.valid_client_id(ids[0]) and \
+        await ctx.store.clients.get(instance, ids[0]) is not None
+    results = protocol.index_results(client_known=known, client_admin=False)
     return request.app[RESP].ok(results, **{"public-key": ctx.key.public_b64})
 
 
@@ -104,7 +105,10 @@ async def signed_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except ChronicleError as exc:
-        return resp.error(exc.status, exc.message, exc.headers)
+        answer = resp.error(exc.status, exc.message, exc.headers)
+        if request.get(CLOSE_AFTER):
+            answer.force_close()
+        return answer
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CTX].settings.max_body_size
         return resp.error(413, f"Request body too large (limit {limit} bytes)")
@@ -126,7 +130,7 @@ async def signed_errors(request: web.Request, handler: Handler) -> web.StreamRes
 def build_app(ctx: ServerContext) -> web.Application:
     # The body limit is enforced by us (signed 413); aiohttp's own check is set just above
     # it as a backstop for bodies read without a Content-Length.
-    app = web.Application(middlewares=[signed_errors],
+    app = web.Application(middlewares=[signed_errors, holding],
                           client_max_size=ctx.settings.max_body_size)
     app[CTX] = ctx
     app[RESP] = Responder(ctx.key, ctx.clock)

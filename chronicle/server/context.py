@@ -11,6 +11,7 @@ from chronicle.config import DataDir, Settings
 from chronicle.core.encoding import utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
+from chronicle.server.admission import BodyBudget, BodyLimits
 from chronicle.server.jobs import BackgroundJobs
 from chronicle.store import Client, Store
 
@@ -82,11 +83,17 @@ class ServerContext:
     ledgers: dict[str, Ledger] = field(default_factory=dict)
     clients: ClientCache = field(init=False)
     limiter: RateLimiter = field(init=False)
+    body_limits: BodyLimits = field(init=False)
     jobs: BackgroundJobs | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientCache(self.store)
         self.limiter = RateLimiter(self.settings.rate_limit)
+        s = self.settings
+        self.body_limits = BodyLimits(
+            max_size=s.max_body_size,
+            timeout=s.body_timeout.total_seconds() if s.body_timeout else 1e9,
+            budget=BodyBudget(max(s.body_memory, s.max_body_size)))
 
     def ledger(self, instance: str) -> Ledger:
         ledger = self.ledgers.get(instance)

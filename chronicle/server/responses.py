@@ -34,3 +34,14 @@ class Responder:
               headers: dict[str, str] | None = None) -> web.Response:
         body = protocol.render(protocol.error_envelope(self.clock(), message))
         return self.raw(status, body, headers=headers)
+
+    def error_bytes(self, status: int, reason: str, message: str,
+                    headers: dict[str, str] | None = None) -> bytes:
+        """A whole signed error answer as bytes on the wire, closing the connection: for
+        refusals made before aiohttp sees a request (the connection gate)."""
+        body = protocol.render(protocol.error_envelope(self.clock(), message))
+        lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {JSON}",
+                 f"{SIGNATURE_HEADER}: {self.key.sign_b64(body)}",
+                 f"Content-Length: {len(body)}", "Connection: close",
+                 *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body

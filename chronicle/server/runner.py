@@ -24,8 +24,10 @@ from typing import Any
 from aiohttp import web
 
 from chronicle.config import DataDir
+from chronicle.server.admission import MSG_TOO_MANY, ConnectionGate, GatedSite, raise_fd_limit
 from chronicle.server.app import build_app
 from chronicle.server.context import ServerContext
+from chronicle.server.keys import RESP
 from chronicle.store import open_store
 
 log = logging.getLogger(__name__)
@@ -45,18 +47,27 @@ async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket 
     """Serve until a stop signal, then drain: stop accepting, finish requests, commit queues."""
     ctx = await open_context(data_dir)
     app = build_app(ctx)
+    s = ctx.settings
+    files = raise_fd_limit()
+    # Refuse in time: leave descriptors for the database, spool files and workers.
+    gate = ConnectionGate(min(s.max_connections, max(16, files - 64)), s.max_connections_per_ip,
+                          lambda: app[RESP].error_bytes(503, "Service Unavailable",
+                                                        MSG_TOO_MANY, {"Retry-After": "1"}))
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=shutdown_timeout)
+                           shutdown_timeout=shutdown_timeout,
+                           # The signature covers the bytes sent: never inflate a body.
+                           auto_decompress=False,
+                           keepalive_timeout=s.idle_timeout.total_seconds()
+                           if s.idle_timeout else 75.0)
+    own_socket = sock is None
+    listening = sock
     try:
         await runner.setup()
-        site: web.BaseSite
-        if sock is not None:
-            site = web.SockSite(runner, sock)
-        else:
-            site = web.TCPSite(runner, host, port, backlog=1024)
-        await site.start()
-        if sock is None:
-            bound = runner.addresses[0][1] if runner.addresses else port
+        if listening is None:
+            listening = _bind(host, port)
+        await GatedSite(runner, listening, gate, shutdown_timeout=shutdown_timeout).start()
+        if own_socket:
+            bound = listening.getsockname()[1]
             print(f"listening on http://{host}:{bound}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -68,6 +79,8 @@ async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket 
         await runner.cleanup()
         with contextlib.suppress(Exception):
             await ctx.store.close()
+        if own_socket and listening is not None:
+            listening.close()
 
 
 def _run_loop(coro: Coroutine[Any, Any, None]) -> None:

@@ -20,17 +20,11 @@ from chronicle.core.errors import (
     RequestError,
 )
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, verify
+from chronicle.server.admission import read_body
 from chronicle.server.context import ServerContext
 from chronicle.server.keys import CTX, RESP
 from chronicle.server.routing import instance_of
 from chronicle.store import Client
-
-
-async def _read_body(request: web.Request) -> bytes:
-    limit = request.app[CTX].settings.max_body_size
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestError(f"Request body too large (limit {limit} bytes)", status=413)
-    return await request.read()
 
 
 async def authenticate(request: web.Request, instance: str, *, admin_only: bool
@@ -38,7 +32,8 @@ async def authenticate(request: web.Request, instance: str, *, admin_only: bool
     """Sapient request check: one known client, one valid signature over the exact body.
 
     Returns ``(client, body, signature)``. The body is read only after the client is
-    known, so strangers cannot make us buffer large bodies.
+    known, and within the admission limits (``server/admission.py``): client ids are
+    public, so anyone can get this far.
     """
     ctx = request.app[CTX]
     ids = request.headers.getall(CLIENT_HEADER, [])
@@ -58,7 +53,7 @@ async def authenticate(request: web.Request, instance: str, *, admin_only: bool
         raise AuthError(protocol.MSG_NO_SIGNATURE)
     if len(sigs) > 1:
         raise AuthError(protocol.MSG_TWO_SIGNATURE_HEADERS)
-    body = await _read_body(request)
+    body = await read_body(request, ctx.body_limits)
     try:
         signature = b64u_decode(sigs[0], 64, what="signature")
     except EncodingError:

@@ -183,6 +183,7 @@ class SqliteDatabase(Database):
             self._ckpt = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
             self._ckpt_conn = sqlite3.connect(self.path, isolation_level=None,
                                               check_same_thread=False)
+            _owner_only(self.path)
         except sqlite3.Error as exc:
             await self.close()
             raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -308,6 +309,15 @@ class SqliteDatabase(Database):
 
     def leader_lock(self, name: str) -> LeaderLock:
         return FileLeaderLock(Path(self.path).parent / f"leader-{name}.lock")
+
+
+def _owner_only(path: str) -> None:
+    """The database and its WAL/SHM files are readable by their owner alone (SQLite makes
+    the WAL and SHM files with the database file's mode)."""
+    for name in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(OSError):
+            if os.stat(name).st_uid == os.getuid() and os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 class SqliteStore(Store):

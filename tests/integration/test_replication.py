@@ -10,6 +10,7 @@ database (a separate schema on PostgreSQL), driven through the CLI's ``main``.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import time
@@ -170,6 +171,7 @@ class FakeUpstream:
         self.requests: list[str] = []
         self.tamper: Callable[[str, bytes], bytes] | None = None
         self.answers_signed_by: SigningKey | None = None
+        self.gzip_paths: set[str] = set()
         self.runner: web.AppRunner | None = None
         self.base = ""
 
@@ -206,8 +208,12 @@ class FakeUpstream:
         if self.tamper is not None:
             body = self.tamper(rest, body)
         signer = self.answers_signed_by or view.key
-        return web.Response(status=status, body=body, headers={
-            "Content-Type": "application/json", SIGNATURE_HEADER: signer.sign_b64(body)})
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signer.sign_b64(body)}
+        if self.gzip_paths and rest in self.gzip_paths:
+            # Signed over the inflated bytes, as a compressing proxy would pass it on.
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(status=status, body=body, headers=headers)
 
     @staticmethod
     def _find(view: View, text: str) -> Entry | None:
@@ -556,6 +562,72 @@ async def test_replica_of_an_upstream_instance(tmp_path: Path, page_size: int) -
         assert res.code == 2 and "names instance 'pkgs'" in res.stderr
     finally:
         await upstream.close()
+
+
+# --- hostile upstreams (issue 10, finding 3) -------------------------------------------------
+
+def _nested(depth: int) -> bytes:
+    return b'{"a": ' * depth + b"1" + b"}" * depth
+
+
+async def test_a_hostile_upstream_fails_alone(tmp_path: Path, fake: FakeUpstream) -> None:
+    """A signed index nested 100,000 deep stops its source as failed (no RecursionError
+    out of the follower); the other source syncs; the auditor exits 15, no traceback."""
+    fake.view.entries = chain(3)
+    honest = await FakeUpstream(SigningKey.generate()).start()
+    try:
+        honest.view.entries = chain(4)
+        replica = await ledger(tmp_path, "B", **QUIET)
+        await add_source(replica, fake.url(), fake.view.key.public, "hostile")
+        await add_source(replica, honest.url(), honest.view.key.public, "honest")
+        fake.tamper = lambda rest, body: _nested(100_000) if rest == "" else body
+        res = await sync(replica)
+        assert res.code == 1
+        by_name = {r["name"]: r for r in res.json["sources"]}
+        assert by_name["honest"]["status"] == "ok" and by_name["honest"]["entries"] == 4
+        assert by_name["hostile"]["status"] == "failed"
+        assert by_name["hostile"]["fault"]["kind"] == "malformed"
+        assert "nested too deeply" in by_name["hostile"]["fault"]["message"]
+        out = await cli("audit", fake.url(), "--server-key", fake.view.key.public_b64)
+        assert out.code == 0  # the audit does not read the index
+        fake.tamper = lambda rest, body: _nested(100_000) if rest == "lasthash" else body
+        out = await cli("audit", fake.url(), "--server-key", fake.view.key.public_b64)
+        assert out.code == 15, out.stderr
+        assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    finally:
+        await honest.close()
+
+
+async def test_a_compressed_answer_is_refused_unread_and_not_kept(replica_dir: DataDir,
+                                                                  fake: FakeUpstream) -> None:
+    """611 KB of gzip once became a 600 MB evidence file: now a compressed answer (we ask
+    for identity) is refused before a byte is inflated, and nothing is kept."""
+    fake.view.entries = chain(3)
+    await add_source(replica_dir, fake.url(), fake.view.key.public)
+    fake.gzip_paths = {"export"}
+    fake.tamper = lambda rest, body: body + b" " * (64 << 20) if rest == "export" else body
+    res = await sync(replica_dir)
+    assert res.code == 1
+    (report,) = res.json["sources"]
+    assert (report["status"], report["fault"]["kind"]) == ("failed", "malformed")
+    assert "compressed" in report["fault"]["message"]
+    kept = sum(p.stat().st_size for p in replica_dir.path.rglob("*")
+               if p.is_file() and ("evidence" in p.parts or "replication" in p.parts))
+    assert kept < 1 << 20
+    assert fake.requests[-1] == "/chronicle/export"
+
+
+async def test_unsigned_answers_are_never_kept_as_evidence(replica_dir: DataDir,
+                                                           fake: FakeUpstream) -> None:
+    fake.view.entries = chain(3)
+    await add_source(replica_dir, fake.url(), fake.view.key.public)
+    fake.answers_signed_by = SigningKey.generate()
+    res = await sync(replica_dir)
+    assert res.code == 1
+    fault = await stopped(replica_dir, "failed", "document-signature")
+    for doc in fault["documents"]:
+        assert doc.get("body") is None and doc["signed-by"] is None
+        assert doc["size"] > 0 and len(doc["sha256"]) == 64
 
 
 # --- forks and faults -----------------------------------------------------------------------

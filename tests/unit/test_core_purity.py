@@ -17,7 +17,7 @@ PURE_STDLIB = frozenset({
     "__future__", "abc", "base64", "binascii", "bisect", "codecs", "collections",
     "collections.abc", "contextlib", "copy", "dataclasses", "datetime", "enum", "functools",
     "hashlib", "heapq", "hmac", "itertools", "json", "math", "operator", "re", "string",
-    "stat", "struct", "typing", "unicodedata",
+    "stat", "struct", "typing", "unicodedata", "urllib.parse",
 })
 THIRD_PARTY = ("nacl", "blake3")
 OUR_PURE = ("chronicle.core", "chronicle.release")

@@ -23,7 +23,7 @@ from chronicle.client.sigpool import InOrder, SignaturePool
 from chronicle.core.blakechain import ChainBuilder
 from chronicle.core.document import DocumentParser
 from chronicle.core.encoding import b64u_decode, b64u_encode
-from chronicle.core.sapient import SigningKey
+from chronicle.core.sapient import L, P, SigningKey, has_small_order, is_canonical_point
 from chronicle.core.sapient import verify as nacl_verify
 from chronicle.core.verify import (
     EXPORT_KEYS,
@@ -34,13 +34,9 @@ from chronicle.core.verify import (
     ChainVerifier,
     EntrySignatureError,
     HashMismatchError,
-    L,
     MalformedError,
-    P,
     SignedContents,
     StreamingVerifier,
-    has_small_order,
-    is_canonical_point,
     verify_batch,
     verify_row,
 )
@@ -441,3 +437,30 @@ def test_engine_skips_remembered_prefix_and_checks_it() -> None:
         again.feed(rows)
         again.finish()
         assert (again.count, again.verified, pool.submitted) == (50, 20, 20)
+
+
+def test_parser_bounds_members_nesting_and_elements() -> None:
+    """Before any signature check, a document cannot make the parser hold much."""
+    many = "{" + ",".join(f'"m{i}": {i}' for i in range(65)) + "}"
+    with pytest.raises(MalformedError, match="more than 64 members"):
+        DocumentParser().feed(many.encode())
+    deep = b'{"status": "OK", "results": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+    with pytest.raises(MalformedError, match="nested too deeply"):
+        parser = DocumentParser()
+        parser.feed(deep)
+        parser.close()
+    with pytest.raises(MalformedError, match="exceeds 1000 bytes"):
+        parser = DocumentParser(max_element=1000)
+        parser.feed(b'{"results": ["' + b"x" * 5000)
+
+
+def test_load_object_never_raises_anything_but_malformed() -> None:
+    from chronicle.core.document import load_object
+
+    for data, match in ((b"[1]", "not a JSON object"), (b"{", "not JSON"),
+                        (b"[" * 100_000, "too large"), (b"[" * 900, "not JSON"),
+                        (b" " * 100, "not JSON"),
+                        (b"{}" + b" " * 2000, "too large")):
+        with pytest.raises(MalformedError, match=match):
+            load_object(data, what="the answer", limit=1000)
+    assert load_object(b'{"a": 1}', what="x") == {"a": 1}

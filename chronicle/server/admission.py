@@ -1,0 +1,251 @@
+"""Admission: what a stranger can make the server hold, bounded before anyone is known.
+
+Client ids are public (every "New Client Registration" entry shows one), so everything
+before the signature check is open to anyone on the network. Three limits hold it:
+
+- **connections** (:class:`ConnectionGate`): at most ``max-connections`` at once and
+  ``max-connections-per-ip`` from one address; a connection over a limit gets a signed
+  503 and is closed at once. A connection that sends no complete request within
+  ``idle-timeout`` is closed (aiohttp's keep-alive timer runs from the connection's start,
+  so a slowloris that trickles header lines is cut off too);
+- **request bodies** (:func:`read_body`): a compressed body is refused (415: the
+  signature covers the bytes on the wire, and inflating them is how 8 KB became 8 MiB);
+  bodies being read share a memory budget (``body-memory``; large bodies may use only part
+  of it, so small publishes always find room), a body that cannot get its share is a
+  signed 503, and the whole body must arrive within ``body-timeout`` (408);
+- **file descriptors**: the soft limit is raised to the hard one at start, so the
+  connection cap, not the kernel, decides who is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiohttp import web
+
+from chronicle.core.errors import OverloadedError, RequestError
+
+log = logging.getLogger(__name__)
+
+#: Bodies up to this size are "small" (every publish we have seen): they may use the whole
+#: body budget; larger ones only what is left above ``SMALL_RESERVE`` of it.
+SMALL_BODY = 64 << 10
+SMALL_RESERVE = 0.5
+
+MSG_COMPRESSED = ("Compressed request bodies are not accepted: the signature covers the "
+                  "bytes sent")
+MSG_BODY_BUSY = "The server is reading too many request bodies; retry later"
+MSG_BODY_SLOW = "The request body did not arrive in time"
+MSG_TOO_MANY = "Too many connections; retry later"
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+class BodyBudget:
+    """Bytes of request bodies being read at once, across the process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.large_in_use = 0
+
+    @contextlib.contextmanager
+    def reserve(self, size: int) -> Any:
+        """Hold ``size`` bytes while a body is read and handled; over budget: a 503."""
+        large = size > SMALL_BODY
+        large_limit = int(self.limit * (1 - SMALL_RESERVE))
+        if self.in_use + size > self.limit or \
+                (large and self.large_in_use + size > large_limit):
+            raise OverloadedError(MSG_BODY_BUSY, retry_after=1)
+        self.in_use += size
+        if large:
+            self.large_in_use += size
+        try:
+            yield
+        finally:
+            self.in_use -= size
+            if large:
+                self.large_in_use -= size
+
+
+@dataclass
+class BodyLimits:
+    """The body limits of one server process (from the settings)."""
+
+    max_size: int
+    timeout: float
+    budget: BodyBudget
+
+
+#: The request's exit stack: what it holds (a body reservation) is released when it ends.
+HELD = web.RequestKey("held", contextlib.ExitStack)
+
+
+async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
+    """The exact bytes of the request body, within the limits (see the module doc).
+
+    The body's share of the budget (its declared length, else the most a body may be) is
+    held until the request ends (:func:`holding`). Every refusal closes the connection:
+    what is left of the body is never read.
+    """
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        _close_after(request)
+        raise RequestError(MSG_COMPRESSED, status=415)
+    declared = request.content_length
+    if declared is not None and declared > limits.max_size:
+        _close_after(request)
+        raise RequestError(f"Request body too large (limit {limits.max_size} bytes)",
+                           status=413)
+    try:
+        request[HELD].enter_context(limits.budget.reserve(
+            limits.max_size if declared is None else declared))
+    except OverloadedError:
+        _close_after(request)
+        raise
+    try:
+        async with asyncio.timeout(limits.timeout):
+            return await request.read()
+    except TimeoutError:
+        _close_after(request)
+        raise RequestError(MSG_BODY_SLOW, status=408) from None
+
+
+@web.middleware
+async def holding(request: web.Request,
+                  handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """Release what the request held (its body's budget) when it ends."""
+    with contextlib.ExitStack() as held:
+        request[HELD] = held
+        response: web.StreamResponse = await handler(request)
+        return response
+
+
+#: Set on a request whose answer must close the connection (the error middleware does).
+CLOSE_AFTER = web.RequestKey("close-after", bool)
+
+
+def _close_after(request: web.Request) -> None:
+    """Close the connection after this answer: the rest of the body is never read."""
+    request[CLOSE_AFTER] = True
+
+
+# --- connections -----------------------------------------------------------------------------
+
+class ConnectionGate:
+    """Counts open connections (in all, per peer address); wraps the aiohttp protocol
+    factory so that a connection over a limit is answered ``refusal()`` and closed."""
+
+    def __init__(self, limit: int, per_ip: int, refusal: Callable[[], bytes]) -> None:
+        self.limit = limit
+        self.per_ip = per_ip
+        self.refusal = refusal
+        self.open = 0
+        self.by_ip: Counter[str] = Counter()
+        self.refused = 0
+
+    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: _Gatekeeper(self, inner)
+
+    def admit(self, ip: str) -> bool:
+        if self.open >= self.limit or self.by_ip[ip] >= self.per_ip:
+            self.refused += 1
+            return False
+        self.open += 1
+        self.by_ip[ip] += 1
+        return True
+
+    def leave(self, ip: str) -> None:
+        self.open -= 1
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]
+
+
+class _Gatekeeper(asyncio.Protocol):
+    """Admits the connection to the real protocol, or refuses it before reading a byte."""
+
+    #: How long a refused connection is drained before it is closed: closing a socket
+    #: with unread input resets it, and the reset can destroy the refusal in flight.
+    LINGER = 5.0
+
+    def __init__(self, gate: ConnectionGate, inner: Callable[[], asyncio.Protocol]) -> None:
+        self._gate = gate
+        self._make = inner
+        self._inner: asyncio.Protocol | None = None
+        self._ip = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if peer else ""
+        if not self._gate.admit(self._ip):
+            stream = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+            with contextlib.suppress(Exception):
+                stream.write(self._gate.refusal())
+                if stream.can_write_eof():
+                    stream.write_eof()
+            asyncio.get_running_loop().call_later(self.LINGER, stream.close)
+            return
+        self._inner = self._make()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        # A refused connection closes once its peer is done sending.
+        return self._inner.eof_received() if self._inner is not None else False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is not None:
+            self._gate.leave(self._ip)
+            self._inner.connection_lost(exc)
+            self._inner = None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class GatedSite(web.BaseSite):
+    """A listening socket whose connections pass a :class:`ConnectionGate`."""
+
+    def __init__(self, runner: web.BaseRunner, sock: Any, gate: ConnectionGate, *,
+                 shutdown_timeout: float = 60.0) -> None:
+        super().__init__(runner, shutdown_timeout=shutdown_timeout)
+        self._sock = sock
+        self._gate = gate
+
+    @property
+    def name(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._gate.factory(server), sock=self._sock)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

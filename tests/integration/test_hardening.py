@@ -1,0 +1,169 @@
+"""Issue 10, findings 4, 5 and 7: replayed admin requests, mixed-up admin bodies, a rate
+limit spent by strangers, far-future timestamps, weak keys, redirects, file modes,
+credentials in replica URLs, who is an admin, and terminal-safe evidence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from chronicle.cli.replica import printable
+from chronicle.client import ChronicleClient
+from chronicle.core.encoding import atom, b64u_encode, utcnow
+from chronicle.core.errors import TransportError
+from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey
+from chronicle.core.verify import P
+from chronicle.store import ReplicaSource
+from chronicle.store.replays import MSG_REPLAYED
+from tests.helpers import (
+    RunningServer,
+    admin_request_body,
+    init_data_dir,
+    start_server,
+)
+
+ADMIN_FIELDS_400 = "Unexpected field(s) for register: clientid"
+
+
+async def admin_post(server: RunningServer, path: str, body: bytes) -> Any:
+    admin = server.identities["admin"]
+    return await server.request("POST", path, body, headers={
+        CLIENT_HEADER: admin.client_id, SIGNATURE_HEADER: admin.key.sign_b64(body)})
+
+
+async def test_a_signed_admin_request_acts_once(server: RunningServer) -> None:
+    """One signed register created three clients within the request window before."""
+    body = admin_request_body(publickey=SigningKey.generate().public_b64, comment="once")
+    first = await admin_post(server, "/chronicle/register", body)
+    assert first.status == 200
+    for _ in range(2):
+        again = await admin_post(server, "/chronicle/register", body)
+        assert (again.status, again.json["status"], again.json["message"]) == \
+            (409, "ERROR", MSG_REPLAYED)
+    assert sum(c.comment == "once" for c in await server.ctx.store.clients.all("")) == 1
+    revoke = admin_request_body(clientid=first.json["results"]["client-id"],
+                                publickey=json.loads(body)["publickey"])
+    assert (await admin_post(server, "/chronicle/revoke", revoke)).status == 200
+    # Replayed, it finds nothing left to revoke (a revoked id is never handed out again).
+    assert (await admin_post(server, "/chronicle/revoke", revoke)).status == 404
+
+
+async def test_a_revoke_body_is_not_a_register(server: RunningServer) -> None:
+    """A captured revoke body sent to /register gave a revoked key a new id before."""
+    victim = SigningKey.generate()
+    body = admin_request_body(clientid="someone", publickey=victim.public_b64)
+    res = await admin_post(server, "/chronicle/register", body)
+    assert (res.status, res.json["message"]) == (400, ADMIN_FIELDS_400)
+    extra = admin_request_body(publickey=victim.public_b64, admin="yes")
+    res = await admin_post(server, "/chronicle/register", extra)
+    assert (res.status, res.json["message"]) == (400, "Unexpected field(s) for register: admin")
+    res = await admin_post(server, "/chronicle/revoke", admin_request_body(
+        clientid="x", publickey=victim.public_b64, comment="no"))
+    assert (res.status, res.json["message"]) == (400, "Unexpected field(s) for revoke: comment")
+    assert [c.publickey for c in await server.ctx.store.clients.all("")
+            if c.publickey == victim.public] == []
+
+
+async def test_strangers_cannot_spend_a_clients_rate_limit(tmp_path: Path) -> None:
+    """Resending a client's public entries took 7 of its 8 publishes before."""
+    srv = await start_server(await init_data_dir(tmp_path / "l", rate_limit=2,
+                                                 publish_new_clients=False))
+    try:
+        await srv.add_client("alice")
+        first = await srv.publish("alice", "entry 0")
+        assert first.status == 200
+        for _ in range(10):  # anyone can resend it: it is on the public chain
+            again = await srv.publish("alice", "entry 0")
+            assert (again.status, again.json["results"]) == (200, first.json["results"])
+        # The retries took no token: alice's own next publish still finds one (before, the
+        # strangers' resends had spent them all and she got 429s).
+        assert (await srv.publish("alice", "entry 1")).status == 200
+    finally:
+        await srv.close()
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59+00:00", "9999-12-31T23:59:59-14:00",
+                                   "0001-01-01T00:00:00+14:00"])
+async def test_far_timestamps_are_a_408_not_a_500(server: RunningServer, stamp: str) -> None:
+    res = await server.publish("alice", json.dumps({"now": stamp}))
+    assert (res.status, res.json["status"]) == (408, "ERROR")
+    res = await admin_post(server, "/chronicle/register", admin_request_body(
+        publickey=SigningKey.generate().public_b64, request_time=stamp))
+    assert (res.status, res.json["status"]) == (408, "ERROR")
+
+
+@pytest.mark.parametrize("key", [bytes(32), (1).to_bytes(32, "little"),
+                                 (P - 1).to_bytes(32, "little"),
+                                 (P + 1).to_bytes(32, "little")])
+async def test_weak_public_keys_are_refused_at_register(server: RunningServer,
+                                                        key: bytes) -> None:
+    res = await admin_post(server, "/chronicle/register",
+                           admin_request_body(publickey=b64u_encode(key)))
+    assert res.status == 400
+    assert "not a usable Ed25519 point" in res.json["message"]
+
+
+async def test_the_index_does_not_tell_who_is_an_admin(server: RunningServer) -> None:
+    as_admin = await server.request("GET", "/chronicle", headers={
+        CLIENT_HEADER: server.identities["admin"].client_id})
+    as_client = await server.request("GET", "/chronicle", headers={
+        CLIENT_HEADER: server.identities["alice"].client_id})
+    assert as_admin.json["results"] == as_client.json["results"]
+    assert "/chronicle/register" not in as_admin.body.decode().replace("\\/", "/")
+
+
+async def test_replica_urls_lose_their_credentials_when_shown(server: RunningServer) -> None:
+    await server.ctx.store.replication.add_source(ReplicaSource(
+        uniqueid="src-1", name="up", url="https://mirror:s3cret@up.example/chronicle",
+        publickey=SigningKey.generate().public, created=atom(utcnow())))
+    for path in ("/chronicle/replica", "/chronicle/replica/src-1"):
+        res = await server.request("GET", path)
+        assert res.status == 200
+        assert b"s3cret" not in res.body and b"mirror:" not in res.body
+        assert b"up.example" in res.body
+
+
+def test_evidence_is_printed_without_control_sequences() -> None:
+    assert printable("ok\x1b[2J\x07 \u202e") == "ok\\x1b[2J\\x07 \\u202e"
+    assert printable("tab\tand é") == "tab\tand é"
+
+
+async def _redirecting_site(target: str, status: int) -> tuple[web.AppRunner, str]:
+    async def handler(request: web.Request) -> web.Response:
+        raise web.HTTPFound(target) if status == 302 else \
+            web.HTTPTemporaryRedirect(target)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_redirects_never_leave_the_origin_nor_resend_a_signed_request(
+        server: RunningServer) -> None:
+    elsewhere, base = await _redirecting_site(f"{server.url}/chronicle/lasthash", 302)
+    to_self, self_base = await _redirecting_site("/chronicle/elsewhere", 302)
+    post, post_base = await _redirecting_site(f"{server.url}/chronicle/publish", 307)
+    alice = server.identities["alice"]
+    try:
+        async with ChronicleClient(base, server.key.public) as client:
+            with pytest.raises(TransportError, match="another origin"):
+                await client.head()
+        async with ChronicleClient(self_base, server.key.public) as client:
+            with pytest.raises(TransportError, match="more than 3 redirects"):
+                await client.head()
+        async with ChronicleClient(post_base, server.key.public, client_id=alice.client_id,
+                                   key=alice.key) as client:
+            with pytest.raises(TransportError, match="not re-sent"):
+                await client.publish(b"never twice")
+        assert (await server.request("GET", "/chronicle/lasthash")).json["results"] == []
+    finally:
+        for runner in (elsewhere, to_self, post):
+            await runner.cleanup()
