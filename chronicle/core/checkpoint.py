@@ -375,27 +375,32 @@ class UnknownLog:
 
 
 @dataclass(frozen=True, slots=True)
-class BadSignature:
+class Refusal:
+    """No cosignature: answer :attr:`status` (one subclass per status) with :attr:`reason`."""
+
+    reason: str
+    status: ClassVar[int]
+
+
+@dataclass(frozen=True, slots=True)
+class BadSignature(Refusal):
     """403: no signature verifies against the log's keys (or one from its keys fails)."""
 
-    reason: str
-    status: ClassVar[int] = 403
+    status = 403
 
 
 @dataclass(frozen=True, slots=True)
-class BadProof:
+class BadProof(Refusal):
     """422: the consistency proof does not verify."""
 
-    reason: str
-    status: ClassVar[int] = 422
+    status = 422
 
 
 @dataclass(frozen=True, slots=True)
-class BadRequest:
+class BadRequest(Refusal):
     """400: malformed checkpoint, old size above the checkpoint's, or an empty tree."""
 
-    reason: str
-    status: ClassVar[int] = 400
+    status = 400
 
 
 Verdict: TypeAlias = Cosign | Conflict | UnknownLog | BadSignature | BadProof | BadRequest
