@@ -41,6 +41,7 @@ from chronicle.release.messages import (
     RevokeKey,
     RevokeUpdate,
     Update,
+    UpdateRef,
     classify,
 )
 
@@ -349,7 +350,7 @@ class Needs:
                      op_sigs=self.op_sigs | other.op_sigs)
 
 
-def _update_key(body: Update | RevokeUpdate | AttestUpdate) -> UpdateKey:
+def _update_key(body: UpdateRef) -> UpdateKey:
     return UpdateKey(body.vendor, body.name, body.version_key)
 
 
