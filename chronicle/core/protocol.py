@@ -23,6 +23,7 @@ from chronicle.core.encoding import (
     php_json_string,
 )
 from chronicle.core.errors import EncodingError, RequestError
+from chronicle.core.verify import EXPORT_KEYS, ROW_KEYS, RowKeys
 
 VERSION = "1.3.x"
 
@@ -74,13 +75,15 @@ def _contents_text(entry: Entry) -> str:
     return entry.contents.decode("utf-8")
 
 
-def row(entry: Entry, *, first_prev: str | None = None) -> dict[str, Any]:
-    """Lookup/since/lasthash row: ``contents, prevhash, currhash, summaryhash, created, ...``."""
+def row(entry: Entry, *, first_prev: str | None = None,
+        keys: RowKeys = ROW_KEYS) -> dict[str, Any]:
+    """A chain row: ``contents``, the three hashes named by ``keys``, ``created``, ``publickey``,
+    ``signature``. Lookup/since/lasthash rows name them ``prevhash, currhash, summaryhash``."""
     return {
         "contents": _contents_text(entry),
-        "prevhash": b64u_encode(entry.prevhash) if entry.prevhash is not None else first_prev,
-        "currhash": b64u_encode(entry.currhash),
-        "summaryhash": b64u_encode(entry.summaryhash),
+        keys.prev: b64u_encode(entry.prevhash) if entry.prevhash is not None else first_prev,
+        keys.curr: b64u_encode(entry.currhash),
+        keys.summary: b64u_encode(entry.summaryhash),
         "created": entry.created,
         "publickey": b64u_encode(entry.publickey),
         "signature": b64u_encode(entry.signature),
@@ -89,15 +92,7 @@ def row(entry: Entry, *, first_prev: str | None = None) -> dict[str, Any]:
 
 def export_row(entry: Entry, *, first_prev: str | None = None) -> dict[str, Any]:
     """Export row: the same data with keys ``prev, hash, summary``."""
-    return {
-        "contents": _contents_text(entry),
-        "prev": b64u_encode(entry.prevhash) if entry.prevhash is not None else first_prev,
-        "hash": b64u_encode(entry.currhash),
-        "summary": b64u_encode(entry.summaryhash),
-        "created": entry.created,
-        "publickey": b64u_encode(entry.publickey),
-        "signature": b64u_encode(entry.signature),
-    }
+    return row(entry, first_prev=first_prev, keys=EXPORT_KEYS)
 
 
 _ROW_KEYS = ("prevhash", "currhash", "summaryhash")
