@@ -95,17 +95,13 @@ def export_row(entry: Entry, *, first_prev: str | None = None) -> dict[str, Any]
     return row(entry, first_prev=first_prev, keys=EXPORT_KEYS)
 
 
-_ROW_KEYS = ("prevhash", "currhash", "summaryhash")
-_EXPORT_KEYS = ("prev", "hash", "summary")
-
-
 def render_row_indented(entry: Entry, *, export: bool, first_prev: str | None = None) -> str:
     """One row as it appears inside a pretty-printed ``results`` list (8-space indent).
 
     Equal to indenting ``php_json(row(...))`` by two levels, but without building dicts:
     this is the hot loop of a million-entry export.
     """
-    k_prev, k_curr, k_sum = _EXPORT_KEYS if export else _ROW_KEYS
+    keys = EXPORT_KEYS if export else ROW_KEYS
     if entry.prevhash is not None:
         prev = '"' + b64u_encode(entry.prevhash) + '"'
     else:
@@ -113,9 +109,9 @@ def render_row_indented(entry: Entry, *, export: bool, first_prev: str | None = 
     return (
         "        {\n"
         f'            "contents": {php_json_string(_contents_text(entry))},\n'
-        f'            "{k_prev}": {prev},\n'
-        f'            "{k_curr}": "{b64u_encode(entry.currhash)}",\n'
-        f'            "{k_sum}": "{b64u_encode(entry.summaryhash)}",\n'
+        f'            "{keys.prev}": {prev},\n'
+        f'            "{keys.curr}": "{b64u_encode(entry.currhash)}",\n'
+        f'            "{keys.summary}": "{b64u_encode(entry.summaryhash)}",\n'
         f'            "created": {php_json_string(entry.created)},\n'
         f'            "publickey": "{b64u_encode(entry.publickey)}",\n'
         f'            "signature": "{b64u_encode(entry.signature)}"\n'
