@@ -251,6 +251,7 @@ class Ed25519VerifierBase:
 
     @classmethod
     def from_vkey(cls, text: str) -> Self:
+        """Parse a vkey of one of :attr:`vkey_types`."""
         vkey = VerifierKey.parse(text)
         if vkey.alg not in dict(cls.vkey_types):
             accepted = " or ".join(f"{what} (0x{alg:02x})" for alg, what in cls.vkey_types)
@@ -275,8 +276,8 @@ class Ed25519SignerBase:
     """An Ed25519 signing key under a key name, for one signature type (:attr:`alg`).
 
     ``repr`` never shows the secret. Whatever type it signs with, the key travels as Go's
-    standard Ed25519 signer key (``PRIVATE+KEY+...``, type 0x01, with that type's key ID),
-    as Go's tools store witness keys too.
+    standard Ed25519 signer key (``PRIVATE+KEY+...``: type 0x01 and the 0x01 key ID), the
+    form in which Go's tools store witness keys too.
     """
 
     alg: ClassVar[int] = ALG_ED25519
