@@ -132,54 +132,52 @@ def _client_row(row: Sequence[Any]) -> Client:
                   comment=row[3], created=str(row[4] or ""))
 
 
-class SqliteSource(Source):
-    """A PHP Chronicle SQLite database, opened read-only."""
+class DatabaseSource(Source):
+    """A PHP Chronicle database: its tables, read the same way whatever the driver.
 
-    def __init__(self, path: Path) -> None:
-        self.name = str(path)
-        if not path.is_file():
-            raise StorageError(f"{path}: no such file")
-        try:
-            self._conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-            self._tables = {r[0] for r in self._conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.Error as exc:
-            raise StorageError(f"{path}: not a readable SQLite database ({exc})") from exc
+    A driver says which tables there are, runs a query, and spells the three queries in
+    its SQL dialect, parameters in its own markers. ``{table}`` is filled in with a name
+    built from an instance prefix that :func:`_instances` found among the database's own
+    tables, never with outside input. The chain is read in keyset pages by PHP row id.
+    """
+
+    CLIENTS_SQL: str
+    MIRRORS_SQL = "SELECT url, publickey, comment, sortpriority FROM {table} ORDER BY id"
+    CHAIN_PAGE_SQL: str
+    """Chain rows after a row id (first parameter), at most a page (second), by id."""
+
+    async def _tables(self) -> set[str]:
+        raise NotImplementedError
+
+    async def _query(self, sql: str, *args: object) -> Sequence[Sequence[Any]]:
+        raise NotImplementedError
 
     async def instances(self) -> list[str]:
-        return _instances(self.name, self._tables)
+        return _instances(self.name, await self._tables())
+
+    async def _table_rows(self, instance: str, name: str, sql: str
+                          ) -> Sequence[Sequence[Any]]:
+        """All rows of an instance's table (none if the table is absent), by id."""
+        table = _table(instance, name)
+        if table not in await self._tables():
+            return []
+        return await self._query(sql.format(table=table))
 
     async def clients(self, instance: str) -> list[Client]:
-        table = _table(instance, "clients")
-        if table not in self._tables:
-            return []
-        return [_client_row(r) for r in self._conn.execute(
-            f"SELECT publicid, publickey, isAdmin, comment, created FROM {table} ORDER BY id")]  # noqa: S608
+        return [_client_row(r)
+                for r in await self._table_rows(instance, "clients", self.CLIENTS_SQL)]
 
     async def mirrors(self, instance: str) -> list[Mirror]:
-        table = _table(instance, "mirrors")
-        if table not in self._tables:
-            return []
         return [Mirror(url=r[0], publickey=r[1], comment=r[2], sortpriority=int(r[3] or 0))
-                for r in self._conn.execute(
-                    f"SELECT url, publickey, comment, sortpriority FROM {table} ORDER BY id")]  # noqa: S608
+                for r in await self._table_rows(instance, "mirrors", self.MIRRORS_SQL)]
 
     async def rows(self, instance: str) -> AsyncIterator[list[SourceRow]]:
-        table = _table(instance, "chain")
+        sql = self.CHAIN_PAGE_SQL.format(table=_table(instance, "chain"))
         last = -1
-        while True:
-            page = self._conn.execute(
-                f"SELECT id, data, prevhash, currhash, summaryhash, hashstate, publickey, "  # noqa: S608
-                f"signature, created FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
-                (last, PAGE)).fetchall()
-            if not page:
-                return
+        while page := await self._query(sql, last, PAGE):
             yield [SourceRow(int(r[0]), _text(r[1]), r[2], r[3], r[4], r[5], r[6], r[7],
                              str(r[8])) for r in page]
             last = int(page[-1][0])
-
-    async def close(self) -> None:
-        self._conn.close()
 
 
 def _text(value: Any) -> str:
@@ -188,8 +186,42 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-class PostgresSource(Source):
-    """A PHP Chronicle PostgreSQL database (read only; keyset pages by id)."""
+class SqliteSource(DatabaseSource):
+    """A PHP Chronicle SQLite database, opened read-only."""
+
+    CLIENTS_SQL = "SELECT publicid, publickey, isAdmin, comment, created FROM {table} ORDER BY id"
+    CHAIN_PAGE_SQL = ("SELECT id, data, prevhash, currhash, summaryhash, hashstate, publickey, "
+                      "signature, created FROM {table} WHERE id > ? ORDER BY id LIMIT ?")
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        if not path.is_file():
+            raise StorageError(f"{path}: no such file")
+        try:
+            self._conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+            self._table_names = {r[0] for r in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            raise StorageError(f"{path}: not a readable SQLite database ({exc})") from exc
+
+    async def _tables(self) -> set[str]:
+        return self._table_names
+
+    async def _query(self, sql: str, *args: object) -> Sequence[Sequence[Any]]:
+        return self._conn.execute(sql, args).fetchall()
+
+    async def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresSource(DatabaseSource):
+    """A PHP Chronicle PostgreSQL database (read only)."""
+
+    CLIENTS_SQL = ('SELECT publicid, publickey, "isAdmin"::int, comment, created::text '
+                   "FROM {table} ORDER BY id")
+    CHAIN_PAGE_SQL = ("SELECT id, data, prevhash, currhash, summaryhash, hashstate, publickey, "
+                      "signature, created::text FROM {table} WHERE id > $1 ORDER BY id "
+                      "LIMIT $2")
 
     def __init__(self, dsn: str) -> None:
         self.name = dsn.split("@")[-1]
@@ -211,46 +243,14 @@ class PostgresSource(Source):
         return self._conn
 
     async def _tables(self) -> set[str]:
-        conn = await self._c()
-        rows = await conn.fetch("SELECT table_name FROM information_schema.tables "
-                                "WHERE table_schema = ANY(current_schemas(false))")
+        rows = await self._query("SELECT table_name FROM information_schema.tables "
+                                 "WHERE table_schema = ANY(current_schemas(false))")
         return {r[0] for r in rows}
 
-    async def instances(self) -> list[str]:
-        return _instances(self.name, await self._tables())
-
-    async def clients(self, instance: str) -> list[Client]:
-        table = _table(instance, "clients")
-        if table not in await self._tables():
-            return []
+    async def _query(self, sql: str, *args: object) -> Sequence[Sequence[Any]]:
         conn = await self._c()
-        rows = await conn.fetch(f'SELECT publicid, publickey, "isAdmin"::int, comment, '  # noqa: S608
-                                f'created::text FROM {table} ORDER BY id')
-        return [_client_row(r) for r in rows]
-
-    async def mirrors(self, instance: str) -> list[Mirror]:
-        table = _table(instance, "mirrors")
-        if table not in await self._tables():
-            return []
-        conn = await self._c()
-        rows = await conn.fetch(f"SELECT url, publickey, comment, sortpriority FROM {table} "  # noqa: S608
-                                "ORDER BY id")
-        return [Mirror(r[0], r[1], r[2], int(r[3] or 0)) for r in rows]
-
-    async def rows(self, instance: str) -> AsyncIterator[list[SourceRow]]:
-        conn = await self._c()
-        table = _table(instance, "chain")
-        last = -1
-        while True:
-            page = await conn.fetch(
-                f"SELECT id, data, prevhash, currhash, summaryhash, hashstate, publickey, "  # noqa: S608
-                f"signature, created::text FROM {table} WHERE id > $1 ORDER BY id LIMIT $2",
-                last, PAGE)
-            if not page:
-                return
-            yield [SourceRow(int(r[0]), _text(r[1]), r[2], r[3], r[4], r[5], r[6], r[7],
-                             str(r[8])) for r in page]
-            last = int(page[-1][0])
+        rows: Sequence[Sequence[Any]] = await conn.fetch(sql, *args)
+        return rows
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -400,5 +400,5 @@ async def run_import(data_dir: DataDir, spec: str) -> ImportReport:
     return report
 
 
-__all__ = ["ChronicleError", "ExportSource", "ImportReport", "PostgresSource", "SqliteSource",
-           "open_source", "run_import", "verified_batches"]
+__all__ = ["ChronicleError", "DatabaseSource", "ExportSource", "ImportReport", "PostgresSource",
+           "SqliteSource", "open_source", "run_import", "verified_batches"]

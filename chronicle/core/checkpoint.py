@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
 from chronicle.core.errors import EncodingError, IntegrityError
@@ -24,8 +24,9 @@ from chronicle.core.merkle import HASH_SIZE, ProofError, verify_consistency
 from chronicle.core.note import (
     ALG_ED25519,
     MAX_SIGNATURES,
-    Ed25519Signer,
+    Ed25519SignerBase,
     Ed25519Verifier,
+    Ed25519VerifierBase,
     Note,
     NoteFormatError,
     NoteKeyError,
@@ -37,15 +38,12 @@ from chronicle.core.note import (
     VerifierKey,
     b64decode,
     b64encode,
-    check_ed25519_public_key,
-    check_key_name,
     format_note,
-    key_id,
     open_note,
     parse_note,
     sign_note,
 )
-from chronicle.core.sapient import SigningKey, verify
+from chronicle.core.sapient import verify
 
 ALG_COSIGNATURE_V1 = 0x04
 COSIGNATURE_HEADER = "cosignature/v1\n"
@@ -168,33 +166,17 @@ def cosignature_timestamp(signature: NoteSignature) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class CosignatureVerifier:
-    """Verifies Ed25519 cosignature/v1 signatures (type 0x04) of one witness."""
+class CosignatureVerifier(Ed25519VerifierBase):
+    """Verifies Ed25519 cosignature/v1 signatures (type 0x04) of one witness.
 
-    name: str
-    public_key: bytes
-    key_id: int = field(init=False, compare=False, repr=False)
+    :meth:`from_vkey` takes a type 0x04 vkey, or a plain Ed25519 (0x01) one as Go's
+    formats/note accepts; either way the key ID on cosignatures is the 0x04 one.
+    """
 
-    def __post_init__(self) -> None:
-        check_key_name(self.name)
-        check_ed25519_public_key(self.public_key, what=f"cosigner key {self.name}")
-        object.__setattr__(self, "key_id",
-                           key_id(self.name, ALG_COSIGNATURE_V1, self.public_key))
-
-    @classmethod
-    def from_vkey(cls, text: str) -> CosignatureVerifier:
-        """From a type 0x04 vkey, or a plain Ed25519 (0x01) one as Go's formats/note accepts.
-
-        Either way the key ID on cosignatures is the 0x04 one.
-        """
-        vkey = VerifierKey.parse(text)
-        if vkey.alg not in (ALG_COSIGNATURE_V1, ALG_ED25519):
-            raise NoteKeyError(f"verifier key {vkey.name} has signature type "
-                               f"0x{vkey.alg:02x}, not cosignature/v1 (0x04) or Ed25519 (0x01)")
-        return cls(vkey.name, vkey.key)
-
-    def vkey(self) -> str:
-        return VerifierKey(self.name, ALG_COSIGNATURE_V1, self.public_key).to_text()
+    alg: ClassVar[int] = ALG_COSIGNATURE_V1
+    vkey_types: ClassVar[tuple[tuple[int, str], ...]] = (
+        (ALG_COSIGNATURE_V1, "cosignature/v1"), (ALG_ED25519, "Ed25519"))
+    role: ClassVar[str] = "cosigner"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """``message`` is the note text; ``signature`` is timestamp(8) ‖ Ed25519(64)."""
@@ -208,43 +190,13 @@ class CosignatureVerifier:
 
 
 @dataclass(frozen=True, slots=True)
-class Cosigner:
-    """A witness key producing cosignature/v1 signatures. ``repr`` never shows the secret."""
+class Cosigner(Ed25519SignerBase):
+    """A witness key producing cosignature/v1 signatures (type 0x04)."""
 
-    name: str
-    key: SigningKey = field(repr=False)
-    key_id: int = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        check_key_name(self.name)
-        object.__setattr__(self, "key_id",
-                           key_id(self.name, ALG_COSIGNATURE_V1, self.key.public))
-
-    @classmethod
-    def generate(cls, name: str) -> Cosigner:
-        return cls(name, SigningKey.generate())
-
-    @classmethod
-    def from_seed(cls, name: str, seed: bytes) -> Cosigner:
-        if len(seed) != 32:
-            raise NoteKeyError(f"Ed25519 seed must be 32 bytes, got {len(seed)}")
-        return cls(name, SigningKey.from_seed(seed))
-
-    @classmethod
-    def from_skey(cls, text: str) -> Cosigner:
-        """From a standard Ed25519 signer key (``PRIVATE+KEY+...``), as Go's tools store it."""
-        signer = Ed25519Signer.from_skey(text)
-        return cls(signer.name, signer.key)
-
-    def skey(self) -> str:
-        """The standard Ed25519 signer key form (its key ID is the 0x01 one, as in Go)."""
-        return Ed25519Signer(self.name, self.key).skey()
+    alg: ClassVar[int] = ALG_COSIGNATURE_V1
 
     def verifier(self) -> CosignatureVerifier:
         return CosignatureVerifier(self.name, self.key.public)
-
-    def vkey(self) -> str:
-        return self.verifier().vkey()
 
     def cosign(self, checkpoint: Checkpoint, timestamp: int) -> NoteSignature:
         """Cosign ``checkpoint`` as of POSIX time ``timestamp``."""
@@ -423,27 +375,32 @@ class UnknownLog:
 
 
 @dataclass(frozen=True, slots=True)
-class BadSignature:
+class Refusal:
+    """No cosignature: answer :attr:`status` (one subclass per status) with :attr:`reason`."""
+
+    reason: str
+    status: ClassVar[int]
+
+
+@dataclass(frozen=True, slots=True)
+class BadSignature(Refusal):
     """403: no signature verifies against the log's keys (or one from its keys fails)."""
 
-    reason: str
-    status: ClassVar[int] = 403
+    status = 403
 
 
 @dataclass(frozen=True, slots=True)
-class BadProof:
+class BadProof(Refusal):
     """422: the consistency proof does not verify."""
 
-    reason: str
-    status: ClassVar[int] = 422
+    status = 422
 
 
 @dataclass(frozen=True, slots=True)
-class BadRequest:
+class BadRequest(Refusal):
     """400: malformed checkpoint, old size above the checkpoint's, or an empty tree."""
 
-    reason: str
-    status: ClassVar[int] = 400
+    status = 400
 
 
 Verdict: TypeAlias = Cosign | Conflict | UnknownLog | BadSignature | BadProof | BadRequest

@@ -22,7 +22,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol, Self
 
 from nacl import bindings as sodium
 
@@ -226,8 +226,19 @@ def check_ed25519_public_key(public_key: bytes, *, what: str = "Ed25519 key") ->
 
 
 @dataclass(frozen=True, slots=True)
-class Ed25519Verifier:
-    """Verifies Ed25519 note signatures (type 0x01) for one key name."""
+class Ed25519VerifierBase:
+    """An Ed25519 public key under a key name, for one signature type (:attr:`alg`).
+
+    Note signatures (:class:`Ed25519Verifier`, type 0x01) and checkpoint.py's cosignatures
+    (type 0x04) share the key material, the checks and the vkey form; they differ in the
+    type byte of the key ID and in what the signature covers (a subclass's ``verify``).
+    """
+
+    alg: ClassVar[int] = ALG_ED25519
+    vkey_types: ClassVar[tuple[tuple[int, str], ...]] = ((ALG_ED25519, "Ed25519"),)
+    """The vkey types :meth:`from_vkey` accepts (the key ID is always :attr:`alg`'s)."""
+    role: ClassVar[str] = "verifier"
+    """What the key is called in errors."""
 
     name: str
     public_key: bytes
@@ -235,27 +246,41 @@ class Ed25519Verifier:
 
     def __post_init__(self) -> None:
         check_key_name(self.name)
-        check_ed25519_public_key(self.public_key, what=f"verifier key {self.name}")
-        object.__setattr__(self, "key_id", key_id(self.name, ALG_ED25519, self.public_key))
+        check_ed25519_public_key(self.public_key, what=f"{self.role} key {self.name}")
+        object.__setattr__(self, "key_id", key_id(self.name, self.alg, self.public_key))
 
     @classmethod
-    def from_vkey(cls, text: str) -> Ed25519Verifier:
+    def from_vkey(cls, text: str) -> Self:
+        """Parse a vkey of one of :attr:`vkey_types`."""
         vkey = VerifierKey.parse(text)
-        if vkey.alg != ALG_ED25519:
+        if vkey.alg not in dict(cls.vkey_types):
+            accepted = " or ".join(f"{what} (0x{alg:02x})" for alg, what in cls.vkey_types)
             raise NoteKeyError(f"verifier key {vkey.name} has signature type "
-                               f"0x{vkey.alg:02x}, not Ed25519 (0x01)")
+                               f"0x{vkey.alg:02x}, not {accepted}")
         return cls(vkey.name, vkey.key)
 
     def vkey(self) -> str:
-        return VerifierKey(self.name, ALG_ED25519, self.public_key).to_text()
+        return VerifierKey(self.name, self.alg, self.public_key).to_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Ed25519Verifier(Ed25519VerifierBase):
+    """Verifies Ed25519 note signatures (type 0x01) for one key name."""
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         return verify(self.public_key, message, signature)
 
 
 @dataclass(frozen=True, slots=True)
-class Ed25519Signer:
-    """Signs notes with Ed25519 (type 0x01). ``repr`` never shows the secret."""
+class Ed25519SignerBase:
+    """An Ed25519 signing key under a key name, for one signature type (:attr:`alg`).
+
+    ``repr`` never shows the secret. Whatever type it signs with, the key travels as Go's
+    standard Ed25519 signer key (``PRIVATE+KEY+...``: type 0x01 and the 0x01 key ID), the
+    form in which Go's tools store witness keys too.
+    """
+
+    alg: ClassVar[int] = ALG_ED25519
 
     name: str
     key: SigningKey = field(repr=False)
@@ -263,20 +288,20 @@ class Ed25519Signer:
 
     def __post_init__(self) -> None:
         check_key_name(self.name)
-        object.__setattr__(self, "key_id", key_id(self.name, ALG_ED25519, self.key.public))
+        object.__setattr__(self, "key_id", key_id(self.name, self.alg, self.key.public))
 
     @classmethod
-    def generate(cls, name: str) -> Ed25519Signer:
+    def generate(cls, name: str) -> Self:
         return cls(name, SigningKey.generate())
 
     @classmethod
-    def from_seed(cls, name: str, seed: bytes) -> Ed25519Signer:
+    def from_seed(cls, name: str, seed: bytes) -> Self:
         if len(seed) != 32:
             raise NoteKeyError(f"Ed25519 seed must be 32 bytes, got {len(seed)}")
         return cls(name, SigningKey.from_seed(seed))
 
     @classmethod
-    def from_skey(cls, text: str) -> Ed25519Signer:
+    def from_skey(cls, text: str) -> Self:
         """Parse ``PRIVATE+KEY+<name>+<hex id>+<base64(0x01 ‖ seed)>`` strictly."""
         parts = text.split("+", 4)
         if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
@@ -289,20 +314,30 @@ class Ed25519Signer:
         if len(raw) != 33 or raw[0] != ALG_ED25519:
             raise NoteKeyError(f"signer key {name} is not an Ed25519 seed (0x01 + 32 bytes)")
         signer = cls.from_seed(name, raw[1:])
-        if signer.key_id != int(hexid, 16):
+        if signer._skey_id != int(hexid, 16):
             raise NoteKeyError(f"signer key {name}: key id {hexid} does not match the key "
-                               f"({signer.key_id:08x})")
+                               f"({signer._skey_id:08x})")
         return signer
+
+    @property
+    def _skey_id(self) -> int:
+        """The key ID in the signer key text: always the Ed25519 (0x01) one."""
+        return key_id(self.name, ALG_ED25519, self.key.public)
 
     def skey(self) -> str:
         seed = bytes((ALG_ED25519,)) + self.key.secret[:32]
-        return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{b64encode(seed)}"
+        return f"PRIVATE+KEY+{self.name}+{self._skey_id:08x}+{b64encode(seed)}"
+
+    def vkey(self) -> str:
+        return VerifierKey(self.name, self.alg, self.key.public).to_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Ed25519Signer(Ed25519SignerBase):
+    """Signs notes with Ed25519 (type 0x01)."""
 
     def verifier(self) -> Ed25519Verifier:
         return Ed25519Verifier(self.name, self.key.public)
-
-    def vkey(self) -> str:
-        return self.verifier().vkey()
 
     def sign(self, message: bytes) -> bytes:
         return self.key.sign(message)

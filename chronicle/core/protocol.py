@@ -24,6 +24,7 @@ from chronicle.core.encoding import (
 )
 from chronicle.core.errors import EncodingError, RequestError
 from chronicle.core.sapient import check_public_key
+from chronicle.core.verify import EXPORT_KEYS, ROW_KEYS, RowKeys
 
 VERSION = "1.3.x"
 
@@ -75,13 +76,15 @@ def _contents_text(entry: Entry) -> str:
     return entry.contents.decode("utf-8")
 
 
-def row(entry: Entry, *, first_prev: str | None = None) -> dict[str, Any]:
-    """Lookup/since/lasthash row: ``contents, prevhash, currhash, summaryhash, created, ...``."""
+def row(entry: Entry, *, first_prev: str | None = None,
+        keys: RowKeys = ROW_KEYS) -> dict[str, Any]:
+    """A chain row: ``contents``, the three hashes named by ``keys``, ``created``, ``publickey``,
+    ``signature``. Lookup/since/lasthash rows name them ``prevhash, currhash, summaryhash``."""
     return {
         "contents": _contents_text(entry),
-        "prevhash": b64u_encode(entry.prevhash) if entry.prevhash is not None else first_prev,
-        "currhash": b64u_encode(entry.currhash),
-        "summaryhash": b64u_encode(entry.summaryhash),
+        keys.prev: b64u_encode(entry.prevhash) if entry.prevhash is not None else first_prev,
+        keys.curr: b64u_encode(entry.currhash),
+        keys.summary: b64u_encode(entry.summaryhash),
         "created": entry.created,
         "publickey": b64u_encode(entry.publickey),
         "signature": b64u_encode(entry.signature),
@@ -90,19 +93,7 @@ def row(entry: Entry, *, first_prev: str | None = None) -> dict[str, Any]:
 
 def export_row(entry: Entry, *, first_prev: str | None = None) -> dict[str, Any]:
     """Export row: the same data with keys ``prev, hash, summary``."""
-    return {
-        "contents": _contents_text(entry),
-        "prev": b64u_encode(entry.prevhash) if entry.prevhash is not None else first_prev,
-        "hash": b64u_encode(entry.currhash),
-        "summary": b64u_encode(entry.summaryhash),
-        "created": entry.created,
-        "publickey": b64u_encode(entry.publickey),
-        "signature": b64u_encode(entry.signature),
-    }
-
-
-_ROW_KEYS = ("prevhash", "currhash", "summaryhash")
-_EXPORT_KEYS = ("prev", "hash", "summary")
+    return row(entry, first_prev=first_prev, keys=EXPORT_KEYS)
 
 
 def render_row_indented(entry: Entry, *, export: bool, first_prev: str | None = None) -> str:
@@ -111,7 +102,7 @@ def render_row_indented(entry: Entry, *, export: bool, first_prev: str | None = 
     Equal to indenting ``php_json(row(...))`` by two levels, but without building dicts:
     this is the hot loop of a million-entry export.
     """
-    k_prev, k_curr, k_sum = _EXPORT_KEYS if export else _ROW_KEYS
+    keys = EXPORT_KEYS if export else ROW_KEYS
     if entry.prevhash is not None:
         prev = '"' + b64u_encode(entry.prevhash) + '"'
     else:
@@ -119,9 +110,9 @@ def render_row_indented(entry: Entry, *, export: bool, first_prev: str | None = 
     return (
         "        {\n"
         f'            "contents": {php_json_string(_contents_text(entry))},\n'
-        f'            "{k_prev}": {prev},\n'
-        f'            "{k_curr}": "{b64u_encode(entry.currhash)}",\n'
-        f'            "{k_sum}": "{b64u_encode(entry.summaryhash)}",\n'
+        f'            "{keys.prev}": {prev},\n'
+        f'            "{keys.curr}": "{b64u_encode(entry.currhash)}",\n'
+        f'            "{keys.summary}": "{b64u_encode(entry.summaryhash)}",\n'
         f'            "created": {php_json_string(entry.created)},\n'
         f'            "publickey": "{b64u_encode(entry.publickey)}",\n'
         f'            "signature": "{b64u_encode(entry.signature)}"\n'

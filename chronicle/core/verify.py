@@ -551,10 +551,7 @@ class ChainVerifier:
 
     def _fail_after_signature(self, signed: SignedContents, cls: type[ChainFault], message: str,
                               field: str, expected: Any, found: Any) -> NoReturn:
-        if not verify_detached(signed.publickey, signed.contents, signed.signature):
-            raise EntrySignatureError("entry signature does not verify", index=signed.index,
-                                      field="signature", expected="valid Ed25519 signature",
-                                      found=b64u_encode(signed.signature))
+        check_entry_signature(signed)
         raise self._fault(cls, message, field, expected, found)
 
 

@@ -130,50 +130,45 @@ class Metadata:
 
 
 @dataclass(frozen=True, slots=True)
-class Update:
+class UpdateRef:
+    """What ``update``, ``revoke-update`` and ``attest-update`` share: the release they name.
+
+    Two spellings of one version name one release: :attr:`version_key` is its identity.
+    """
+
+    vendor: str
+    name: str
+    version: str
+
+    @property
+    def version_key(self) -> str:
+        return normalize_version(self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class Update(UpdateRef):
     """Herd's ``update`` {vendor, name, version, metadata}: one release of vendor/name."""
 
     op: ClassVar[str] = OP_UPDATE
-    vendor: str
-    name: str
-    version: str
     metadata: Metadata = field(default_factory=Metadata)
-
-    @property
-    def version_key(self) -> str:
-        return normalize_version(self.version)
 
 
 @dataclass(frozen=True, slots=True)
-class RevokeUpdate:
+class RevokeUpdate(UpdateRef):
     """Ours: ``revoke-update`` {vendor, name, version, reason}."""
 
     op: ClassVar[str] = OP_REVOKE_UPDATE
-    vendor: str
-    name: str
-    version: str
     reason: str
-
-    @property
-    def version_key(self) -> str:
-        return normalize_version(self.version)
 
 
 @dataclass(frozen=True, slots=True)
-class AttestUpdate:
+class AttestUpdate(UpdateRef):
     """Ours: ``attest-update`` {vendor, name, version, attestor, attestation, details?}."""
 
     op: ClassVar[str] = OP_ATTEST_UPDATE
-    vendor: str
-    name: str
-    version: str
     attestor: str
     attestation: str
     details: str | None = None
-
-    @property
-    def version_key(self) -> str:
-        return normalize_version(self.version)
 
 
 Body = AddKey | RevokeKey | Update | RevokeUpdate | AttestUpdate

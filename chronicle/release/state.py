@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Protocol
 
 from chronicle.core.blakechain import Entry
@@ -41,6 +41,7 @@ from chronicle.release.messages import (
     RevokeKey,
     RevokeUpdate,
     Update,
+    UpdateRef,
     classify,
 )
 
@@ -158,9 +159,11 @@ class KeyRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class UpdateRecord:
-    """A release: the signed body verbatim, its metadata, and its revocation if any."""
+class UpdateRow:
+    """An update as its entry inserted it: identity, the signed body verbatim, its metadata,
+    who signed it, where, and whether the core vendor acted for the vendor."""
 
+    at: Position
     vendor: str
     name: str
     version: str
@@ -169,8 +172,13 @@ class UpdateRecord:
     body: str
     op_sig: str
     signer: str
-    at: Position
     emergency: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRecord(UpdateRow):
+    """A release: the row its entry inserted, and its revocation if any."""
+
     revoked: Position | None = None
     revoked_by: str | None = None
     revoke_reason: str | None = None
@@ -179,6 +187,11 @@ class UpdateRecord:
     @property
     def key(self) -> UpdateKey:
         return UpdateKey(self.vendor, self.name, self.version_key)
+
+    @classmethod
+    def inserted(cls, row: UpdateRow) -> UpdateRecord:
+        """The record that an :class:`AddUpdateEffect` inserts: ``row``, not revoked."""
+        return cls(**{f.name: getattr(row, f.name) for f in fields(UpdateRow)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,19 +230,8 @@ class RevokeKeyEffect:
 
 
 @dataclass(frozen=True, slots=True)
-class AddUpdateEffect:
+class AddUpdateEffect(UpdateRow):
     """Insert an update row (unique on vendor, name, version_key)."""
-
-    at: Position
-    vendor: str
-    name: str
-    version: str
-    version_key: str
-    metadata: Metadata
-    body: str
-    op_sig: str
-    signer: str
-    emergency: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +351,7 @@ class Needs:
                      op_sigs=self.op_sigs | other.op_sigs)
 
 
-def _update_key(body: Update | RevokeUpdate | AttestUpdate) -> UpdateKey:
+def _update_key(body: UpdateRef) -> UpdateKey:
     return UpdateKey(body.vendor, body.name, body.version_key)
 
 
@@ -686,11 +688,7 @@ class ReleaseState:
             self._note_emergency(effect.emergency, effect.at, OP_REVOKE_KEY, effect.vendor,
                                  effect.signer)
         elif isinstance(effect, AddUpdateEffect):
-            update = UpdateRecord(
-                vendor=effect.vendor, name=effect.name, version=effect.version,
-                version_key=effect.version_key, metadata=effect.metadata, body=effect.body,
-                op_sig=effect.op_sig, signer=effect.signer, at=effect.at,
-                emergency=effect.emergency)
+            update = UpdateRecord.inserted(effect)
             self._updates[update.key] = update
             self._note_emergency(effect.emergency, effect.at, OP_UPDATE, effect.vendor,
                                  effect.signer)
