@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from chronicle.config import DEFAULTS
-from chronicle.core.blakechain import ChainBuilder, ChainHead, Entry
+from chronicle.core.blakechain import ChainBuilder, ChainHead, Entry, currhash
 from chronicle.core.encoding import atom, parse_timestamp, utcnow
 from chronicle.core.errors import (
     AuthError,
@@ -31,7 +31,7 @@ from chronicle.core.errors import (
     StorageError,
 )
 from chronicle.core.protocol import MSG_CLIENT_NOT_FOUND
-from chronicle.store import BatchView, Client, Store, WriteTx
+from chronicle.store import BatchView, Candidate, Client, HookBatch, Store, WriteTx
 
 log = logging.getLogger(__name__)
 
@@ -187,57 +187,83 @@ class Ledger:
                     return head.created  # the clock went backwards: never let created do so
         return stamp
 
-    def _plan(self, batch: list[AppendRequest], view: BatchView
-              ) -> tuple[list[Entry], list[Outcome]]:
-        """Decide each request's fate and hash the new entries (runs under the head lock)."""
+    def _plan(self, batch: list[AppendRequest], view: BatchView,
+              hooks: Sequence[HookBatch] = ()) -> tuple[list[Entry], list[Outcome]]:
+        """Decide each request's fate and hash the new entries (runs under the head lock).
+
+        A hook may refuse an entry before it is appended (the release gate), judged
+        against the state after the entries admitted before it; each appended entry is
+        then handed to every hook (the tree)."""
         builder = ChainBuilder(view.head)
         created = self._created(view.head)
         outcomes: list[Outcome] = []
         fresh: list[Entry] = []
         by_sig: dict[bytes, Entry] = dict(view.existing)
         for req in batch:
-            if req.client_id is not None:
-                client = view.clients.get(req.client_id)
-                if client is None or client.publickey != req.publickey:
-                    outcomes.append(AuthError(MSG_CLIENT_NOT_FOUND))
-                    continue
-            stored = by_sig.get(req.signature)
-            if stored is not None:
-                if stored.contents == req.contents and stored.publickey == req.publickey:
-                    outcomes.append(stored)
-                else:
-                    outcomes.append(RequestError(
-                        "This signature is already stored with a different entry", status=409))
+            refusal = self._refusal(req, view, by_sig, builder, created, hooks)
+            if refusal is not None:
+                outcomes.append(refusal)
                 continue
             entry = builder.append(req.contents, req.publickey, req.signature, created)
+            for hook in hooks:
+                hook.appended(entry)
             fresh.append(entry)
             by_sig[entry.signature] = entry
             outcomes.append(entry)
         return fresh, outcomes
 
+    @staticmethod
+    def _refusal(req: AppendRequest, view: BatchView, by_sig: dict[bytes, Entry],
+                 builder: ChainBuilder, created: str, hooks: Sequence[HookBatch]
+                 ) -> Outcome | None:
+        """Why ``req`` is not appended (an error, or the stored entry of an idempotent
+        retry); None when it is."""
+        if req.client_id is not None:
+            client = view.clients.get(req.client_id)
+            if client is None or client.publickey != req.publickey:
+                return AuthError(MSG_CLIENT_NOT_FOUND)
+        stored = by_sig.get(req.signature)
+        if stored is not None:
+            if stored.contents == req.contents and stored.publickey == req.publickey:
+                return stored
+            return RequestError("This signature is already stored with a different entry",
+                                status=409)
+        if hooks:
+            candidate = Candidate(builder.next_index, currhash(
+                builder.prevhash, created, req.publickey, req.signature, req.contents),
+                created, req.publickey, req.signature, req.contents)
+            for hook in hooks:
+                error = hook.admit(candidate)
+                if error is not None:
+                    return error
+        return None
+
     async def _commit(self, batch: list[AppendRequest]) -> list[Outcome]:
+        """One group commit: lock, read the batch's view and the hooks' state, plan,
+        insert, write the hooks' state, commit durably. A client change (``action``)
+        travels alone and commits together with its chain entry."""
         signatures = [r.signature for r in batch]
         client_ids = [r.client_id for r in batch if r.client_id is not None]
-        action = batch[0].action
-        if action is None:
-            # The common case: the whole group commit in one storage round trip.
-            def plan(view: BatchView) -> tuple[list[Entry], tuple[int, list[Outcome]]]:
-                fresh, outcomes = self._plan(batch, view)
-                return fresh, (len(fresh), outcomes)
-
-            added, outcomes = await self.store.append_batch(
-                self.instance, signatures, client_ids, plan)
-        else:
-            # A client change travels alone and commits together with its chain entry.
-            async with self.store.write(self.instance) as tx:
-                view = BatchView(await tx.head(), await tx.find_signatures(signatures),
-                                 await tx.active_clients(client_ids) if client_ids else {})
+        async with self.store.write(self.instance) as tx:
+            view = await tx.view(signatures, client_ids)
+            hooks = await self._hooks(tx, [r.contents for r in batch])
+            action = batch[0].action
+            if action is not None:
                 await action(tx)
-                fresh, outcomes = self._plan(batch, view)
-                await tx.insert_entries(fresh)
-                added = len(fresh)
-        self.committed += added
+            fresh, outcomes = self._plan(batch, view, hooks)
+            await tx.insert_entries(fresh)
+            for hook in hooks:
+                await hook.commit(tx)
+        self.committed += len(fresh)
         return outcomes
+
+    async def _hooks(self, tx: WriteTx, contents: Sequence[bytes]) -> list[HookBatch]:
+        runs = []
+        for hook in self.store.hooks:
+            run = await hook.begin(tx, contents)
+            if run is not None:
+                runs.append(run)
+        return runs
 
     async def import_chain(self, batches: AsyncIterator[Sequence[Entry]],
                            clients: Sequence[Client] = ()) -> int:
@@ -257,11 +283,16 @@ class Ledger:
                 await tx.add_client(client)
             prev: bytes | None = None
             async for batch in batches:
+                hooks = await self._hooks(tx, [e.contents for e in batch])
                 for entry in batch:
                     if entry.index != count or entry.prevhash != prev:
                         raise RequestError(f"import batch out of order at entry {count}")
                     prev = entry.currhash
                     count += 1
+                    for hook in hooks:
+                        hook.appended(entry)
                 await tx.insert_entries(batch)
+                for hook in hooks:
+                    await hook.commit(tx)
         self.committed += count
         return count

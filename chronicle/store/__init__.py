@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chronicle.core.errors import StorageError
 from chronicle.store.base import Store
-from chronicle.store.chains import BatchView, Chain, Planner, WriteTx
+from chronicle.store.chains import BatchView, Candidate, Chain, ChainHook, HookBatch, WriteTx
 from chronicle.store.records import (
     Client,
     EvidenceDocument,
@@ -26,13 +26,15 @@ from chronicle.store.sql import LeaderLock
 __all__ = [
     "SCHEMA_VERSION",
     "BatchView",
+    "Candidate",
     "Chain",
+    "ChainHook",
     "Client",
     "EvidenceDocument",
+    "HookBatch",
     "KeyRecord",
     "LeaderLock",
     "Mirror",
-    "Planner",
     "ReplicaConflict",
     "ReplicaFault",
     "ReplicaPeer",

@@ -3,8 +3,9 @@
 Each concern has its own object with a small interface, written once over the driver's
 :class:`~chronicle.store.sql.Database`:
 
-- ``store.chain(instance)``: reads of one of our chains; ``store.write`` /
-  ``store.append_batch``: the only way entries are added (the sequencer's group commit);
+- ``store.chain(instance)``: reads of one of our chains; ``store.write``: the only way
+  entries are added (the sequencer's group commit), with ``store.hooks`` (concerns kept
+  with the entries, in the same transaction);
 - ``store.clients``, ``store.mirrors``: who may publish, and the public mirror list;
 - ``store.replication``: upstreams we copy, their verified copies, peers, faults;
 - ``store.xsign``: peers we cross-sign our head onto;
@@ -18,21 +19,17 @@ as the exact string that was hashed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TypeVar
 
 from chronicle.core.errors import StorageError
 from chronicle.store import schema
-from chronicle.store.chains import Chain, ChainStore, Planner, WriteTx
+from chronicle.store.chains import Chain, ChainHook, ChainStore, WriteTx
 from chronicle.store.clients import ClientStore, MirrorStore
 from chronicle.store.crosssign import CrossSignStore
 from chronicle.store.jobs import JobStore
 from chronicle.store.replays import ReplayGuard
 from chronicle.store.replication import ReplicationStore
 from chronicle.store.sql import Database
-
-T = TypeVar("T")
 
 
 class Store:
@@ -49,6 +46,7 @@ class Store:
         self.xsign = CrossSignStore(db, self.instance_id)
         self.jobs = JobStore(db)
         self.replays = ReplayGuard(db)
+        self._hooks: tuple[ChainHook, ...] = ()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -111,7 +109,8 @@ class Store:
         """A write transaction on ``instance`` holding its chain-head lock."""
         return self.chains.write(instance)
 
-    async def append_batch(self, instance: str, signatures: Sequence[bytes],
-                           client_ids: Sequence[str], plan: Planner[T]) -> T:
-        """The sequencer's group commit (see :meth:`ChainStore.append_batch`)."""
-        return await self.chains.append_batch(instance, signatures, client_ids, plan)
+    @property
+    def hooks(self) -> tuple[ChainHook, ...]:
+        """The concerns written with our chains' entries, in every append (the sequencer
+        and imports run them); each is a no-op on a chain where it is not enabled."""
+        return self._hooks

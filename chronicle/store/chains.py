@@ -5,25 +5,24 @@ A :class:`Chain` reads one chain, whichever it is: one of our instances (table
 Both hold the same columns, so every read (head, lookup, range, pages) is written once,
 and so is every read endpoint above it.
 
-Our own chains grow only through :meth:`ChainStore.append_batch` (the sequencer's group
-commit) and :meth:`ChainStore.write` (a client change with its chain entry, an import):
-a transaction holding the chain-head lock, so several processes never fork a chain.
+Our own chains grow only inside :meth:`ChainStore.write` (the sequencer's group commit, a
+client change with its chain entry, an import): a transaction holding the chain-head lock,
+so several processes never fork a chain. What is kept with the entries (the Merkle tree,
+the release state) joins that transaction as a :class:`ChainHook`.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
 from chronicle.core.blakechain import ChainHead, Entry
-from chronicle.core.errors import RequestError
+from chronicle.core.errors import ChronicleError, RequestError
 from chronicle.store import rows
 from chronicle.store.records import Client
 from chronicle.store.sql import IN_LIST, Conflict, Database, Session
-
-T = TypeVar("T")
 
 
 class Chain:
@@ -99,8 +98,45 @@ class BatchView:
     clients: dict[str, Client]
 
 
-#: Plans a batch from a :class:`BatchView`: the entries to insert, and a result to return.
-Planner = Callable[[BatchView], tuple[Sequence[Entry], T]]
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An entry about to be appended: where it would land and what it carries (a hook may
+    refuse it before it gets there)."""
+
+    index: int
+    currhash: bytes
+    created: str
+    publickey: bytes
+    signature: bytes
+    contents: bytes
+
+
+class HookBatch(abc.ABC):
+    """One chain hook's part in one batch (see :class:`ChainHook`)."""
+
+    def admit(self, candidate: Candidate) -> ChronicleError | None:
+        """Refuse an entry before it is appended (its error is the publisher's answer),
+        judged against the state after the entries admitted before it in this batch."""
+        return None
+
+    @abc.abstractmethod
+    def appended(self, entry: Entry) -> None:
+        """An entry was appended (in order); update the state in memory."""
+
+    @abc.abstractmethod
+    async def commit(self, tx: WriteTx) -> None:
+        """Write the updated state, inside the batch's transaction, after its entries."""
+
+
+class ChainHook(abc.ABC):
+    """State kept with one of our chains and written in the same transaction as its
+    entries (the Merkle tree, the release state): durable together, or not at all."""
+
+    @abc.abstractmethod
+    async def begin(self, tx: WriteTx, contents: Sequence[bytes]) -> HookBatch | None:
+        """Under the chain-head lock, before a batch is planned: read what judging and
+        extending needs (``contents``: the bodies the batch may append). None when the
+        hook is not enabled on this chain."""
 
 _HEAD = f"SELECT {rows.HEAD_COLS} FROM entries WHERE instance = ? ORDER BY idx DESC LIMIT 1"  # noqa: S608
 _BY_SIGNATURE = (f"SELECT {rows.ENTRY_COLS} FROM entries WHERE instance = ? "  # noqa: S608
@@ -194,14 +230,3 @@ class ChainStore:
         async with self._db.transaction(lock_chain=iid) as session:
             yield WriteTx(session, iid)
 
-    async def append_batch(self, instance: str, signatures: Sequence[bytes],
-                           client_ids: Sequence[str], plan: Planner[T]) -> T:
-        """One group commit: lock, read the :class:`BatchView`, ``plan``, insert, commit.
-
-        ``plan`` is synchronous and pure (the sequencer's hashing), so the whole
-        transaction is a handful of statements under the lock.
-        """
-        async with self.write(instance) as tx:
-            entries, result = plan(await tx.view(signatures, client_ids))
-            await tx.insert_entries(entries)
-        return result

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from chronicle.core.errors import OverloadedError
+from chronicle.core.blakechain import Entry
+from chronicle.core.errors import ChronicleError, OverloadedError, RequestError, StorageError
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Ledger
-from chronicle.store import open_store
+from chronicle.store import Candidate, ChainHook, HookBatch, WriteTx, open_store
 from tests.helpers import init_data_dir
 
 
@@ -41,6 +43,67 @@ async def test_queue_and_batches_are_bounded_by_bytes(tmp_path: Path) -> None:
         assert max(sizes) <= 3000 and sum(sizes) == 9000
         alone = b"y" * 9000  # an empty queue always takes one request, however large
         assert (await ledger.append(alone, key.public, key.sign(alone))).index == 9
+    finally:
+        await ledger.stop()
+        await store.close()
+
+
+class _Recorder(ChainHook):
+    """A chain hook for the test: refuses bodies starting with b"no", records the rest,
+    and writes a job-state row in the batch's transaction (or fails, when told to)."""
+
+    def __init__(self) -> None:
+        self.admitted: list[tuple[int, bytes]] = []
+        self.fail = False
+
+    async def begin(self, tx: WriteTx, contents: Sequence[bytes]) -> HookBatch | None:
+        return _RecorderBatch(self)
+
+
+class _RecorderBatch(HookBatch):
+    def __init__(self, hook: _Recorder) -> None:
+        self.hook = hook
+        self.seen: list[Entry] = []
+
+    def admit(self, candidate: Candidate) -> ChronicleError | None:
+        if candidate.contents.startswith(b"no"):
+            return RequestError(f"refused at {candidate.index}", status=403)
+        self.hook.admitted.append((candidate.index, candidate.currhash))
+        return None
+
+    def appended(self, entry: Entry) -> None:
+        self.seen.append(entry)
+
+    async def commit(self, tx: WriteTx) -> None:
+        if self.hook.fail:
+            raise StorageError("the hook's write failed")
+        await tx.session.execute(
+            "INSERT INTO job_state (name, value) VALUES (?, ?) ON CONFLICT (name) "
+            "DO UPDATE SET value = excluded.value", "recorded", str(len(self.seen)))
+
+
+async def test_chain_hooks_judge_in_order_and_commit_with_the_entries(tmp_path: Path) -> None:
+    dd = await init_data_dir(tmp_path / "l")
+    store = open_store(dd.settings().database, dd.path)
+    await store.open()
+    hook = _Recorder()
+    store._hooks = (hook,)
+    key = SigningKey.generate()
+    ledger = Ledger(store, "")
+    try:
+        bodies = [b"yes 0", b"no 1", b"yes 2"]
+        outcomes = await asyncio.gather(*(ledger.append(b, key.public, key.sign(b))
+                                          for b in bodies), return_exceptions=True)
+        assert isinstance(outcomes[1], RequestError) and outcomes[1].status == 403
+        entries = [o for o in outcomes if isinstance(o, Entry)]
+        assert [e.index for e in entries] == [0, 1]  # the refused one took no place
+        assert hook.admitted == [(e.index, e.currhash) for e in entries]
+        assert await store.jobs.get("recorded") is not None
+        hook.fail = True  # the hook's write fails: its batch's entries are not stored
+        with pytest.raises(StorageError):
+            await ledger.append(b"yes 3", key.public, key.sign(b"yes 3"))
+        head = await store.chain("").head()
+        assert head is not None and head.index == 1
     finally:
         await ledger.stop()
         await store.close()
