@@ -65,7 +65,8 @@ async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket 
         await runner.setup()
         if listening is None:
             listening = _bind(host, port)
-        await GatedSite(runner, listening, gate, shutdown_timeout=shutdown_timeout).start()
+        await GatedSite(runner, listening, gate, app[RESP].error,
+                        shutdown_timeout=shutdown_timeout).start()
         if own_socket:
             bound = listening.getsockname()[1]
             print(f"listening on http://{host}:{bound}", file=sys.stderr, flush=True)

@@ -202,3 +202,23 @@ async def test_slowloris_and_too_many_connections(tmp_path: Path) -> None:
         assert statuses and set(statuses) == {200}
         for _, writer in conns:
             writer.close()
+
+
+@pytest.mark.parametrize(("request_bytes", "message"), [
+    (b"GET /chronicle HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+     "Bad request: Got more than 8190 bytes when reading"),
+    (b"THIS IS NOT HTTP\r\n\r\n", "Bad request: Invalid method encountered"),
+    (b"GET /chronicle HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+     "Bad request: Invalid character in Content-Length"),
+])
+async def test_requests_aiohttp_cannot_parse_get_a_signed_answer(
+        tmp_path: Path, request_bytes: bytes, message: str) -> None:
+    """aiohttp's own parser errors were answered in unsigned plain text: now signed JSON,
+    the sender's bytes not echoed, and the connection closed."""
+    async with serving(tmp_path) as (server, _, key):
+        reader, writer = await raw_connection(server.url)
+        writer.write(request_bytes)
+        status, _, body = await read_answer(reader, key)
+        assert (status, body["status"], body["message"]) == (400, "ERROR", message)
+        assert await reader.read() == b""  # closed
+        writer.close()
