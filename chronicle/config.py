@@ -143,6 +143,11 @@ TABLE: tuple[Setting, ...] = (
     Setting("body-memory", 64 << 20, _count(MIN_BODY),
             "bytes of request bodies read at once per process (bodies over 64 KiB may use "
             "half); over it: signed 503"),
+    Setting("rate-limit-ip", 0, _rate,
+            "writes per second from one address, before any check (0 = unlimited)"),
+    Setting("auth-failures-per-ip", 50, _rate,
+            "refused writes (unknown client, bad signature) per second from one address "
+            "before its writes get 429 unchecked (0 = unlimited)"),
 )
 
 #: key -> (default, description), in :data:`TABLE` order.
@@ -175,6 +180,8 @@ class Settings:
     idle_timeout: timedelta | None
     body_timeout: timedelta | None
     body_memory: int
+    rate_limit_ip: float
+    auth_failures_per_ip: float
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
