@@ -25,6 +25,9 @@ from chronicle.core.sapient import SigningKey
 
 CONFIG_FILE = "chronicle.toml"
 KEY_FILE = "signing-secret.key"
+#: Names the signing key file instead of ``signing-key-file`` (systemd's LoadCredential,
+#: container secrets): the key never has to sit in the data directory.
+KEY_FILE_ENV = "CHRONICLE_SIGNING_KEY_FILE"
 DEFAULT_DB = "sqlite:chronicle.db"
 MIN_BODY = 1 << 20
 DEFAULT_BODY = 8 << 20
@@ -275,15 +278,23 @@ class DataDir:
         return Settings.from_mapping(self.read_raw())
 
     def key_path(self, settings: Settings) -> Path:
-        path = Path(settings.signing_key_file)
+        named = os.environ.get(KEY_FILE_ENV)
+        path = Path(named) if named else Path(settings.signing_key_file)
         return path if path.is_absolute() else self.path / path
 
     def signing_key(self, settings: Settings) -> SigningKey:
+        """The server's signing key, from ``$CHRONICLE_SIGNING_KEY_FILE`` when set (systemd
+        credentials, container secrets), else ``signing-key-file``. A key file others can
+        read is refused: whoever reads it can sign as this ledger."""
         path = self.key_path(settings)
         try:
+            mode = path.stat().st_mode
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from exc
+        if mode & 0o077:
+            raise ConfigError(f"signing key {path} is readable by others (mode "
+                              f"{mode & 0o777:04o}); chmod 600 it, or use a copy that is")
         try:
             return SigningKey.from_text(text)
         except ChronicleError as exc:

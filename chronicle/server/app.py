@@ -19,7 +19,7 @@ from aiohttp import web
 from chronicle.core import protocol
 from chronicle.core.encoding import atom
 from chronicle.core.errors import ChronicleError
-from chronicle.core.sapient import CLIENT_HEADER
+from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
 from chronicle.server import reads, replicas, writes
 from chronicle.server.admission import CLOSE_AFTER, holding
 from chronicle.server.context import ServerContext
@@ -98,6 +98,29 @@ async def mirrors(request: web.Request) -> web.StreamResponse:
 
 # --- middleware and app -------------------------------------------------------------------
 
+#: Browsers may read every answer from any page, and the signature header with it, so
+#: that a page can verify what it was told (nothing here depends on cookies or origins).
+CORS = {"Access-Control-Allow-Origin": "*",
+        "Access-Control-Expose-Headers": f"{SIGNATURE_HEADER}, Retry-After"}
+PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+             "Access-Control-Allow-Headers":
+                 f"Content-Type, {CLIENT_HEADER}, {SIGNATURE_HEADER}",
+             "Access-Control-Max-Age": "86400"}
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer (errors included) readable by browser clients."""
+    response = await handler(request)
+    response.headers.update(CORS)
+    return response
+
+
+async def preflight(request: web.Request) -> web.StreamResponse:
+    """A browser's CORS preflight: an empty answer, signed like every other."""
+    return request.app[RESP].raw(204, b"", content_type="text/plain", headers=PREFLIGHT)
+
+
 @web.middleware
 async def signed_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a signed JSON error; never leak a traceback or HTML page."""
@@ -130,7 +153,7 @@ async def signed_errors(request: web.Request, handler: Handler) -> web.StreamRes
 def build_app(ctx: ServerContext) -> web.Application:
     # The body limit is enforced by us (signed 413); aiohttp's own check is set just above
     # it as a backstop for bodies read without a Content-Length.
-    app = web.Application(middlewares=[signed_errors, holding],
+    app = web.Application(middlewares=[cors, signed_errors, holding],
                           client_max_size=ctx.settings.max_body_size)
     app[CTX] = ctx
     app[RESP] = Responder(ctx.key, ctx.clock)
@@ -138,6 +161,7 @@ def build_app(ctx: ServerContext) -> web.Application:
                                 cache_exports=ctx.settings.export_cache)
     app[LASTHASH] = {}
     r = app.router
+    r.add_route("OPTIONS", "/{tail:.*}", preflight)
     r.add_get("/", root)
     for path in ("/chronicle", "/chronicle/"):
         r.add_get(path, index)

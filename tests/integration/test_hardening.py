@@ -193,3 +193,16 @@ async def test_a_flood_of_forged_publishes_is_cut_off_per_address(tmp_path: Path
         assert (await srv.publish("alice", "still served")).status == 200  # from 127.0.0.1
     finally:
         await srv.close()
+
+
+async def test_browsers_may_read_every_answer_and_its_signature(server: RunningServer) -> None:
+    for method, path in (("GET", "/chronicle/lasthash"), ("GET", "/chronicle/nope"),
+                         ("POST", "/chronicle/publish")):
+        res = await server.request(method, path, headers={"Origin": "https://example.org"})
+        assert res.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Body-Signature-Ed25519" in res.headers["Access-Control-Expose-Headers"]
+    res = await server.request("OPTIONS", "/chronicle/publish", headers={
+        "Origin": "https://example.org", "Access-Control-Request-Method": "POST"})
+    assert res.status == 204 and res.body == b""
+    assert "POST" in res.headers["Access-Control-Allow-Methods"]
+    assert CLIENT_HEADER in res.headers["Access-Control-Allow-Headers"]
