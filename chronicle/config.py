@@ -9,6 +9,7 @@ them all. Every setting's default is written once, in :data:`SETTINGS`.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Callable
@@ -43,6 +44,14 @@ class ConfigError(ChronicleError):
 
 def _text(key: str, value: Any) -> str:
     return str(value)
+
+
+def _database(key: str, value: Any) -> str:
+    """``sqlite:PATH`` or ``postgresql://…``: the two backends there are."""
+    url = str(value)
+    if not url.startswith(("sqlite:", "postgresql://", "postgres://")) or url == "sqlite:":
+        raise ConfigError(f"{key} must be sqlite:PATH or postgresql://…, not {url!r}")
+    return url
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -106,7 +115,8 @@ class Setting:
 
 #: Every setting, once; the order is the order ``chronicle init`` writes them in.
 TABLE: tuple[Setting, ...] = (
-    Setting("database", DEFAULT_DB, _text, "sqlite:PATH (relative to the data dir)"),
+    Setting("database", DEFAULT_DB, _database,
+            "sqlite:PATH (relative to the data dir) or postgresql://…"),
     Setting("signing-key-file", KEY_FILE, _text,
             "server signing key file (relative to the data dir)"),
     Setting("paginate-export", 0, _count(0),
@@ -238,6 +248,14 @@ def parse_value(key: str, text: str) -> Any:
                     pass
             raise ConfigError(f"{key} takes a number") from None
     if isinstance(default, list):
+        if text.strip().startswith("["):  # what `config get` prints (JSON)
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                raise ConfigError(f"{key}: not a JSON list: {text!r}") from None
+            if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+                raise ConfigError(f"{key} takes names: a JSON list of strings or a,b,c")
+            return [p.strip() for p in parsed if p.strip()]
         return [part.strip() for part in text.split(",") if part.strip()]
     return text
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import click
@@ -135,16 +136,21 @@ def _source_dict(source: ReplicaSource, entries: int, head: str | None,
 
 @replica.command("list")
 @data_dir_option
+@click.option("--instance", default=None, help="Only the sources of this chain of ours.")
 @json_option
 @handle_errors
-def replica_list(data_dir: DataDir, as_json: bool) -> None:
-    """Sources with their status (active, forked, failed), size and last sync."""
+def replica_list(data_dir: DataDir, instance: str | None, as_json: bool) -> None:
+    """Sources with their status (active, forked, failed), size and last sync.
+
+    Exits 1 when a source is stopped (forked or failed), so that alerting can run it."""
 
     async def go() -> list[dict[str, Any]]:
         async with open_store(data_dir) as opened:
+            if instance is not None:
+                opened.require_instance(instance)
             replication = opened.store.replication
             rows = []
-            for source in await replication.sources(None):
+            for source in await replication.sources(instance):
                 head = await replication.chain(source.id).head()
                 rows.append(_source_dict(
                     source, 0 if head is None else head.index + 1,
@@ -162,6 +168,8 @@ def replica_list(data_dir: DataDir, as_json: bool) -> None:
             line += f"  (last attempt failed: {r['last-error']})"
         lines.append(line)
     out(as_json, {"sources": rows}, "\n".join(lines) or "(no replication sources)")
+    if any(r["status"] != STATUS_ACTIVE for r in rows):
+        sys.exit(EXIT_REFUSED)
 
 
 @replica.command("remove")

@@ -110,15 +110,15 @@ PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
 
 @web.middleware
 async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer (errors included) readable by browser clients."""
-    response = await handler(request)
+    """Every answer (errors included) readable by browser clients; a browser's preflight
+    (OPTIONS with Access-Control-Request-Method) answered empty, signed like any other."""
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response: web.StreamResponse = request.app[RESP].raw(
+            204, b"", content_type="text/plain", headers=PREFLIGHT)
+    else:
+        response = await handler(request)
     response.headers.update(CORS)
     return response
-
-
-async def preflight(request: web.Request) -> web.StreamResponse:
-    """A browser's CORS preflight: an empty answer, signed like every other."""
-    return request.app[RESP].raw(204, b"", content_type="text/plain", headers=PREFLIGHT)
 
 
 @web.middleware
@@ -161,7 +161,6 @@ def build_app(ctx: ServerContext) -> web.Application:
                                 cache_exports=ctx.settings.export_cache)
     app[LASTHASH] = {}
     r = app.router
-    r.add_route("OPTIONS", "/{tail:.*}", preflight)
     r.add_get("/", root)
     for path in ("/chronicle", "/chronicle/"):
         r.add_get(path, index)

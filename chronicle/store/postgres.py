@@ -132,7 +132,7 @@ class PostgresDatabase(Database):
             raise StorageError("the PostgreSQL store is not open")
         return self._pool
 
-    async def connect(self) -> None:
+    async def connect(self, *, create: bool = False) -> None:
         await self.close()
         # Custom plans: after five executions PostgreSQL would switch a prepared statement
         # to a generic plan costed while the chain was small; for the duplicate-signature

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from chronicle.core.errors import CommitOutcomeUnknown, StorageError
+from chronicle.core.errors import CommitOutcomeUnknown, SchemaMismatchError, StorageError
 from chronicle.store.base import Store
 from chronicle.store.schema import SQLITE_TYPES
 from chronicle.store.sql import IN_LIST, Conflict, Database, Dialect, LeaderLock, Row, Session
@@ -171,8 +171,11 @@ class SqliteDatabase(Database):
         conn.execute("PRAGMA query_only=ON")
         return conn
 
-    async def connect(self) -> None:
+    async def connect(self, *, create: bool = False) -> None:
         await self.close()
+        if not create and not await asyncio.to_thread(os.path.exists, self.path):
+            raise SchemaMismatchError(f"{self.path} does not exist (run `chronicle init`, or "
+                                      "check the database setting)")
         try:
             self._wthread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._writer = await self.on_writer(self._open_writer)

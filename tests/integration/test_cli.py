@@ -270,6 +270,49 @@ def test_client_add_list_revoke(tmp_path: Path) -> None:
     assert len(stored_rows(data_dir)) == 3
 
 
+def test_a_frozen_ledger_takes_no_write_from_the_cli_either(tmp_path: Path) -> None:
+    """read-only used to stop only the API: `client add` still appended its entry."""
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    dd = ["--data-dir", str(data_dir)]
+    assert cli("config", "set", *dd, "read-only", "true").exit_code == EXIT_OK
+    key = SigningKey.generate()
+    res = cli("client", "add", *dd, "--public-key", key.public_b64)
+    assert res.exit_code == EXIT_REFUSED
+    assert assert_error_line(res.stderr) == \
+        "error: the ledger is read-only (read-only = true): nothing was written"
+    assert stored_rows(data_dir) == []
+    assert json.loads(cli("client", "list", *dd, "--json").stdout)["clients"] == []
+
+
+def test_config_get_prints_what_config_set_reads_back(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    dd = ["--data-dir", str(data_dir)]
+    assert cli("config", "set", *dd, "instances", "pkgs, docs").exit_code == EXIT_OK
+    printed = cli("config", "get", *dd, "instances").stdout.strip()
+    assert printed == '["pkgs", "docs"]'
+    assert cli("config", "set", *dd, "instances", printed).exit_code == EXIT_OK
+    assert cli("config", "get", *dd, "instances").stdout.strip() == printed
+    res = cli("config", "set", *dd, "instances", "[1, 2]")
+    assert res.exit_code == EXIT_USAGE
+
+
+def test_a_database_setting_must_name_a_backend_and_an_existing_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    dd = ["--data-dir", str(data_dir)]
+    res = cli("config", "set", *dd, "database", "mysql://root@db/chronicle")
+    assert res.exit_code == EXIT_USAGE
+    assert "database must be sqlite:PATH or postgresql://…, not 'mysql://root@db/chronicle'" \
+        in assert_error_line(res.stderr)
+    assert cli("config", "set", *dd, "database", "sqlite:elsewhere.db").exit_code == EXIT_OK
+    res = cli("client", "list", *dd)
+    assert res.exit_code == EXIT_IO
+    assert "elsewhere.db does not exist (run `chronicle init`" in assert_error_line(res.stderr)
+    assert not (data_dir / "elsewhere.db").exists()  # opening never makes an empty one
+
+
 def test_missing_data_dir_is_io_error(tmp_path: Path) -> None:
     res = cli("client", "list", "--data-dir", str(tmp_path / "nothing-here"))
     assert res.exit_code == EXIT_IO
@@ -365,12 +408,15 @@ async def test_publish_command(tmp_path: Path) -> None:
             assert last["prevhash"] == receipt["currhash"]
             assert last["currhash"] in human and last["summaryhash"] in human
 
-        # a wrong pinned key: verification fails, exit 1, nothing printed on stdout
+        # a wrong pinned key: the receipt cannot be verified, exit 1, nothing on stdout;
+        # the error says the entry may well be on the chain (the server stored it)
         other = SigningKey.generate().public_b64
         code, out, err = await run_cli("publish", *common, "--server-key", other, "x")
         assert code == EXIT_REFUSED
         assert out == ""
-        assert_error_line(err)
+        assert assert_error_line(err).startswith(
+            "error: the receipt could not be verified with the pinned --server-key (the "
+            "entry may be on the chain; check the key, then look it up)")
 
         # unreachable server: transport error, exit 3
         code, out, err = await run_cli("publish", "--url", f"http://127.0.0.1:{free_port()}",

@@ -643,6 +643,7 @@ async def first_sync(replica: DataDir, fake: FakeUpstream, n: int = 10, **extra:
 async def stopped(replica: DataDir, status: str, fault: str) -> dict[str, Any]:
     """The source's status in `replica list`, its evidence, its replica subindex."""
     listed = await cli("replica", "list", "--data-dir", str(replica.path), "--json")
+    assert listed.code == 1  # a stopped source: an exit code alerting can use
     (row,) = listed.json["sources"]
     assert (row["status"], row["fault"]) == (status, fault), row
     evidence = await cli("replica", "evidence", "--data-dir", str(replica.path), "upstream",
@@ -659,6 +660,8 @@ async def stopped(replica: DataDir, status: str, fault: str) -> dict[str, Any]:
         body = res.json["results"]
         assert (body["status"], body["fault"]) == (status, fault)
         assert body["reason"] == row["reason"]
+        (indexed,) = (await served.request("GET", "/chronicle/replica")).json["results"]
+        assert (indexed["status"], indexed["fault"]) == (status, fault)
     finally:
         await served.close()
     return dict(faults[-1])
