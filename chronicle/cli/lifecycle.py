@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from chronicle.config import (
     SETTINGS,
     ConfigError,
     DataDir,
+    Settings,
     parse_value,
     with_defaults,
     write_secret_file,
@@ -52,23 +54,43 @@ def init(data_dir: DataDir, signing_key: Path | None, database: str, as_json: bo
             fail(f"{signing_key}: {exc.message}")
     else:
         key = SigningKey.generate()
-    data_dir.path.mkdir(parents=True, exist_ok=True)
+    try:
+        Settings.from_mapping({"database": database})  # a URL we could not use, refused now
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--database") from None
     key_path = data_dir.default_key_path
     if key_path.exists():
         fail(f"{key_path} already exists")
     db_path = data_dir.sqlite_file(database)
     if db_path is not None and db_path.exists():  # e.g. an interrupted init: refuse
         fail(f"{db_path} already exists")
+    made = _made_dirs(data_dir.path)
 
     async def create() -> None:
         async with closing(store_for_url(database, data_dir.path)) as store:
             await store.create_schema()
             await store.ensure_instance("")
 
-    run(create())
-    write_secret_file(key_path, key.to_text())
-    data_dir.write_raw(with_defaults({"database": database}))
+    try:
+        run(create())
+        write_secret_file(key_path, key.to_text())
+        data_dir.write_raw(with_defaults({"database": database}))
+    except BaseException:
+        # Nothing left behind: a half-made data directory would block the next init.
+        for path in (key_path, data_dir.config_path, *( [db_path] if db_path else [])):
+            path.unlink(missing_ok=True)
+        for made_dir in made:
+            with contextlib.suppress(OSError):
+                made_dir.rmdir()
+        raise
     out(as_json, {"public-key": key.public_b64}, key.public_b64)
+
+
+def _made_dirs(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; the ones made, deepest first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 @click.command()
