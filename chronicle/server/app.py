@@ -20,11 +20,13 @@ from chronicle.core import protocol
 from chronicle.core.encoding import atom
 from chronicle.core.errors import ChronicleError
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
-from chronicle.server import reads, replicas, writes
+from chronicle.server import health, reads, replicas, writes
 from chronicle.server.admission import CLOSE_AFTER, holding
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
+from chronicle.server.health import with_request_id
 from chronicle.server.keys import CTX, DOCS, LASTHASH, RESP
+from chronicle.server.metrics import timing
 from chronicle.server.responses import Responder
 from chronicle.server.routing import instance_of, main_route, replica_route
 
@@ -153,7 +155,8 @@ async def signed_errors(request: web.Request, handler: Handler) -> web.StreamRes
 def build_app(ctx: ServerContext) -> web.Application:
     # The body limit is enforced by us (signed 413); aiohttp's own check is set just above
     # it as a backstop for bodies read without a Content-Length.
-    app = web.Application(middlewares=[cors, signed_errors, holding],
+    app = web.Application(middlewares=[with_request_id, timing(ctx.metrics), cors,
+                                       signed_errors, holding],
                           client_max_size=ctx.settings.max_body_size)
     app[CTX] = ctx
     app[RESP] = Responder(ctx.key, ctx.clock)
@@ -162,6 +165,9 @@ def build_app(ctx: ServerContext) -> web.Application:
     app[LASTHASH] = {}
     r = app.router
     r.add_get("/", root)
+    r.add_get("/healthz", health.healthz)
+    r.add_get("/readyz", health.readyz)
+    r.add_get("/metrics", health.metrics)
     for path in ("/chronicle", "/chronicle/"):
         r.add_get(path, index)
     r.add_get("/chronicle/lasthash", lasthash)

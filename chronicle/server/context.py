@@ -13,6 +13,7 @@ from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
 from chronicle.server.admission import BodyBudget, BodyLimits
 from chronicle.server.jobs import BackgroundJobs
+from chronicle.server.metrics import Metrics
 from chronicle.store import Client, Store
 
 
@@ -96,11 +97,13 @@ class ServerContext:
     ip_limiter: RateLimiter = field(init=False)
     failures: RateLimiter = field(init=False)
     body_limits: BodyLimits = field(init=False)
+    metrics: Metrics = field(init=False)
     jobs: BackgroundJobs | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientCache(self.store)
         s = self.settings
+        self.metrics = Metrics()
         self.limiter = RateLimiter(s.rate_limit)
         self.ip_limiter = RateLimiter(s.rate_limit_ip)
         self.failures = RateLimiter(s.auth_failures_per_ip)
@@ -115,6 +118,7 @@ class ServerContext:
             ledger = Ledger(self.store, instance, clock=self.ledger_clock or self.clock,
                             max_batch=self.settings.max_batch,
                             max_queue=self.settings.max_queue)
+            ledger.observer = self.metrics.batch
             self.ledgers[instance] = ledger
             ledger.start()
         return ledger
@@ -127,7 +131,8 @@ class ServerContext:
         self.jobs = BackgroundJobs(self.store, self.key, self.settings, self.ledger,
                                    clock=self.clock,
                                    spool_dir=self.data_dir.replication_spool_dir,
-                                   evidence_dir=self.data_dir.evidence_dir)
+                                   evidence_dir=self.data_dir.evidence_dir,
+                                   metrics=self.metrics)
         await self.jobs.start()
 
     async def stop(self) -> None:

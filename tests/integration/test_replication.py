@@ -676,7 +676,8 @@ async def test_upstream_rewriting_an_old_entry_is_a_fork(replica_dir: DataDir,
     fake.view.entries = chain(9, start=verified[:3], prefix="rewritten")
     res = await sync(replica_dir)
     assert res.code == 1
-    assert res.stderr.startswith("error: 1 of 1 source(s) did not sync cleanly: upstream forked")
+    assert res.stderr.splitlines()[-1].startswith(
+        "error: 1 of 1 source(s) did not sync cleanly: upstream forked")
     (report,) = res.json["sources"]
     assert (report["status"], report["fault"]["kind"], report["fault"]["index"]) == \
         ("forked", "history-rewritten", 3)
