@@ -303,7 +303,7 @@ def format_options(fn: F) -> F:
     """``--format text|json`` (``fmt``) and ``--json`` (``as_json``), its short form."""
     fn = click.option("--json", "as_json", is_flag=True, help="Same as --format json.")(fn)
     return click.option("--format", "fmt", type=click.Choice(["text", "json"]),
-                        default="text", show_default=True)(fn)
+                        default="text", show_default=True, help="Output format.")(fn)
 
 
 def public_key(text: str, hint: str = "--public-key") -> bytes:

@@ -32,6 +32,7 @@ from chronicle.config import (
 from chronicle.core.errors import ChronicleError
 from chronicle.core.sapient import SigningKey
 from chronicle.importer import run_import
+from chronicle.server.runner import announce_on_stderr
 from chronicle.server.runner import run as run_server
 from chronicle.store import open_store as store_for_url
 
@@ -95,20 +96,35 @@ def _made_dirs(path: Path) -> list[Path]:
 
 @click.command()
 @data_dir_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port, printed when listening).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes sharing the port (appends stay strictly ordered).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Once listening, print one JSON object: url, workers, public-key.")
 @handle_errors
-def serve(data_dir: DataDir, host: str, port: int, workers: int) -> None:
-    """Serve the ledger over HTTP until SIGTERM (drains, then exits 0)."""
-    run_server(data_dir.path, host, port, workers=workers)
+def serve(data_dir: DataDir, host: str, port: int, workers: int, as_json: bool) -> None:
+    """Serve the ledger over HTTP until SIGTERM (drains, then exits 0).
+
+    Prints `listening on URL` on stderr once connections are accepted.
+    """
+    public = data_dir.signing_key(data_dir.settings()).public_b64
+
+    def announce(url: str, count: int) -> None:
+        announce_on_stderr(url, count)
+        if as_json:
+            click.echo(json.dumps({"url": url, "workers": count, "public-key": public}))
+
+    run_server(data_dir.path, host, port, workers=workers, announce=announce)
 
 
 @click.command()
 @data_dir_option
+@json_option
 @handle_errors
-def migrate(data_dir: DataDir) -> None:
+def migrate(data_dir: DataDir, as_json: bool) -> None:
     """Upgrade the database schema to this version of chronicle."""
     settings = data_dir.settings()
 
@@ -117,8 +133,9 @@ def migrate(data_dir: DataDir) -> None:
             return await store.migrate()
 
     before, after = run(go())
-    click.echo(f"schema version {after}" + (f" (upgraded from {before})" if before != after
-                                            else " (already up to date)"))
+    out(as_json, {"schema-version": after, "was": before, "upgraded": before != after},
+        f"schema version {after}" + (f" (upgraded from {before})" if before != after
+                                     else " (already up to date)"))
 
 
 @click.group()
@@ -137,6 +154,10 @@ def _known_setting(key: str) -> None:
 @json_option
 @handle_errors
 def config_get(data_dir: DataDir, key: str | None, as_json: bool) -> None:
+    """Print one setting (KEY), or all of them; defaults included.
+
+    A string prints bare, anything else as JSON: `config set KEY` reads it back as printed.
+    """
     values = with_defaults(data_dir.read_raw())
     if key is None:
         out(as_json, values, "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items()))
@@ -150,8 +171,15 @@ def config_get(data_dir: DataDir, key: str | None, as_json: bool) -> None:
 @data_dir_option
 @click.argument("key")
 @click.argument("value")
+@json_option
 @handle_errors
-def config_set(data_dir: DataDir, key: str, value: str) -> None:
+def config_set(data_dir: DataDir, key: str, value: str, as_json: bool) -> None:
+    """Set KEY to VALUE in chronicle.toml, checked as `serve` will read it.
+
+    VALUE is a number (sizes in bytes), a duration ("30 seconds", "7 days"), true/false, a
+    string, or names (`instances`: a,b or a JSON list), as `config get` prints it. Applied
+    at the next start of `serve`.
+    """
     raw = data_dir.read_raw()
     _known_setting(key)
     try:
@@ -159,6 +187,7 @@ def config_set(data_dir: DataDir, key: str, value: str) -> None:
         data_dir.write_raw(raw)
     except ConfigError as exc:
         raise click.BadParameter(exc.message, param_hint="VALUE") from None
+    out(as_json, {key: raw[key]}, f"{key} = {json.dumps(raw[key])}")
 
 
 @click.command()

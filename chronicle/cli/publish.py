@@ -47,9 +47,10 @@ def keygen(as_json: bool, out_file: Path | None) -> None:
 
 @click.command()
 @click.option("--url", required=True, help="Server base URL, without /chronicle.")
-@click.option("--client-id", required=True)
+@click.option("--client-id", required=True, help="Our client id on that server.")
 @click.option("--secret-key-file", required=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Our Ed25519 secret key (as `chronicle keygen` writes it).")
 @click.option("--server-key", required=True, help="Pinned server public key.")
 @instance_option
 @json_option

@@ -371,9 +371,10 @@ def replica_resume(data_dir: DataDir, name: str, as_json: bool) -> None:
 @click.option("--url", required=True, help="The upstream's new base URL.")
 @click.option("--upstream-instance", default=None, metavar="NAME",
               help="The upstream's chain copied (default: the one the source follows now).")
+@json_option
 @handle_errors
 def replica_set_url(data_dir: DataDir, name: str, url: str,
-                    upstream_instance: str | None) -> None:
+                    upstream_instance: str | None, as_json: bool) -> None:
     """The upstream moved: follow it at a new address (same key, same chain)."""
 
     async def go() -> str:
@@ -384,17 +385,21 @@ def replica_set_url(data_dir: DataDir, name: str, url: str,
             await opened.store.replication.set_url(source.id, base)
             return base
 
-    click.echo(f"{name}: {run(go())}")
+    base = run(go())
+    out(as_json, {"name": name, "url": base}, f"{name}: {base}")
 
 
 @replica.command("set-peers")
 @data_dir_option
 @click.argument("name")
-@click.option("--peer", "peers", multiple=True, metavar="URL[#KEY]")
-@click.option("--xsign-peer", "xsign_peers", multiple=True, metavar="URL[#KEY]")
+@click.option("--peer", "peers", multiple=True, metavar="URL[#KEY]",
+              help="Another copy of the upstream's chain to compare heads with. Repeatable.")
+@click.option("--xsign-peer", "xsign_peers", multiple=True, metavar="URL[#KEY]",
+              help="A Chronicle the upstream cross-signs onto. Repeatable.")
+@json_option
 @handle_errors
 def replica_set_peers(data_dir: DataDir, name: str, peers: tuple[str, ...],
-                      xsign_peers: tuple[str, ...]) -> None:
+                      xsign_peers: tuple[str, ...], as_json: bool) -> None:
     """Replace the peers a source's head is compared with (none: no split-view check)."""
     specs = _peers(peers, xsign_peers)
 
@@ -404,4 +409,7 @@ def replica_set_peers(data_dir: DataDir, name: str, peers: tuple[str, ...],
             await opened.store.replication.set_peers(source.id, specs)
 
     run(go())
-    click.echo(f"{name}: {len(specs)} peer(s)")
+    out(as_json, {"name": name, "peers": [
+        {"url": p.url, "kind": p.kind,
+         "public-key": None if p.publickey is None else b64u_encode(p.publickey)}
+        for p in specs]}, f"{name}: {len(specs)} peer(s)")

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,18 @@ async def open_context(data_dir: DataDir) -> ServerContext:
                          data_dir=data_dir)
 
 
+Announce = Callable[[str, int], None]
+
+
+def announce_on_stderr(url: str, workers: int) -> None:
+    """The line that says the server accepts connections (scripts wait for it)."""
+    more = f" ({workers} workers)" if workers > 1 else ""
+    print(f"listening on {url}{more}", file=sys.stderr, flush=True)
+
+
 async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket | None = None,
-                shutdown_timeout: float = 30.0) -> None:
+                shutdown_timeout: float = 30.0,
+                announce: Announce = announce_on_stderr) -> None:
     """Serve until a stop signal, then drain: stop accepting, finish requests, commit queues."""
     ctx = await open_context(data_dir)
     app = build_app(ctx)
@@ -70,8 +80,7 @@ async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket 
         await GatedSite(runner, listening, gate, app[RESP].error,
                         shutdown_timeout=shutdown_timeout).start()
         if own_socket:
-            bound = listening.getsockname()[1]
-            print(f"listening on http://{host}:{bound}", file=sys.stderr, flush=True)
+            announce(f"http://{host}:{listening.getsockname()[1]}", 1)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -171,7 +180,8 @@ class _Supervisor:
             self.spawn(slot)
 
 
-def _run_workers(data_dir: DataDir, host: str, port: int, workers: int) -> None:
+def _run_workers(data_dir: DataDir, host: str, port: int, workers: int,
+                 announce: Announce) -> None:
     """The supervisor process: fork the workers, wait on them, exit 1 if any failed."""
     # Fail here, once, with a clear error, on a bad configuration, key or database:
     # not in every worker, over and over.
@@ -186,8 +196,7 @@ def _run_workers(data_dir: DataDir, host: str, port: int, workers: int) -> None:
     for slot in range(workers):
         sup.spawn(slot)
     # Connections queue on the bound socket until a worker accepts them.
-    print(f"listening on http://{host}:{sock.getsockname()[1]} ({workers} workers)",
-          file=sys.stderr, flush=True)
+    announce(f"http://{host}:{sock.getsockname()[1]}", workers)
     while sup.children:
         try:
             pid, status = os.wait()
@@ -200,8 +209,11 @@ def _run_workers(data_dir: DataDir, host: str, port: int, workers: int) -> None:
         sys.exit(1)
 
 
-def run(data_dir: Path, host: str, port: int, *, workers: int = 1) -> None:
+def run(data_dir: Path, host: str, port: int, *, workers: int = 1,
+        announce: Announce = announce_on_stderr) -> None:
+    """Serve ``data_dir`` until SIGTERM; ``announce(url, workers)`` once connections are
+    accepted."""
     if workers > 1:
-        _run_workers(DataDir(data_dir), host, port, workers)
+        _run_workers(DataDir(data_dir), host, port, workers, announce)
     else:
-        _run_loop(serve(DataDir(data_dir), host, port))
+        _run_loop(serve(DataDir(data_dir), host, port, announce=announce))
