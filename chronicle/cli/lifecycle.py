@@ -122,14 +122,22 @@ def serve(data_dir: DataDir, host: str, port: int, workers: int, as_json: bool) 
 
 @click.command()
 @data_dir_option
+@click.option("--database", default=None, metavar="URL",
+              help="Connect with this URL instead, e.g. as the role owning the tables "
+                   "when `serve` runs as one that may not change them.")
 @json_option
 @handle_errors
-def migrate(data_dir: DataDir, as_json: bool) -> None:
+def migrate(data_dir: DataDir, database: str | None, as_json: bool) -> None:
     """Upgrade the database schema to this version of chronicle."""
-    settings = data_dir.settings()
+    url = data_dir.settings().database
+    if database is not None:
+        try:
+            url = Settings.from_mapping({"database": database}).database
+        except ConfigError as exc:
+            raise click.BadParameter(exc.message, param_hint="--database") from None
 
     async def go() -> tuple[int, int]:
-        async with closing(store_for_url(settings.database, data_dir.path)) as store:
+        async with closing(store_for_url(url, data_dir.path)) as store:
             return await store.migrate()
 
     before, after = run(go())

@@ -150,6 +150,10 @@ class PostgresDatabase(Database):
         try:
             if self.schema:
                 settings["search_path"] = self.schema
+            # Only init creates the schema: a runtime role without CREATE on the database
+            # must be able to open it (PostgreSQL checks that privilege even when the
+            # schema exists).
+            if self.schema and create:
                 conn = await asyncpg.connect(self.dsn)
                 try:
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
