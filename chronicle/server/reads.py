@@ -7,7 +7,7 @@ presents that chain; PHP's small differences between the two live there and only
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from chronicle.core import protocol
 from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import b64u_decode
 from chronicle.core.errors import EncodingError, RequestError
-from chronicle.server.export import SMALL_DOCUMENT_ROWS, respond
+from chronicle.server.export import PIECE, SMALL_DOCUMENT_ROWS, DocumentBuilder, respond
 from chronicle.server.keys import CTX, DOCS, RESP
 from chronicle.store import Chain
 
@@ -72,25 +72,45 @@ def _page(request: web.Request) -> protocol.Page | None:
     return protocol.Page(number=number, size=size)
 
 
-async def _entries(route: ChainRoute, first: int, end: int, size: int) -> list[Entry]:
-    return [] if first >= end else await route.chain.range(first, min(first + size, end))
+def _docs(request: web.Request) -> DocumentBuilder:
+    docs = request.app[DOCS]
+    docs.configure(request.app[CTX].settings)  # the limits of the settings in force
+    return docs
+
+
+async def _document(request: web.Request, route: ChainRoute, query: tuple[Any, ...],
+                    envelope: dict[str, Any], start: int, stop: int, *, export: bool,
+                    keep: Entry | None = None) -> web.StreamResponse:
+    """Rows ``[start, stop)`` of the chain in ``envelope``, rendered by the document
+    builder (bounded memory, shared by identical requests: ``query`` names the document,
+    with the chain and its head). ``keep``: the head of a full export to keep cached."""
+    docs = _docs(request)
+    doc = await docs.document(
+        (route.cache_key, *query), lambda: envelope, lambda: docs.pages(route.chain, start, stop),
+        export=export, first_prev=route.first_prev,
+        keep=(route.cache_key, keep) if keep is not None else None)
+    return await respond(request, doc, send_timeout=docs.limits.send_timeout)
+
+
+async def _given(entries: list[Entry]) -> AsyncIterator[list[Entry]]:
+    yield entries
 
 
 async def lookup(request: web.Request, route: ChainRoute) -> web.StreamResponse:
-    entries = await route.chain.lookup(route.hash_param(request))
+    hash_raw = route.hash_param(request)
+    entries = await route.chain.lookup(hash_raw)
     if not entries:
         raise route.no_record()
     extra = {"notice": route.notice} if route.notice else {}
-    return request.app[RESP].ok([route.row(e) for e in entries], **extra)
-
-
-async def _document(request: web.Request, route: ChainRoute, total: int, start: int,
-                    stop: int, *, export: bool) -> web.StreamResponse:
-    docs, resp = request.app[DOCS], request.app[RESP]
-    envelope = protocol.ok_envelope(resp.clock(), None, total=total)
-    doc = await docs.render(envelope, docs.pages(route.chain, start, stop), export=export,
-                            first_prev=route.first_prev)
-    return await respond(request, doc)
+    if all(len(e.contents) <= PIECE for e in entries):
+        return request.app[RESP].ok([route.row(e) for e in entries], **extra)
+    # a large row: rendered in pieces like a document, not as one string
+    docs = _docs(request)
+    envelope = protocol.ok_envelope(request.app[RESP].clock(), None, **extra)
+    doc = await docs.document((route.cache_key, "lookup", hash_raw), lambda: envelope,
+                              lambda: _given(entries), export=False,
+                              first_prev=route.first_prev)
+    return await respond(request, doc, send_timeout=docs.limits.send_timeout)
 
 
 async def since(request: web.Request, route: ChainRoute) -> web.StreamResponse:
@@ -101,31 +121,36 @@ async def since(request: web.Request, route: ChainRoute) -> web.StreamResponse:
     assert head is not None
     start, end = matches[0].index + 1, head.index + 1
     total = end - start
+    clock = request.app[RESP].clock
     page = _page(request)
     if page is None:
-        return await _document(request, route, total, start, end, export=False)
-    entries = await _entries(route, start + page.offset, end, page.size)
+        envelope = protocol.ok_envelope(clock(), None, total=total)
+        return await _document(request, route, ("since", start, head.currhash), envelope,
+                               start, end, export=False)
     links = page.links(f"{route.links}/since/{request.match_info['hash']}", total)
-    return request.app[RESP].ok([route.row(e) for e in entries], paginated=True, **links,
-                                total=total)
+    envelope = protocol.ok_envelope(clock(), None, paginated=True, **links, total=total)
+    first = start + page.offset
+    return await _document(request, route,
+                           ("since", start, page.offset, page.size, head.currhash), envelope,
+                           first, min(first + page.size, end), export=False)
 
 
 async def export(request: web.Request, route: ChainRoute) -> web.StreamResponse:
-    resp = request.app[RESP]
+    clock = request.app[RESP].clock
     head = await route.chain.head()
     count = head.index + 1 if head else 0
+    head_hash = head.currhash if head else None
     page = _page(request)
     if page is not None:
-        entries = await _entries(route, page.offset, count, page.size)
         links = page.links(f"{route.links}/export", count)
-        return resp.ok([route.export_row(e) for e in entries], paginated=True, **links)
-    if head is None or count <= SMALL_DOCUMENT_ROWS:
-        return await _document(request, route, count, 0, count, export=True)
-    doc = await request.app[DOCS].export(
-        route.cache_key, route.chain, head,
-        lambda: protocol.ok_envelope(resp.clock(), None, total=count),
-        first_prev=route.first_prev)
-    return await respond(request, doc)
+        envelope = protocol.ok_envelope(clock(), None, paginated=True, **links)
+        return await _document(request, route, ("export", page.offset, page.size, head_hash),
+                               envelope, page.offset, min(page.offset + page.size, count),
+                               export=True)
+    envelope = protocol.ok_envelope(clock(), None, total=count)
+    keep = head if head is not None and count > SMALL_DOCUMENT_ROWS else None
+    return await _document(request, route, ("export", head_hash), envelope, 0, count,
+                           export=True, keep=keep)
 
 
 def serving(read: Callable[[web.Request, ChainRoute], Awaitable[web.StreamResponse]],
