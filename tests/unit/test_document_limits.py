@@ -41,8 +41,9 @@ def _cost(start: int, end: int, large: dict[int, int], limits: Limits = LIMITS) 
 
 
 def test_defaults_are_the_settings() -> None:
-    assert LIMITS == Limits(builds=2, queue=16, page_bytes=48 * MiB, spool_bytes=4 << 30,
-                            send_timeout=60.0)
+    expected = Limits(builds=2, queue=16, page_bytes=48 * MiB, spool_bytes=4 << 30,
+                      send_timeout=60.0)
+    assert expected == LIMITS
     # small rows fill a whole read: a million-entry export keeps its 2,000-row reads
     assert PAGE_ROWS * row_cost(LIMITS.small_row) <= LIMITS.page_bytes
     assert LIMITS.small_row > 4000
