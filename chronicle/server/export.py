@@ -463,13 +463,13 @@ class DocumentBuilder:
 
     async def document(self, key: Hashable, envelope_for: Callable[[], dict[str, Any]],
                        rows: Rows, *, export: bool, first_prev: str | None = None,
-                       keep: tuple[str, Entry] | None = None) -> Document:
+                       keep: tuple[str, int, bytes] | None = None) -> Document:
         """The document ``key`` names (chain, query and head): joined if it is being built
         or still read by another request, else built once a build slot is free (503 when
-        the queue is full). ``keep=(slot, head)``: the full export, kept while the head
-        is unchanged."""
+        the queue is full). ``keep=(slot, head index, head hash)``: the full export, kept
+        while the head is unchanged."""
         if keep is not None:
-            hit = self._open_cached(*keep)
+            hit = self._open_cached(keep[0], keep[2])
             if hit is not None:
                 return hit
         entry = self._shared.get(key)
@@ -491,7 +491,7 @@ class DocumentBuilder:
 
     async def _build(self, entry: _Shared, place: asyncio.Future[None] | None,
                      envelope_for: Callable[[], dict[str, Any]], rows: Rows, export: bool,
-                     first_prev: str | None, keep: tuple[str, Entry] | None) -> Built:
+                     first_prev: str | None, keep: tuple[str, int, bytes] | None) -> Built:
         await self.gate.acquire(place)
         try:
             if entry.abandoned:
@@ -550,17 +550,17 @@ class DocumentBuilder:
 
     # --- the kept full export -------------------------------------------------------------
 
-    def _open_cached(self, slot: str, head: Entry) -> Document | None:
+    def _open_cached(self, slot: str, head_hash: bytes) -> Document | None:
         cached = self._cached.get(slot)
-        if cached is None or cached[1] != head.currhash or cached[2].fh is None:
+        if cached is None or cached[1] != head_hash or cached[2].fh is None:
             return None
         return self._open(cached[2], lambda: None)
 
-    def _keep(self, slot: str, head: Entry, built: Built) -> None:
+    def _keep(self, slot: str, head_index: int, head_hash: bytes, built: Built) -> None:
         """Keep ``built`` as the full export of ``slot`` (on disk: it is served again)."""
         self.builds += 1
         old = self._cached.get(slot)
-        if old is not None and old[0] > head.index:
+        if old is not None and old[0] > head_index:
             return  # a newer export finished first
         if built.path is None:  # small enough to stay in memory: keep it on disk all the same
             body = built.body or b""
@@ -574,7 +574,7 @@ class DocumentBuilder:
             built.fh.flush()
             built.path, built.charged, built.body = Path(name), len(body), None
         built.kept = True
-        self._cached[slot] = (head.index, head.currhash, built)
+        self._cached[slot] = (head_index, head_hash, built)
         if old is not None and old[2] is not built:
             old[2].kept = False
             old[2].unlink()

@@ -17,7 +17,13 @@ from chronicle.core import protocol
 from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import b64u_decode
 from chronicle.core.errors import EncodingError, RequestError
-from chronicle.server.export import PIECE, SMALL_DOCUMENT_ROWS, DocumentBuilder, respond
+from chronicle.server.export import (
+    PIECE,
+    SMALL_DOCUMENT_ROWS,
+    DocumentBuilder,
+    Rows,
+    respond,
+)
 from chronicle.server.keys import CTX, DOCS, RESP
 from chronicle.store import Chain
 
@@ -79,21 +85,41 @@ def _docs(request: web.Request) -> DocumentBuilder:
 
 
 async def _document(request: web.Request, route: ChainRoute, query: tuple[Any, ...],
-                    envelope: dict[str, Any], start: int, stop: int, *, export: bool,
-                    keep: Entry | None = None) -> web.StreamResponse:
-    """Rows ``[start, stop)`` of the chain in ``envelope``, rendered by the document
-    builder (bounded memory, shared by identical requests: ``query`` names the document,
-    with the chain and its head). ``keep``: the head of a full export to keep cached."""
+                    envelope: dict[str, Any], rows: Rows, *, export: bool,
+                    keep: tuple[int, bytes] | None = None) -> web.StreamResponse:
+    """The rows of ``rows`` in ``envelope``, rendered by the document builder (bounded
+    memory, shared by identical requests: ``query`` names the document, with the chain
+    and its head). ``keep``: the head (index, hash) of a full export to keep cached."""
     docs = _docs(request)
     doc = await docs.document(
-        (route.cache_key, *query), lambda: envelope, lambda: docs.pages(route.chain, start, stop),
-        export=export, first_prev=route.first_prev,
-        keep=(route.cache_key, keep) if keep is not None else None)
+        (route.cache_key, *query), lambda: envelope, rows, export=export,
+        first_prev=route.first_prev, keep=(route.cache_key, *keep) if keep else None)
     return await respond(request, doc, send_timeout=docs.limits.send_timeout)
 
 
-async def _given(entries: list[Entry]) -> AsyncIterator[list[Entry]]:
-    yield entries
+def _range(request: web.Request, route: ChainRoute, start: int, stop: int) -> Rows:
+    docs = request.app[DOCS]
+    return lambda: docs.pages(route.chain, start, stop)
+
+
+# Handlers keep only indexes and hashes of the entries they look up, never the entries:
+# a request waiting for (or streaming) a document must not hold an 8 MiB row meanwhile.
+
+async def _head(route: ChainRoute) -> tuple[int, bytes | None]:
+    """The number of entries, and the head's hash."""
+    head = await route.chain.head()
+    return (head.index + 1, head.currhash) if head else (0, None)
+
+
+async def _index_of(route: ChainRoute, hash_raw: bytes) -> int:
+    matches = await route.chain.lookup(hash_raw)
+    if not matches:
+        raise route.no_record()
+    return matches[0].index
+
+
+async def _looked_up(route: ChainRoute, hash_raw: bytes) -> AsyncIterator[list[Entry]]:
+    yield await route.chain.lookup(hash_raw)
 
 
 async def lookup(request: web.Request, route: ChainRoute) -> web.StreamResponse:
@@ -104,53 +130,47 @@ async def lookup(request: web.Request, route: ChainRoute) -> web.StreamResponse:
     extra = {"notice": route.notice} if route.notice else {}
     if all(len(e.contents) <= PIECE for e in entries):
         return request.app[RESP].ok([route.row(e) for e in entries], **extra)
-    # a large row: rendered in pieces like a document, not as one string
-    docs = _docs(request)
+    # A large row: read again by a build and rendered in pieces, like any document.
+    del entries
     envelope = protocol.ok_envelope(request.app[RESP].clock(), None, **extra)
-    doc = await docs.document((route.cache_key, "lookup", hash_raw), lambda: envelope,
-                              lambda: _given(entries), export=False,
-                              first_prev=route.first_prev)
-    return await respond(request, doc, send_timeout=docs.limits.send_timeout)
+    return await _document(request, route, ("lookup", hash_raw), envelope,
+                           lambda: _looked_up(route, hash_raw), export=False)
 
 
 async def since(request: web.Request, route: ChainRoute) -> web.StreamResponse:
-    matches = await route.chain.lookup(route.hash_param(request))
-    if not matches:
-        raise route.no_record()
-    head = await route.chain.head()
-    assert head is not None
-    start, end = matches[0].index + 1, head.index + 1
+    start = await _index_of(route, route.hash_param(request)) + 1
+    end, head_hash = await _head(route)
     total = end - start
     clock = request.app[RESP].clock
     page = _page(request)
     if page is None:
         envelope = protocol.ok_envelope(clock(), None, total=total)
-        return await _document(request, route, ("since", start, head.currhash), envelope,
-                               start, end, export=False)
+        return await _document(request, route, ("since", start, head_hash), envelope,
+                               _range(request, route, start, end), export=False)
     links = page.links(f"{route.links}/since/{request.match_info['hash']}", total)
     envelope = protocol.ok_envelope(clock(), None, paginated=True, **links, total=total)
     first = start + page.offset
     return await _document(request, route,
-                           ("since", start, page.offset, page.size, head.currhash), envelope,
-                           first, min(first + page.size, end), export=False)
+                           ("since", start, page.offset, page.size, head_hash), envelope,
+                           _range(request, route, first, min(first + page.size, end)),
+                           export=False)
 
 
 async def export(request: web.Request, route: ChainRoute) -> web.StreamResponse:
     clock = request.app[RESP].clock
-    head = await route.chain.head()
-    count = head.index + 1 if head else 0
-    head_hash = head.currhash if head else None
+    count, head_hash = await _head(route)
     page = _page(request)
     if page is not None:
         links = page.links(f"{route.links}/export", count)
         envelope = protocol.ok_envelope(clock(), None, paginated=True, **links)
+        stop = min(page.offset + page.size, count)
         return await _document(request, route, ("export", page.offset, page.size, head_hash),
-                               envelope, page.offset, min(page.offset + page.size, count),
+                               envelope, _range(request, route, page.offset, stop),
                                export=True)
     envelope = protocol.ok_envelope(clock(), None, total=count)
-    keep = head if head is not None and count > SMALL_DOCUMENT_ROWS else None
-    return await _document(request, route, ("export", head_hash), envelope, 0, count,
-                           export=True, keep=keep)
+    keep = (count - 1, head_hash) if head_hash and count > SMALL_DOCUMENT_ROWS else None
+    return await _document(request, route, ("export", head_hash), envelope,
+                           _range(request, route, 0, count), export=True, keep=keep)
 
 
 def serving(read: Callable[[web.Request, ChainRoute], Awaitable[web.StreamResponse]],
