@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -384,17 +384,36 @@ class DocumentBuilder:
         limits = self.limits
         pos = known = start
         large: list[tuple[int, int]] = []
-        while pos < stop:
-            if pos >= known:
-                known = min(stop, pos + SIZE_LOOKAHEAD)
-                large = await large_rows(chain, pos, known, limits.small_row)
-                if len(large) >= SIZE_LIMIT:
-                    known = large[-1][0] + 1
-            page = await chain.range(pos, plan_read(pos, known, large, limits))
-            if not page:
-                return
-            yield page
-            pos = page[-1].index + 1
+        ahead: asyncio.Future[list[tuple[int, int]]] | None = None  # sizes from ``known`` on
+
+        def look(at: int) -> Awaitable[list[tuple[int, int]]]:
+            return large_rows(chain, at, min(stop, at + SIZE_LOOKAHEAD), limits.small_row)
+
+        def drop_ahead() -> None:
+            if ahead is not None:
+                ahead.cancel()
+                ahead.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+        try:
+            while pos < stop:
+                if pos >= known:
+                    if ahead is not None and pos == known:
+                        large = await ahead
+                    else:
+                        drop_ahead()
+                        large = await look(pos)
+                    ahead = None
+                    known = (min(stop, pos + SIZE_LOOKAHEAD) if len(large) < SIZE_LIMIT
+                             else large[-1][0] + 1)
+                    if known < stop:  # the next sizes are read while these rows render
+                        ahead = asyncio.ensure_future(look(known))
+                page = await chain.range(pos, plan_read(pos, known, large, limits))
+                if not page:
+                    return
+                yield page
+                pos = page[-1].index + 1
+        finally:
+            drop_ahead()
 
     # --- rendering ------------------------------------------------------------------------
 
