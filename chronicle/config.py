@@ -161,6 +161,19 @@ TABLE: tuple[Setting, ...] = (
     Setting("auth-failures-per-ip", 50, _rate,
             "refused writes (unknown client, bad signature) per second from one address "
             "before its writes get 429 unchecked (0 = unlimited)"),
+    Setting("document-builds", 2, _count(1),
+            "unpaginated export/since documents (and pages) rendered at once, per process"),
+    Setting("document-queue", 16, _count(0),
+            "requests waiting for a document build before a signed 503 + Retry-After"),
+    Setting("document-page-bytes", 48 << 20, _count(1 << 20),
+            "most bytes one range read of a document may become once JSON-escaped "
+            "(memory per build; at least 1 MiB)"),
+    Setting("spool-max-bytes", 4 << 30, _count(1 << 20),
+            "disk for spooled documents per process, files still being read included; "
+            "a build past it gets a signed 507 (alone) or 503 (space in use)"),
+    Setting("document-send-timeout", "1 minute", _interval,
+            "a reader that takes no 1 MiB of a document in this time is disconnected; "
+            "\"\" disables"),
 )
 
 #: key -> (default, description), in :data:`TABLE` order.
@@ -195,6 +208,11 @@ class Settings:
     body_memory: int
     rate_limit_ip: float
     auth_failures_per_ip: float
+    document_builds: int
+    document_queue: int
+    document_page_bytes: int
+    spool_max_bytes: int
+    document_send_timeout: timedelta | None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
