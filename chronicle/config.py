@@ -133,7 +133,7 @@ TABLE: tuple[Setting, ...] = (
     Setting("max-batch", 512, _count(1), "most entries committed in one transaction"),
     Setting("max-queue", 8192, _count(1), "pending publishes before answering 503"),
     Setting("export-cache", True, _flag,
-            "keep the signed unpaginated export until the chain grows"),
+            "keep the signed unpaginated export (1,000 entries or more) until the chain grows"),
     Setting("rate-limit", 0, _rate,
             "publishes per second per client (a burst of one second's worth); 0 = unlimited"),
     Setting("read-only", False, _flag,

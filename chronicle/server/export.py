@@ -51,7 +51,6 @@ from chronicle.core.encoding import b64u_encode
 from chronicle.core.errors import ChronicleError, OverloadedError
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey, StreamingSigner
 from chronicle.store import Chain
-from chronicle.store import rows as store_rows
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +136,7 @@ async def large_rows(chain: Chain, start: int, stop: int, over: int) -> list[tup
     """``(index, size)`` of the first ``SIZE_LIMIT`` rows in ``[start, stop)`` whose
     contents are larger than ``over`` bytes; their contents are not read (SQLite and
     PostgreSQL take ``length`` of a blob from its header)."""
-    # Chain's own range statement with other columns: it names the table and the chain.
-    sql = chain._range.replace(store_rows.RANGE_COLS, "idx, length(contents)")
-    sql = sql.replace("ORDER BY idx", f"AND length(contents) > ? ORDER BY idx LIMIT {SIZE_LIMIT}")
-    found = await chain._db.scan(sql, await chain.key(), start, stop, over)
-    return [(int(r[0]), int(r[1])) for r in found]
+    return await chain.large_rows(start, stop, over, SIZE_LIMIT)
 
 
 # --- what a build holds ---------------------------------------------------------------------
