@@ -35,9 +35,11 @@ from chronicle.core.verify import ChainFault
 from chronicle.ledger import Ledger
 from chronicle.store import Store
 from chronicle.store import open_store as store_for_url
+from chronicle.store.schema import SchemaStore
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+StoreT = TypeVar("StoreT", bound=SchemaStore)
 
 # --- exit codes -------------------------------------------------------------------------------
 
@@ -249,8 +251,8 @@ class Opened:
 
 
 @asynccontextmanager
-async def closing(store: Store) -> AsyncIterator[Store]:
-    """Close ``store`` on the way out, however the block ends."""
+async def closing(store: StoreT) -> AsyncIterator[StoreT]:
+    """Close ``store`` (a ledger's or a witness's) on the way out, however the block ends."""
     try:
         yield store
     finally:
