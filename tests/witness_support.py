@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -76,6 +76,19 @@ class TestLog:
 
     async def proofs(self, old: int, new: int) -> list[bytes]:
         return self.tree.consistency_proof(old, new)
+
+
+class FakeClock:
+    """A clock a test moves by hand (a witness's cosignature timestamps)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
