@@ -388,7 +388,7 @@ class _KeyedSettings(Protocol):
 S = TypeVar("S", bound=_KeyedSettings)
 
 
-class _SettingsDir(Generic[S]):
+class SettingsDir(Generic[S]):
     """A directory with a settings file, a secret key and (by default) a SQLite file: it
     names every path in it, so nothing else joins them. Subclasses say which files."""
 
@@ -400,11 +400,11 @@ class _SettingsDir(Generic[S]):
     """What the directory is called in errors."""
     init_command: str
 
+    _parse: Callable[[dict[str, Any]], S]
+    """Settings from the file's mapping (the settings class's ``from_mapping``)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-
-    def _parse(self, data: dict[str, Any]) -> S:
-        raise NotImplementedError
 
     @property
     def config_path(self) -> Path:
@@ -424,7 +424,7 @@ class _SettingsDir(Generic[S]):
             raise ConfigError(f"{self.config_path}: {exc}") from exc
 
     def write_raw(self, data: dict[str, Any]) -> None:
-        self._parse(data)  # never write a file we could not read back
+        self.check(data)  # never write a file we could not read back
         tmp = self.config_path.with_suffix(".toml.tmp")
         # 0600: the database URL may carry a password.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -434,6 +434,10 @@ class _SettingsDir(Generic[S]):
 
     def settings(self) -> S:
         return self._parse(self.read_raw())
+
+    def check(self, data: dict[str, Any]) -> None:
+        """Refuse settings that do not parse (:class:`ConfigError`), writing nothing."""
+        self._parse(data)
 
     def key_path(self, settings: S) -> Path:
         named = os.environ.get(self.key_file_env)
@@ -472,17 +476,12 @@ class _SettingsDir(Generic[S]):
         return path if path.is_absolute() else self.path / path
 
 
-class DataDir(_SettingsDir[Settings]):
+class DataDir(SettingsDir[Settings]):
     """One ledger's data directory."""
 
-    config_file = CONFIG_FILE
-    default_key_file = KEY_FILE
-    key_file_env = KEY_FILE_ENV
-    kind = "chronicle data directory"
-    init_command = "chronicle init"
-
-    def _parse(self, data: dict[str, Any]) -> Settings:
-        return Settings.from_mapping(data)
+    config_file, default_key_file, key_file_env = CONFIG_FILE, KEY_FILE, KEY_FILE_ENV
+    kind, init_command = "chronicle data directory", "chronicle init"
+    _parse = Settings.from_mapping
 
     @property
     def cache_dir(self) -> Path:
@@ -500,18 +499,14 @@ class DataDir(_SettingsDir[Settings]):
         return self.path / "evidence"
 
 
-class WitnessDir(_SettingsDir[WitnessSettings]):
+class WitnessDir(SettingsDir[WitnessSettings]):
     """A witness's directory (``chronicle witness``): ``witness.toml``, its cosigning key,
     by default ``witness.db``."""
 
-    config_file = WITNESS_CONFIG_FILE
-    default_key_file = WITNESS_KEY_FILE
+    config_file, default_key_file = WITNESS_CONFIG_FILE, WITNESS_KEY_FILE
     key_file_env = WITNESS_KEY_FILE_ENV
-    kind = "chronicle witness directory"
-    init_command = "chronicle witness init"
-
-    def _parse(self, data: dict[str, Any]) -> WitnessSettings:
-        return WitnessSettings.from_mapping(data)
+    kind, init_command = "chronicle witness directory", "chronicle witness init"
+    _parse = WitnessSettings.from_mapping
 
 
 def write_secret_file(path: Path, text: str) -> None:

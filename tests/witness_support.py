@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from chronicle.cli.witness import open_witness
 from chronicle.config import WitnessDir, WitnessSettings, write_secret_file
 from chronicle.core.checkpoint import (
     AddCheckpointRequest,
@@ -135,12 +136,9 @@ async def init_witness_dir(path: Path, name: str = "witness.example/w1",
 
 
 async def add_log(witness_dir: WitnessDir, log: TestLog, *vkeys: str) -> None:
-    store = open_witness_store(witness_dir.settings().database, witness_dir.path)
-    await store.open()
-    try:
+    """What `chronicle witness add-log` does (the log's own key unless others are given)."""
+    async with open_witness(witness_dir) as store:
         await store.add_log(log.origin, vkeys or (log.vkey,), atom(utcnow()))
-    finally:
-        await store.close()
 
 
 @dataclass
@@ -179,6 +177,12 @@ class RunningWitness:
         await self.session.close()
         await self.runner.cleanup()
         await self.store.close()
+
+    async def __aenter__(self) -> RunningWitness:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 async def start_witness(witness_dir: WitnessDir, *,

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,7 +29,7 @@ import click
 from chronicle.audit.runner import UsageProblem
 from chronicle.client.errors import ServerRefused
 from chronicle.client.http import api_base, split_instance
-from chronicle.config import ConfigError, DataDir, Settings
+from chronicle.config import ConfigError, DataDir, Settings, SettingsDir, write_secret_file
 from chronicle.core.errors import ChronicleError, StorageError, TransportError
 from chronicle.core.sapient import SigningKey, parse_public_key
 from chronicle.core.verify import ChainFault
@@ -268,6 +269,51 @@ async def open_store(data_dir: DataDir) -> AsyncIterator[Opened]:
     await store.open()
     async with closing(store):
         yield Opened(data_dir, settings, store)
+
+
+def init_directory(directory: SettingsDir[Any], what: str, signing_key: Path | None,
+                   raw: dict[str, Any], create: Callable[[], Awaitable[None]]) -> SigningKey:
+    """``init`` of a directory (a ledger's, a witness's): write its settings ``raw``, its
+    key (read from ``signing_key``, else new) and its database (``create()``); the key.
+
+    Refused before anything is written: a directory that already holds ``what``, settings
+    that do not parse (a database URL we could not use: a usage error), a key or SQLite
+    file already there (an interrupted init is never overwritten). If writing fails,
+    nothing is left behind, not even the directories made: a half-made directory would
+    block the next init.
+    """
+    if directory.exists():
+        fail(f"{directory.path} already holds a {what}")
+    if signing_key is not None:
+        try:
+            key = SigningKey.from_text(signing_key.read_text())
+        except ChronicleError as exc:
+            fail(f"{signing_key}: {exc.message}")
+    else:
+        key = SigningKey.generate()
+    try:
+        directory.check(raw)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--database") from None
+    db_path = directory.sqlite_file(raw["database"])
+    written = [directory.default_key_path, directory.config_path, *filter(None, [db_path])]
+    for path in (directory.default_key_path, db_path):
+        if path is not None and path.exists():
+            fail(f"{path} already exists")
+    made = [p for p in (directory.path, *directory.path.parents) if not p.exists()]
+    directory.path.mkdir(parents=True, exist_ok=True)
+    try:
+        run(create())
+        write_secret_file(directory.default_key_path, key.to_text())
+        directory.write_raw(raw)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for made_dir in made:  # deepest first
+            with contextlib.suppress(OSError):
+                made_dir.rmdir()
+        raise
+    return key
 
 
 def run(coro: Awaitable[T]) -> T:

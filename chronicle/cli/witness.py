@@ -18,13 +18,20 @@ from typing import Any, TypeVar
 
 import click
 
-from chronicle.cli.common import closing, fail, handle_errors, json_option, out, run
-from chronicle.config import WitnessDir, WitnessSettings, write_secret_file
+from chronicle.cli.common import (
+    closing,
+    fail,
+    handle_errors,
+    init_directory,
+    json_option,
+    out,
+    run,
+)
+from chronicle.config import WITNESS_DEFAULT_DB, WitnessDir, WitnessSettings
 from chronicle.core.checkpoint import CheckpointFormatError, Cosigner, check_origin
 from chronicle.core.encoding import atom, utcnow
 from chronicle.core.errors import ChronicleError
 from chronicle.core.note import Ed25519Verifier, b64encode, is_valid_key_name
-from chronicle.core.sapient import SigningKey
 from chronicle.server.witness import run as run_witness
 from chronicle.store.witness import WitnessedLog, WitnessStore, open_witness_store
 
@@ -106,42 +113,24 @@ def witness() -> None:
               help="The witness's key name, on every cosignature (default: HOSTNAME/witness).")
 @click.option("--signing-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Use this existing key file (base64url libsodium secret key).")
-@click.option("--database", default=None, help="Database URL (default: sqlite:witness.db).")
+@click.option("--database", default=WITNESS_DEFAULT_DB, show_default=True,
+              help="Database URL.")
 @json_option
 @handle_errors
 def witness_init(witness_dir: WitnessDir, name: str | None, signing_key: Path | None,
-                 database: str | None, as_json: bool) -> None:
+                 database: str, as_json: bool) -> None:
     """Create a witness directory: settings, cosigning key and an empty database."""
     name = name if name is not None else _default_name()
     if not is_valid_key_name(name):
         raise click.BadParameter(f"{name!r} is not a key name (no spaces or '+')",
                                  param_hint="--name")
-    if witness_dir.exists():
-        fail(f"{witness_dir.path} already holds a witness")
-    raw = WitnessSettings.with_defaults({"name": name} | (
-        {"database": database} if database is not None else {}))
-    if signing_key is not None:
-        try:
-            key = SigningKey.from_text(signing_key.read_text())
-        except ChronicleError as exc:
-            fail(f"{signing_key}: {exc.message}")
-    else:
-        key = SigningKey.generate()
-    witness_dir.path.mkdir(parents=True, exist_ok=True)
-    key_path = witness_dir.default_key_path
-    if key_path.exists():
-        fail(f"{key_path} already exists")
-    db_path = witness_dir.sqlite_file(raw["database"])
-    if db_path is not None and db_path.exists():
-        fail(f"{db_path} already exists")
+    raw = WitnessSettings.with_defaults({"name": name, "database": database})
 
     async def create() -> None:
-        async with closing(open_witness_store(raw["database"], witness_dir.path)) as store:
+        async with closing(open_witness_store(database, witness_dir.path)) as store:
             await store.create_schema()
 
-    run(create())
-    write_secret_file(key_path, key.to_text())
-    witness_dir.write_raw(raw)
+    key = init_directory(witness_dir, "witness", signing_key, raw, create)
     cosigner = Cosigner(name, key)
     out(as_json, {"name": name, "vkey": cosigner.vkey(), "public-key": key.public_b64},
         cosigner.vkey())

@@ -11,7 +11,8 @@ the caller keeps for the next submission.
 
 Errors, by who is at fault:
 
-- the witness refused (:class:`WitnessRefused`, by status): 404 :class:`UnknownLogError`,
+- the witness refused (:class:`WitnessRefused`, a
+  :class:`~chronicle.client.errors.ServerRefused`, by status): 404 :class:`UnknownLogError`,
   403 :class:`LogSignatureError`, 422 :class:`ProofRejectedError`, 400
   :class:`MalformedRequestError`; a 409 that resubmitting cannot settle is a
   :class:`WitnessConflictError`: :class:`WitnessForkError` (the witness cosigned another
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 
+from chronicle.client.errors import ServerRefused
 from chronicle.core.checkpoint import (
     TLOG_SIZE_CONTENT_TYPE,
     AddCheckpointRequest,
@@ -57,10 +60,16 @@ MAX_ANSWER = 64 << 10
 SHOWN = 200
 
 
-class WitnessRefused(RequestError):
-    """The witness said no; ``status`` is its HTTP status, ``witness`` its name."""
+class WitnessRefused(ServerRefused):
+    """The witness said no (its HTTP ``status``); ``witness`` is its name. A subclass
+    names the status it stands for: ``class X(WitnessRefused, status=404)``."""
 
-    def __init__(self, witness: str, message: str, *, status: int) -> None:
+    def __init_subclass__(cls, *, status: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+
+    def __init__(self, witness: str, message: str, *, status: int | None = None) -> None:
         super().__init__(message, status=status)
         self.witness = witness
 
@@ -68,27 +77,27 @@ class WitnessRefused(RequestError):
         return f"witness {self.witness} refused (HTTP {self.status}): {self.message}"
 
 
-class UnknownLogError(WitnessRefused):
-    """404: the witness does not witness this log (origin)."""
+class UnknownLogError(WitnessRefused, status=404):
+    """The witness does not witness this log (origin)."""
 
 
-class LogSignatureError(WitnessRefused):
-    """403: no signature on the checkpoint verifies with the keys the witness has."""
+class LogSignatureError(WitnessRefused, status=403):
+    """No signature on the checkpoint verifies with the keys the witness has."""
 
 
-class ProofRejectedError(WitnessRefused):
-    """422: the witness found the consistency proof wrong."""
+class ProofRejectedError(WitnessRefused, status=422):
+    """The witness found the consistency proof wrong."""
 
 
-class MalformedRequestError(WitnessRefused):
-    """400: the witness found the request malformed."""
+class MalformedRequestError(WitnessRefused, status=400):
+    """The witness found the request malformed."""
 
 
-class WitnessConflictError(WitnessRefused):
-    """409 that submitting again cannot settle; ``known_size`` is the witness's size."""
+class WitnessConflictError(WitnessRefused, status=409):
+    """A 409 that submitting again cannot settle; ``known_size`` is the witness's size."""
 
     def __init__(self, witness: str, message: str, *, known_size: int) -> None:
-        super().__init__(witness, message, status=409)
+        super().__init__(witness, message)
         self.known_size = known_size
 
 
@@ -123,20 +132,20 @@ class Submission:
     """How many 409s it took (each answered by submitting again)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
+class _Answer(NamedTuple):
     status: int
     content_type: str
     body: bytes
 
-    def text(self) -> str:
-        """The first line of the body, for an error message (never trusted)."""
-        return self.body.decode("utf-8", "replace").strip().split("\n", 1)[0][:SHOWN]
+
+def _first_line(body: bytes) -> str:
+    """A refusal's text for an error message (shown, never trusted)."""
+    return body.decode("utf-8", "replace").strip().split("\n", 1)[0][:SHOWN]
 
 
 _REFUSALS: dict[int, type[WitnessRefused]] = {
-    404: UnknownLogError, 403: LogSignatureError, 422: ProofRejectedError,
-    400: MalformedRequestError}
+    cls.status: cls for cls in (UnknownLogError, LogSignatureError, ProofRejectedError,
+                                MalformedRequestError)}
 
 
 class WitnessClient:
@@ -214,9 +223,9 @@ class WitnessClient:
         status = answer.status
         if status >= 500 or status == 429:
             return TransportError(f"witness {self.name} answered HTTP {status}: "
-                                  f"{answer.text()}")
+                                  f"{_first_line(answer.body)}")
         cls = _REFUSALS.get(status, WitnessRefused)
-        return cls(self.name, answer.text() or f"HTTP {status}", status=status)
+        return cls(self.name, _first_line(answer.body) or f"HTTP {status}", status=status)
 
     async def _post(self, body: bytes) -> _Answer:
         url = f"{self.endpoint.url}/add-checkpoint"

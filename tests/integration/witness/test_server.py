@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
-import pytest
 
+from chronicle.cli.witness import open_witness
 from chronicle.core.checkpoint import (
     MAX_PROOF_LINES,
     TLOG_SIZE_CONTENT_TYPE,
@@ -46,26 +45,9 @@ from tests.witness_support import (
     TestLog,
     add_log,
     init_witness_dir,
-    start_witness,
 )
 
 TEXT = "text/plain; charset=utf-8"
-
-
-@pytest.fixture
-async def witness(tmp_path: Path) -> AsyncIterator[RunningWitness]:
-    running = await start_witness(await init_witness_dir(tmp_path / "w"))
-    try:
-        yield running
-    finally:
-        await running.close()
-
-
-@pytest.fixture
-async def log(witness: RunningWitness) -> TestLog:
-    test_log = TestLog().grow(5)
-    await add_log(witness.witness_dir, test_log)
-    return test_log
 
 
 def cosignatures(witness: RunningWitness, checkpoint: Checkpoint, body: bytes) -> list[int]:
@@ -312,13 +294,9 @@ async def test_state_survives_a_witness_restart(tmp_path: Path) -> None:
             assert await stop_process(process, graceful=True) == 0
         finally:
             await stop_process(process)
-    store = open_witness_store(witness_dir.settings().database, witness_dir.path)
-    await store.open()
-    try:
+    async with open_witness(witness_dir) as store:
         known = await store.log(ORIGIN)
-        assert known is not None and known.state == WitnessState(20, log.tree.root())
-    finally:
-        await store.close()
+    assert known is not None and known.state == WitnessState(20, log.tree.root())
 
 
 async def test_serves_behind_the_connection_gate(tmp_path: Path) -> None:

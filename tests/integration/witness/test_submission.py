@@ -60,22 +60,6 @@ from tests.witness_support import (
 NAME = "witness.example/w1"
 
 
-@pytest.fixture
-async def witness(tmp_path: Path) -> AsyncIterator[RunningWitness]:
-    running = await start_witness(await init_witness_dir(tmp_path / "w1", NAME))
-    try:
-        yield running
-    finally:
-        await running.close()
-
-
-@pytest.fixture
-async def log(witness: RunningWitness) -> TestLog:
-    test_log = TestLog().grow(10)
-    await add_log(witness.witness_dir, test_log)
-    return test_log
-
-
 def client(witness: RunningWitness) -> WitnessClient:
     return WitnessClient(witness.endpoint, witness.session)
 
@@ -112,6 +96,7 @@ async def test_submits_across_10000_appends_in_steps(witness: RunningWitness,
 
 async def test_a_409_resubmits_from_the_size_the_witness_holds(witness: RunningWitness,
                                                                log: TestLog) -> None:
+    log.grow(10)
     assert (await witness.post(log.request(0, 10))).status == 200
     # The caller knows nothing (old 0): the witness says 10, the client proves 10 -> 30.
     log.grow(30)
@@ -126,6 +111,7 @@ async def test_a_409_resubmits_from_the_size_the_witness_holds(witness: RunningW
 
 async def test_a_fork_at_the_witness_size_is_reported(witness: RunningWitness,
                                                       log: TestLog) -> None:
+    log.grow(10)
     fork = TestLog(signer=log.signer, tag="fork ").grow(10)
     assert (await witness.post(fork.request(0))).status == 200
     for known in (None, 10):
@@ -161,7 +147,7 @@ async def test_refusals_are_precise_errors(witness: RunningWitness, log: TestLog
         await client(witness).submit(impostor.note(), impostor.proofs)
     assert (forged.value.status, forged.value.message) == (
         403, "note has no verifiable signatures")
-    assert (await witness.post(log.request(0))).status == 200
+    assert (await witness.post(log.grow(10).request(0))).status == 200
     log.grow(20)
     fork = TestLog(signer=log.signer, tag="fork ").grow(20)
     with pytest.raises(ProofRejectedError) as bad_proof:
