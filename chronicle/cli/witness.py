@@ -2,6 +2,7 @@
 
 - ``init``: a witness directory (``witness.toml``, the cosigning key, its own database);
 - ``add-log``, ``list-log``, ``remove-log``: the logs it witnesses (origin + key(s));
+- ``evidence``: refused requests that contradict what it cosigned (possible forks);
 - ``serve``: ``POST /add-checkpoint`` for them until SIGTERM.
 
 A witness directory is not a ledger's (``--data-dir`` names the witness's own, default
@@ -33,7 +34,7 @@ from chronicle.core.encoding import atom, utcnow
 from chronicle.core.errors import ChronicleError
 from chronicle.core.note import Ed25519Verifier, b64encode, is_valid_key_name
 from chronicle.server.witness import run as run_witness
-from chronicle.store.witness import WitnessedLog, WitnessStore, open_witness_store
+from chronicle.store.witness import Evidence, WitnessedLog, WitnessStore, open_witness_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -204,6 +205,32 @@ def witness_remove_log(witness_dir: WitnessDir, origin: str, vkeys: tuple[str, .
         fail(f"{origin!r} has no such key" if vkeys else f"{origin!r} is not witnessed")
     out(as_json, {**_log_json(log), "removed": removed},
         f"{origin}: {removed} key(s) removed" + ("" if log.active else "; no longer witnessed"))
+
+
+@witness.command("evidence")
+@witness_dir_option
+@click.option("--origin", required=True, help="The log's origin.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+@handle_errors
+def witness_evidence(witness_dir: WitnessDir, origin: str, limit: int, as_json: bool) -> None:
+    """Requests refused although the log signed them (newest first): an inconsistent
+    proof, another root at a size already cosigned. ``request`` is the exact body."""
+
+    async def go() -> tuple[WitnessedLog | None, list[Evidence]]:
+        async with open_witness(witness_dir) as store:
+            return await store.log(origin), await store.evidence(origin, limit)
+
+    log, kept = run(go())
+    if log is None:
+        fail(f"no log {origin!r}")
+    items = [{"recorded": e.recorded, "status": e.status, "reason": e.reason,
+              "known-size": e.known.size if e.known else None,
+              "known-root": b64encode(e.known.root) if e.known else None,
+              "request": b64encode(e.request)} for e in kept]
+    out(as_json, {"origin": origin, "evidence": items},
+        "\n".join(f"{e['recorded']}  HTTP {e['status']}: {e['reason']} (the witness held "
+                  f"size {e['known-size']})" for e in items) or "(no evidence)")
 
 
 @witness.command("serve")

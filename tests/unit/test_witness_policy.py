@@ -194,3 +194,6 @@ def test_a_witness_directory_has_its_own_names(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         WitnessSettings.from_mapping({"name": "w", "paginate-export": 1})
     assert caught.value.message == "unknown setting(s): paginate-export"
+    with pytest.raises(ConfigError) as caught:
+        WitnessSettings.from_mapping({"name": "w", "max-body-size": 1000})
+    assert caught.value.message == "max-body-size must be at least 65536"

@@ -13,15 +13,17 @@ import pytest
 from click.testing import CliRunner, Result
 
 from chronicle.cli import main
+from chronicle.cli.witness import open_witness
 from chronicle.config import WITNESS_KEY_FILE, WitnessDir
 from chronicle.core.checkpoint import CosignatureVerifier, Cosigner
 from chronicle.core.errors import SchemaMismatchError, StorageError
-from chronicle.core.note import Ed25519Signer
+from chronicle.core.note import Ed25519Signer, b64encode
 from chronicle.core.sapient import SigningKey
 from chronicle.store import open_store
 from chronicle.store.witness import open_witness_store
+from chronicle.witness import Witness
 from tests import helpers
-from tests.witness_support import ORIGIN, witness_database
+from tests.witness_support import ORIGIN, TestLog, witness_database
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
 LOG = Ed25519Signer.from_seed(ORIGIN, bytes(32))
@@ -78,7 +80,16 @@ def test_init_takes_a_key_and_refuses_bad_names(tmp_path: Path) -> None:
     key_file.write_text("nonsense")
     line = error_line(witness(tmp_path / "y", "init", "--signing-key", str(key_file)),
                       EXIT_REFUSED)
-    assert line.startswith(f"error: {key_file}: ")
+    assert line == f"error: {key_file}: Invalid secret key: expected 64 bytes, got 6"
+
+
+@pytest.mark.parametrize("leftover", [WITNESS_KEY_FILE, "witness.db"])
+def test_init_never_overwrites_what_an_interrupted_init_left(tmp_path: Path,
+                                                             leftover: str) -> None:
+    (tmp_path / leftover).write_text("kept")
+    res = witness(tmp_path, "init", "--database", "sqlite:witness.db")
+    assert error_line(res, EXIT_REFUSED) == f"error: {tmp_path / leftover} already exists"
+    assert (tmp_path / leftover).read_text() == "kept"
 
 
 def test_add_list_remove_logs(tmp_path: Path) -> None:
@@ -145,6 +156,36 @@ def test_keys_named_otherwise_need_a_flag(tmp_path: Path) -> None:
     assert witness(path, "remove-log", "--origin", "go.sum database tree").exit_code == 0
     assert error_line(witness(path, "remove-log", "--origin", "go.sum database tree"),
                       EXIT_REFUSED) == "error: 'go.sum database tree' is not witnessed"
+
+
+def test_evidence_shows_refused_requests_the_log_signed(tmp_path: Path) -> None:
+    path = tmp_path / "w"
+    init(path)
+    log = TestLog(signer=LOG).grow(12)
+    fork = TestLog(signer=LOG, tag="fork ").grow(12)
+    assert witness(path, "add-log", "--origin", ORIGIN, "--vkey", LOG.vkey()).exit_code == 0
+
+    async def submit() -> list[int]:
+        witness_dir = WitnessDir(path)
+        cosigner = Cosigner("w.example/one", witness_dir.signing_key(witness_dir.settings()))
+        async with open_witness(witness_dir) as store:
+            service = Witness(store, cosigner)
+            return [(await service.add_checkpoint(body)).status
+                    for body in (log.request(0), fork.request(12))]
+
+    assert asyncio.run(submit()) == [200, 409]
+    res = witness(path, "evidence", "--origin", ORIGIN, "--json")
+    assert res.exit_code == EXIT_OK, res.stderr
+    [kept] = json.loads(res.stdout)["evidence"]
+    assert kept == {"recorded": kept["recorded"], "status": 409,
+                    "reason": "size 12 was cosigned with another root hash",
+                    "known-size": 12, "known-root": b64encode(log.tree.root()),
+                    "request": b64encode(fork.request(12))}
+    assert witness(path, "evidence", "--origin", ORIGIN).stdout == (
+        f"{kept['recorded']}  HTTP 409: size 12 was cosigned with another root hash (the "
+        "witness held size 12)\n")
+    assert error_line(witness(path, "evidence", "--origin", "nobody"), EXIT_REFUSED) == \
+        "error: no log 'nobody'"
 
 
 def test_commands_on_a_directory_that_is_no_witness(tmp_path: Path) -> None:
