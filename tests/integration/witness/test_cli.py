@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from chronicle.cli import main
 from chronicle.cli.witness import open_witness
-from chronicle.config import WITNESS_KEY_FILE, WitnessDir
+from chronicle.config import WITNESS_KEY_FILE, ConfigError, WitnessDir
 from chronicle.core.checkpoint import CosignatureVerifier, Cosigner
 from chronicle.core.errors import SchemaMismatchError, StorageError
 from chronicle.core.note import Ed25519Signer, b64encode
@@ -186,6 +186,50 @@ def test_evidence_shows_refused_requests_the_log_signed(tmp_path: Path) -> None:
         "witness held size 12)\n")
     assert error_line(witness(path, "evidence", "--origin", "nobody"), EXIT_REFUSED) == \
         "error: no log 'nobody'"
+
+
+def test_init_refuses_a_database_it_cannot_use_and_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "w"
+    bad = cli("witness", "init", "--data-dir", str(path), "--name", "w", "--database", "x")
+    assert error_line(bad, EXIT_USAGE) == ("error: Invalid value for --database: database "
+                                           "must be sqlite:PATH or postgresql://…, not 'x'")
+    unreachable = cli("witness", "init", "--data-dir", str(path), "--name", "w",
+                      "--database", "postgresql://nobody@127.0.0.1:1/none")
+    assert error_line(unreachable, EXIT_IO).startswith("error: cannot connect to PostgreSQL")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_missing_database_is_never_made_by_opening_it(tmp_path: Path) -> None:
+    path = tmp_path / "w"
+    res = cli("witness", "init", "--data-dir", str(path), "--name", "w")
+    assert res.exit_code == EXIT_OK, res.stderr
+    (path / "witness.db").unlink()
+    assert error_line(witness(path, "list-log"), EXIT_IO) == (
+        f"error: {path / 'witness.db'} does not exist (run `chronicle witness init`, or "
+        "check the database setting)")
+    assert not (path / "witness.db").exists()
+
+
+def test_the_key_may_come_from_its_own_variable(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$CHRONICLE_WITNESS_KEY_FILE`` names the witness's key; the ledger's variable never
+    does (one environment may run both); a key others can read is refused."""
+    path = tmp_path / "w"
+    init(path)
+    elsewhere = tmp_path / "secret.key"
+    key = SigningKey.generate()
+    elsewhere.write_text(key.to_text())
+    elsewhere.chmod(0o600)
+    witness_dir = WitnessDir(path)
+    monkeypatch.setenv("CHRONICLE_SIGNING_KEY_FILE", str(elsewhere))
+    assert witness_dir.signing_key(witness_dir.settings()).public != key.public
+    monkeypatch.setenv("CHRONICLE_WITNESS_KEY_FILE", str(elsewhere))
+    assert witness_dir.signing_key(witness_dir.settings()).public == key.public
+    elsewhere.chmod(0o644)
+    with pytest.raises(ConfigError) as caught:
+        witness_dir.signing_key(witness_dir.settings())
+    assert caught.value.message == (f"signing key {elsewhere} is readable by others (mode "
+                                    "0644); chmod 600 it, or use a copy that is")
 
 
 def test_commands_on_a_directory_that_is_no_witness(tmp_path: Path) -> None:
