@@ -59,6 +59,9 @@ def _text(key: str, value: Any) -> str:
     return str(value)
 
 
+DATABASE_HELP = "sqlite:PATH (relative to the data dir) or postgresql://…"
+
+
 def _database(key: str, value: Any) -> str:
     """``sqlite:PATH`` or ``postgresql://…``: the two backends there are."""
     url = str(value)
@@ -159,8 +162,7 @@ ADMISSION: tuple[Setting, ...] = (
 
 #: Every setting, once; the order is the order ``chronicle init`` writes them in.
 TABLE: tuple[Setting, ...] = (
-    Setting("database", DEFAULT_DB, _database,
-            "sqlite:PATH (relative to the data dir) or postgresql://…"),
+    Setting("database", DEFAULT_DB, _database, DATABASE_HELP),
     Setting("signing-key-file", KEY_FILE, _text,
             "server signing key file (relative to the data dir)"),
     Setting("paginate-export", 0, _count(0),
@@ -306,8 +308,7 @@ DEFAULTS = Settings.from_mapping({})
 WITNESS_TABLE: tuple[Setting, ...] = (
     Setting("name", "", _key_name,
             "the witness's key name, on every cosignature (e.g. witness.example.org/w1)"),
-    Setting("database", WITNESS_DEFAULT_DB, _database,
-            "sqlite:PATH (relative to the data dir) or postgresql://…"),
+    Setting("database", WITNESS_DEFAULT_DB, _database, DATABASE_HELP),
     Setting("signing-key-file", WITNESS_KEY_FILE, _text,
             "the cosigning key file (relative to the data dir); it signs answers too"),
     Setting("max-body-size", MAX_WITNESS_BODY, _count(64 << 10),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from typing import Any
 
 from aiohttp import web
 
@@ -50,7 +51,7 @@ ORIGIN_SHOWN = 200
 class WitnessResponder(Responder):
     """Errors as one line of plain text, as witness clients expect (still signed)."""
 
-    def error_body(self, message: str) -> tuple[bytes, str]:
+    def error_body(self, message: str, details: Any = None) -> tuple[bytes, str]:
         return (message.replace("\n", " ") + "\n").encode("utf-8"), TEXT
 
 
