@@ -11,6 +11,7 @@ A witness directory is not a ledger's (``--data-dir`` names the witness's own, d
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from chronicle.core.checkpoint import CheckpointFormatError, Cosigner, check_ori
 from chronicle.core.encoding import atom, utcnow
 from chronicle.core.errors import ChronicleError
 from chronicle.core.note import Ed25519Verifier, b64encode, is_valid_key_name
+from chronicle.server.runner import announce_on_stderr
 from chronicle.server.witness import run as run_witness
 from chronicle.store.witness import Evidence, WitnessedLog, WitnessStore, open_witness_store
 
@@ -210,7 +212,8 @@ def witness_remove_log(witness_dir: WitnessDir, origin: str, vkeys: tuple[str, .
 @witness.command("evidence")
 @witness_dir_option
 @click.option("--origin", required=True, help="The log's origin.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000),
+              help="Show at most this many, newest first.")
 @json_option
 @handle_errors
 def witness_evidence(witness_dir: WitnessDir, origin: str, limit: int, as_json: bool) -> None:
@@ -235,9 +238,25 @@ def witness_evidence(witness_dir: WitnessDir, origin: str, limit: int, as_json: 
 
 @witness.command("serve")
 @witness_dir_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8081, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8081, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port, printed when listening).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Once listening, print one JSON object: url, name, vkey, public-key.")
 @handle_errors
-def witness_serve(witness_dir: WitnessDir, host: str, port: int) -> None:
-    """Serve POST /add-checkpoint until SIGTERM (drains, then exits 0)."""
-    run_witness(witness_dir, host, port)
+def witness_serve(witness_dir: WitnessDir, host: str, port: int, as_json: bool) -> None:
+    """Serve POST /add-checkpoint until SIGTERM (drains, then exits 0).
+
+    Prints `listening on URL` on stderr once connections are accepted.
+    """
+    settings = witness_dir.settings()
+    cosigner = Cosigner(settings.name, witness_dir.signing_key(settings))
+
+    def announce(url: str, workers: int) -> None:
+        announce_on_stderr(url, workers)
+        if as_json:
+            click.echo(json.dumps({"url": url, "name": cosigner.name, "vkey": cosigner.vkey(),
+                                   "public-key": cosigner.key.public_b64}))
+
+    run_witness(witness_dir, host, port, announce=announce)

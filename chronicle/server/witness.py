@@ -38,7 +38,7 @@ from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock
 from chronicle.server.admission import BodyLimits, holding, read_body
 from chronicle.server.responses import Responder, signed_errors
-from chronicle.server.runner import run_loop, run_site
+from chronicle.server.runner import Announce, announce_on_stderr, run_loop, run_site
 from chronicle.store.witness import WitnessStore, open_witness_store
 from chronicle.witness import Answer, Cosigned, Witness
 
@@ -108,7 +108,8 @@ def build_witness_app(settings: WitnessSettings, key: SigningKey, store: Witness
 
 
 async def serve_witness(witness_dir: WitnessDir, host: str, port: int, *,
-                        clock: Clock = utcnow) -> None:
+                        clock: Clock = utcnow,
+                        announce: Announce = announce_on_stderr) -> None:
     """Serve the witness until a stop signal, then drain (in-flight requests finish)."""
     settings = witness_dir.settings()
     key = witness_dir.signing_key(settings)
@@ -116,11 +117,13 @@ async def serve_witness(witness_dir: WitnessDir, host: str, port: int, *,
     await store.open()
     try:
         app = build_witness_app(settings, key, store, clock=clock)
-        await run_site(app, app[RESPONDER], settings, host, port)
+        await run_site(app, app[RESPONDER], settings, host, port, announce=announce)
     finally:
         with contextlib.suppress(Exception):
             await store.close()
 
 
-def run(witness_dir: WitnessDir, host: str, port: int) -> None:
-    run_loop(serve_witness(witness_dir, host, port))
+def run(witness_dir: WitnessDir, host: str, port: int, *,
+        announce: Announce = announce_on_stderr) -> None:
+    """Serve the witness until SIGTERM; ``announce(url, 1)`` once connections are accepted."""
+    run_loop(serve_witness(witness_dir, host, port, announce=announce))

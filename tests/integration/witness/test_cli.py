@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 from click.testing import CliRunner, Result
 
@@ -16,6 +18,7 @@ from chronicle.cli import main
 from chronicle.cli.witness import open_witness
 from chronicle.config import WITNESS_KEY_FILE, ConfigError, WitnessDir
 from chronicle.core.checkpoint import CosignatureVerifier, Cosigner
+from chronicle.core.encoding import b64u_decode
 from chronicle.core.errors import SchemaMismatchError, StorageError
 from chronicle.core.note import Ed25519Signer, b64encode
 from chronicle.core.sapient import SigningKey
@@ -23,6 +26,7 @@ from chronicle.store import open_store
 from chronicle.store.witness import open_witness_store
 from chronicle.witness import Witness
 from tests import helpers
+from tests.helpers import http_request
 from tests.witness_support import ORIGIN, TestLog, witness_database
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
@@ -230,6 +234,26 @@ def test_the_key_may_come_from_its_own_variable(tmp_path: Path,
         witness_dir.signing_key(witness_dir.settings())
     assert caught.value.message == (f"signing key {elsewhere} is readable by others (mode "
                                     "0644); chmod 600 it, or use a copy that is")
+
+
+async def test_serve_json_says_where_it_listens_and_who_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "w"
+    doc = await asyncio.to_thread(init, path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chronicle.cli", "witness", "serve", "--data-dir", str(path),
+        "--port", "0", "--json", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        said = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=30))
+        assert {k: said[k] for k in ("name", "vkey", "public-key")} == doc
+        async with aiohttp.ClientSession() as session:
+            described = await http_request(session, said["url"],
+                                           b64u_decode(doc["public-key"], 32), "GET", "/")
+        assert described.json["vkey"] == doc["vkey"]
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
 
 
 def test_commands_on_a_directory_that_is_no_witness(tmp_path: Path) -> None:
