@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from chronicle.cli.witness import open_witness
+from chronicle.cli.common import open_witness
 from chronicle.config import WitnessDir, WitnessSettings, write_secret_file
 from chronicle.core.checkpoint import (
     AddCheckpointRequest,

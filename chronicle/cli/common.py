@@ -5,7 +5,8 @@
 - The one error handler (:func:`handle_errors`): our exceptions, by class, become one
   ``error: …`` line on stderr and the documented code; ``--debug`` re-raises them for a
   traceback.
-- :func:`open_store`: a data directory's settings and store, always closed again.
+- :func:`open_store`: a data directory's settings and store, always closed again;
+  :func:`open_witness`: a witness directory's store, likewise.
 - The shared options (``--data-dir``, ``--instance``, ``--json``, ``--format``), the
   parameter parsers and the output helper.
 """
@@ -29,7 +30,14 @@ import click
 from chronicle.audit.runner import UsageProblem
 from chronicle.client.errors import ServerRefused
 from chronicle.client.http import api_base, split_instance
-from chronicle.config import ConfigError, DataDir, Settings, SettingsDir, write_secret_file
+from chronicle.config import (
+    ConfigError,
+    DataDir,
+    Settings,
+    SettingsDir,
+    WitnessDir,
+    write_secret_file,
+)
 from chronicle.core.errors import ChronicleError, StorageError, TransportError
 from chronicle.core.sapient import SigningKey, parse_public_key
 from chronicle.core.verify import ChainFault
@@ -37,6 +45,7 @@ from chronicle.ledger import Ledger
 from chronicle.store import Store
 from chronicle.store import open_store as store_for_url
 from chronicle.store.schema import SchemaStore
+from chronicle.store.witness import WitnessStore, open_witness_store
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -271,6 +280,16 @@ async def open_store(data_dir: DataDir) -> AsyncIterator[Opened]:
         yield Opened(data_dir, settings, store)
 
 
+@asynccontextmanager
+async def open_witness(witness_dir: WitnessDir) -> AsyncIterator[WitnessStore]:
+    """The witness directory's store, open (schema version checked), closed on the way out."""
+    settings = witness_dir.settings()
+    store = open_witness_store(settings.database, witness_dir.path)
+    await store.open()
+    async with closing(store):
+        yield store
+
+
 def init_directory(directory: SettingsDir[Any], what: str, signing_key: Path | None,
                    raw: dict[str, Any], create: Callable[[], Awaitable[None]]) -> SigningKey:
     """``init`` of a directory (a ledger's, a witness's): write its settings ``raw``, its
@@ -345,6 +364,19 @@ def json_option(fn: F) -> F:
     """``--json``: print exactly one JSON object (``as_json``)."""
     return click.option("--json", "as_json", is_flag=True,
                         help="Print one JSON object.")(fn)
+
+
+def listen_options(port: int) -> Callable[[F], F]:
+    """``--host`` and ``--port`` of a serving command; ``port`` is its default."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option("--port", default=port, show_default=True,
+                          type=click.IntRange(0, 65535),
+                          help="TCP port (0: any free port, printed when listening).")(fn)
+        return click.option("--host", default="127.0.0.1", show_default=True,
+                            help="Address to listen on (0.0.0.0: every interface).")(fn)
+
+    return decorate
 
 
 def format_options(fn: F) -> F:

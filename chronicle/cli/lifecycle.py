@@ -15,6 +15,7 @@ from chronicle.cli.common import (
     handle_errors,
     init_directory,
     json_option,
+    listen_options,
     out,
     run,
 )
@@ -55,10 +56,7 @@ def init(data_dir: DataDir, signing_key: Path | None, database: str, as_json: bo
 
 @click.command()
 @data_dir_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port (0: any free port, printed when listening).")
+@listen_options(8080)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes sharing the port (appends stay strictly ordered).")
 @click.option("--json", "as_json", is_flag=True,

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +25,8 @@ from chronicle.cli.common import (
     handle_errors,
     init_directory,
     json_option,
+    listen_options,
+    open_witness,
     out,
     run,
 )
@@ -36,7 +37,7 @@ from chronicle.core.errors import ChronicleError
 from chronicle.core.note import Ed25519Verifier, b64encode, is_valid_key_name
 from chronicle.server.runner import announce_on_stderr
 from chronicle.server.witness import run as run_witness
-from chronicle.store.witness import Evidence, WitnessedLog, WitnessStore, open_witness_store
+from chronicle.store.witness import Evidence, WitnessedLog, open_witness_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,16 +52,6 @@ def witness_dir_option(fn: F) -> F:
                         required=True, type=click.Path(file_okay=False, path_type=Path),
                         callback=_to_witness_dir,
                         help="Witness directory (default: $CHRONICLE_WITNESS_DIR).")(fn)
-
-
-@asynccontextmanager
-async def open_witness(witness_dir: WitnessDir) -> AsyncIterator[WitnessStore]:
-    """The directory's witness store, open (schema version checked), closed on the way out."""
-    settings = witness_dir.settings()
-    store = open_witness_store(settings.database, witness_dir.path)
-    await store.open()
-    async with closing(store):
-        yield store
 
 
 def _default_name() -> str:
@@ -238,10 +229,7 @@ def witness_evidence(witness_dir: WitnessDir, origin: str, limit: int, as_json: 
 
 @witness.command("serve")
 @witness_dir_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", default=8081, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port (0: any free port, printed when listening).")
+@listen_options(8081)
 @click.option("--json", "as_json", is_flag=True,
               help="Once listening, print one JSON object: url, name, vkey, public-key.")
 @handle_errors

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from chronicle.cli import main
-from chronicle.cli.witness import open_witness
+from chronicle.cli.common import open_witness
 from chronicle.config import WITNESS_KEY_FILE, ConfigError, WitnessDir
 from chronicle.core.checkpoint import CosignatureVerifier, Cosigner
 from chronicle.core.encoding import b64u_decode

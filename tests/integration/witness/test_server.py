@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from chronicle.cli.witness import open_witness
+from chronicle.cli.common import open_witness
 from chronicle.core.checkpoint import (
     MAX_PROOF_LINES,
     TLOG_SIZE_CONTENT_TYPE,
