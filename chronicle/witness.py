@@ -16,7 +16,9 @@ may be proof that the log misbehaved.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar, TypeAlias
 
 from chronicle.core.checkpoint import (
@@ -37,7 +39,6 @@ from chronicle.core.checkpoint import (
 from chronicle.core.encoding import atom, utcnow
 from chronicle.core.errors import ChronicleError
 from chronicle.core.note import Ed25519Verifier, NoteFormatError, NoteSignature
-from chronicle.ledger import Clock
 from chronicle.store.witness import WitnessStore
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Witness:
     ``cosigner``; ``clock`` dates the cosignatures (POSIX seconds) and the records."""
 
     def __init__(self, store: WitnessStore, cosigner: Cosigner, *,
-                 clock: Clock = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.store = store
         self.cosigner = cosigner
         self.clock = clock
