@@ -165,18 +165,21 @@ def _pythonpath() -> str:
 
 
 class ServerProcess:
-    """`chronicle serve` in a subprocess, for tests that kill and restart it."""
+    """`chronicle serve` in a subprocess, for tests that kill and restart it (``command``:
+    another serving command, e.g. ``("witness", "serve")``)."""
 
-    def __init__(self, data_dir: Path, *extra_args: str) -> None:
+    def __init__(self, data_dir: Path, *extra_args: str,
+                 command: tuple[str, ...] = ("serve",)) -> None:
         self.data_dir = data_dir
         self.extra_args = extra_args
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     async def start(self, timeout: float = 20.0) -> str:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chronicle.cli", "serve", "--data-dir", str(self.data_dir),
-             "--port", "0", *self.extra_args],
+            [sys.executable, "-m", "chronicle.cli", *self.command, "--data-dir",
+             str(self.data_dir), "--port", "0", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _pythonpath()})
         assert self.proc.stderr is not None

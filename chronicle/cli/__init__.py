@@ -6,6 +6,7 @@
 - ``replica``, ``crosssign``: replication and cross-signing
 - ``audit``: replay a whole chain and prove it
 - ``logs``: text or JSON log lines, with request ids
+- ``witness``: run our own tlog witness (its own directory and database)
 - ``common``: exit codes, the error handler, ``open_store``, shared options, output
 
 The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imports it.
@@ -28,6 +29,7 @@ from chronicle.cli.crosssign import cross_sign
 from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serve
 from chronicle.cli.publish import keygen, publish
 from chronicle.cli.replica import replica
+from chronicle.cli.witness import witness
 
 __all__ = ["main"]
 
@@ -63,5 +65,5 @@ def main(debug: bool, log_format: str) -> None:
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign):
+                publish, audit, replica, cross_sign, witness):
     main.add_command(command)
