@@ -13,6 +13,7 @@ way with its own names: ``witness.toml`` (:data:`WITNESS_TABLE`), ``witness-secr
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -29,6 +30,8 @@ from chronicle.core.encoding import parse_interval
 from chronicle.core.errors import ChronicleError
 from chronicle.core.note import is_valid_key_name
 from chronicle.core.sapient import SigningKey
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 CONFIG_FILE = "chronicle.toml"
 KEY_FILE = "signing-secret.key"
@@ -114,6 +117,16 @@ def _instances(key: str, value: Any) -> tuple[str, ...]:
     return names
 
 
+def _networks(key: str, value: Any) -> tuple[IPNetwork, ...]:
+    """Addresses or CIDR ranges (``10.0.0.0/8``, ``::1``)."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{key} must be a list of addresses or CIDR ranges")
+    try:
+        return tuple(ipaddress.ip_network(str(item).strip(), strict=False) for item in value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 def _witnesses(key: str, value: Any) -> tuple[WitnessEndpoint, ...]:
     """The witnesses a log submits its checkpoints to: ``"URL VKEY"`` strings."""
     if not isinstance(value, list | tuple):
@@ -158,6 +171,9 @@ ADMISSION: tuple[Setting, ...] = (
     Setting("body-memory", 64 << 20, _count(MIN_BODY),
             "bytes of request bodies read at once per process (bodies over 64 KiB may use "
             "half); over it: signed 503"),
+    Setting("trusted-proxies", [], _networks,
+            "addresses (or CIDR ranges) of reverse proxies in front of us: their "
+            "X-Forwarded-For names the client for the per-address limits"),
 )
 
 #: Every setting, once; the order is the order ``chronicle init`` writes them in.
@@ -268,6 +284,7 @@ class Settings:
     idle_timeout: timedelta | None
     body_timeout: timedelta | None
     body_memory: int
+    trusted_proxies: tuple[IPNetwork, ...]
     rate_limit_ip: float
     auth_failures_per_ip: float
     document_builds: int
@@ -330,6 +347,7 @@ class WitnessSettings:
     idle_timeout: timedelta | None
     body_timeout: timedelta | None
     body_memory: int
+    trusted_proxies: tuple[IPNetwork, ...]
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod

@@ -21,19 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import resource
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 
+from chronicle.config import IPNetwork
 from chronicle.core.errors import OverloadedError, RequestError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +154,60 @@ def _close_after(request: web.Request) -> None:
 
 # --- connections -----------------------------------------------------------------------------
 
+def trusted(ip: str, proxies: Sequence[IPNetwork]) -> bool:
+    """Is ``ip`` one of our reverse proxies?"""
+    if not proxies:
+        return False
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in proxies)
+
+
+def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[IPNetwork]) -> str:
+    """The address a request comes from: the peer, unless the peer is a trusted proxy;
+    then the right-most ``X-Forwarded-For`` address that is not one of ours. Entries to
+    the left of it were written by the client and prove nothing; an unreadable entry
+    where the client should be leaves the nearest proxy's address."""
+    if not forwarded_for or not trusted(peer, proxies):
+        return peer
+    address = peer
+    for hop in reversed(forwarded_for.split(",")):
+        try:
+            address = str(ipaddress.ip_address(hop.strip()))
+        except ValueError:
+            return address
+        if not trusted(address, proxies):
+            return address
+    return address
+
+
+def real_client(proxies: Sequence[IPNetwork]) -> Middleware:
+    """A middleware giving handlers the client's address behind trusted reverse proxies
+    (``request.remote``): what the per-address limits and the logs use."""
+    @web.middleware
+    async def unproxy(request: web.Request, handler: Handler) -> web.StreamResponse:
+        peer = request.remote or ""
+        if proxies and trusted(peer, proxies):
+            address = client_address(peer, request.headers.get("X-Forwarded-For"), proxies)
+            request = request.clone(remote=address)
+        return await handler(request)
+
+    return unproxy
+
+
 class ConnectionGate:
     """Counts open connections (in all, per peer address); wraps the aiohttp protocol
-    factory so that a connection over a limit is answered ``refusal()`` and closed."""
+    factory so that a connection over a limit is answered ``refusal()`` and closed.
+    Trusted proxies carry many clients: only the overall limit applies to them."""
 
-    def __init__(self, limit: int, per_ip: int, refusal: Callable[[], bytes]) -> None:
+    def __init__(self, limit: int, per_ip: int, refusal: Callable[[], bytes],
+                 proxies: Sequence[IPNetwork] = ()) -> None:
         self.limit = limit
         self.per_ip = per_ip
         self.refusal = refusal
+        self.proxies = tuple(proxies)
         self.open = 0
         self.by_ip: Counter[str] = Counter()
         self.refused = 0
@@ -165,7 +216,8 @@ class ConnectionGate:
         return lambda: _Gatekeeper(self, inner)
 
     def admit(self, ip: str) -> bool:
-        if self.open >= self.limit or self.by_ip[ip] >= self.per_ip:
+        over_per_ip = self.by_ip[ip] >= self.per_ip and not trusted(ip, self.proxies)
+        if self.open >= self.limit or over_per_ip:
             self.refused += 1
             return False
         self.open += 1

@@ -17,7 +17,7 @@ from chronicle.core import protocol
 from chronicle.core.encoding import atom
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
 from chronicle.server import health, reads, replicas, writes
-from chronicle.server.admission import holding
+from chronicle.server.admission import holding, real_client
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
 from chronicle.server.health import with_request_id
@@ -119,7 +119,8 @@ def build_app(ctx: ServerContext) -> web.Application:
     # The body limit is enforced by us (signed 413); aiohttp's own check is set just above
     # it as a backstop for bodies read without a Content-Length.
     responder = Responder(ctx.key, ctx.clock)
-    app = web.Application(middlewares=[with_request_id, timing(ctx.metrics), cors,
+    app = web.Application(middlewares=[real_client(ctx.settings.trusted_proxies),
+                                       with_request_id, timing(ctx.metrics), cors,
                                        signed_errors(responder, ctx.settings.max_body_size),
                                        holding],
                           client_max_size=ctx.settings.max_body_size)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from chronicle.config import DataDir
+from chronicle.config import DataDir, IPNetwork
 from chronicle.server.admission import MSG_TOO_MANY, ConnectionGate, GatedSite, raise_fd_limit
 from chronicle.server.app import build_app
 from chronicle.server.context import ServerContext
@@ -70,6 +70,9 @@ class Admission(Protocol):
     @property
     def idle_timeout(self) -> timedelta | None: ...
 
+    @property
+    def trusted_proxies(self) -> tuple[IPNetwork, ...]: ...
+
 
 async def run_site(app: web.Application, responder: Responder, limits: Admission, host: str,
                    port: int, *, sock: socket.socket | None = None,
@@ -83,7 +86,8 @@ async def run_site(app: web.Application, responder: Responder, limits: Admission
     gate = ConnectionGate(min(limits.max_connections, max(16, files - 64)),
                           limits.max_connections_per_ip,
                           lambda: responder.error_bytes(503, "Service Unavailable",
-                                                        MSG_TOO_MANY, {"Retry-After": "1"}))
+                                                        MSG_TOO_MANY, {"Retry-After": "1"}),
+                          limits.trusted_proxies)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=shutdown_timeout,
                            # The signature covers the bytes sent: never inflate a body.

@@ -36,7 +36,7 @@ from chronicle.core.checkpoint import (
 from chronicle.core.encoding import b64u_encode, utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock
-from chronicle.server.admission import BodyLimits, holding, read_body
+from chronicle.server.admission import BodyLimits, holding, read_body, real_client
 from chronicle.server.responses import Responder, signed_errors
 from chronicle.server.runner import Announce, announce_on_stderr, run_loop, run_site
 from chronicle.store.witness import WitnessStore, open_witness_store
@@ -95,7 +95,8 @@ def build_witness_app(settings: WitnessSettings, key: SigningKey, store: Witness
                       clock: Clock = utcnow) -> web.Application:
     """The witness's aiohttp app, over an open ``store``."""
     responder = WitnessResponder(key, clock)
-    app = web.Application(middlewares=[signed_errors(responder, settings.max_body_size),
+    app = web.Application(middlewares=[real_client(settings.trusted_proxies),
+                                       signed_errors(responder, settings.max_body_size),
                                        holding],
                           client_max_size=settings.max_body_size)
     app[WITNESS] = Witness(store, Cosigner(settings.name, key), clock=clock)

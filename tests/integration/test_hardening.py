@@ -22,9 +22,12 @@ from chronicle.store import ReplicaSource
 from chronicle.store.replays import MSG_REPLAYED
 from tests.helpers import (
     RunningServer,
+    ServerProcess,
     admin_request_body,
+    http_request,
     init_data_dir,
     start_server,
+    stop_process,
 )
 
 ADMIN_FIELDS_400 = "Unexpected field(s) for register: clientid"
@@ -206,3 +209,64 @@ async def test_browsers_may_read_every_answer_and_its_signature(server: RunningS
     assert res.status == 204 and res.body == b""
     assert "POST" in res.headers["Access-Control-Allow-Methods"]
     assert CLIENT_HEADER in res.headers["Access-Control-Allow-Headers"]
+
+
+async def test_behind_a_trusted_proxy_limits_apply_to_the_client_not_the_proxy(
+        tmp_path: Path) -> None:
+    """Behind a reverse proxy every request comes from the proxy's address: one forger
+    would get everyone's writes refused. With trusted-proxies the client named in
+    X-Forwarded-For is limited; the same header from anyone else is ignored."""
+    srv = await start_server(await init_data_dir(
+        tmp_path / "l", auth_failures_per_ip=3, publish_new_clients=False,
+        trusted_proxies=["127.0.0.1/32"]))
+    try:
+        alice = await srv.add_client("alice")
+        forged = {CLIENT_HEADER: alice.client_id,
+                  SIGNATURE_HEADER: SigningKey.generate().sign_b64(b"x")}
+
+        async def post(session: aiohttp.ClientSession, headers: dict[str, str]) -> int:
+            async with session.post(f"{srv.url}/chronicle/publish", data=b"x",
+                                    headers=headers) as res:
+                await res.read()
+                return res.status
+
+        # Through the proxy (127.0.0.1): the forger is 203.0.113.9, whatever it claims
+        # further left.
+        via_proxy = {**forged, "X-Forwarded-For": "10.9.9.9, 203.0.113.9"}
+        assert [await post(srv.session, via_proxy) for _ in range(5)] == [403] * 3 + [429] * 2
+        body = b"an honest client behind the same proxy"
+        honest = {CLIENT_HEADER: alice.client_id, SIGNATURE_HEADER: alice.key.sign_b64(body),
+                  "X-Forwarded-For": "203.0.113.10"}
+        async with srv.session.post(f"{srv.url}/chronicle/publish", data=body,
+                                    headers=honest) as res:
+            assert res.status == 200
+        # Not through a trusted proxy: the header is the caller's own claim, ignored.
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as direct:
+            rotating = [await post(direct, {**forged, "X-Forwarded-For": f"198.51.100.{n}"})
+                        for n in range(5)]
+        assert rotating == [403] * 3 + [429] * 2
+    finally:
+        await srv.close()
+
+
+@pytest.mark.parametrize(("proxies", "expected"), [([], [200, 200, 503, 503]),
+                                                    (["127.0.0.1"], [200] * 4)])
+async def test_a_trusted_proxy_is_not_held_to_the_per_address_connection_cap(
+        tmp_path: Path, proxies: list[str], expected: list[int]) -> None:
+    data_dir = await init_data_dir(tmp_path / "l", max_connections_per_ip=2,
+                                   trusted_proxies=proxies)
+    sp = ServerProcess(data_dir.path)
+    url = await sp.start()
+    public = data_dir.signing_key(data_dir.settings()).public
+    sessions = [aiohttp.ClientSession() for _ in range(4)]
+    try:
+        statuses = []
+        for session in sessions:  # each keeps its connection open
+            answer = await http_request(session, url, public, "GET", "/chronicle/lasthash")
+            statuses.append(answer.status)
+        assert statuses == expected
+    finally:
+        for session in sessions:
+            await session.close()
+        await stop_process(sp, graceful=True)

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from chronicle.config import DEFAULTS, KEY_FILE, SETTINGS, DataDir, Settings, with_defaults
+from chronicle.config import (
+    DEFAULTS,
+    KEY_FILE,
+    SETTINGS,
+    ConfigError,
+    DataDir,
+    Settings,
+    with_defaults,
+)
 from chronicle.ledger import Ledger
 from chronicle.store import Store
 
@@ -46,3 +54,23 @@ def test_data_dir_paths(tmp_path: Path) -> None:
     assert dd.cache_dir == tmp_path / "cache"
     assert dd.replication_spool_dir == tmp_path / "cache" / "replication"
     assert dd.evidence_dir == tmp_path / "evidence"
+
+
+def test_client_address_behind_trusted_proxies() -> None:
+    from chronicle.server.admission import client_address
+
+    proxies = Settings.from_mapping({"trusted-proxies": ["10.0.0.0/8", "::1"]}).trusted_proxies
+    # Not from a proxy: the header is the caller's claim.
+    assert client_address("203.0.113.1", "198.51.100.7", proxies) == "203.0.113.1"
+    # From a proxy: the right-most address that is not a proxy.
+    assert client_address("10.0.0.2", "198.51.100.7", proxies) == "198.51.100.7"
+    assert client_address("10.0.0.2", "1.2.3.4, 198.51.100.7, 10.0.0.9", proxies) == \
+        "198.51.100.7"
+    assert client_address("::1", "2001:db8::5", proxies) == "2001:db8::5"
+    # Only proxies named: the left-most of them; garbage where the client should be:
+    # the nearest proxy.
+    assert client_address("10.0.0.2", "10.1.1.1, 10.2.2.2", proxies) == "10.1.1.1"
+    assert client_address("10.0.0.2", "not-an-ip", proxies) == "10.0.0.2"
+    assert client_address("10.0.0.2", None, proxies) == "10.0.0.2"
+    with pytest.raises(ConfigError, match="trusted-proxies"):
+        Settings.from_mapping({"trusted-proxies": ["10.0.0.0/33"]})
