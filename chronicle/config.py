@@ -2,7 +2,8 @@
 
 A data directory holds ``chronicle.toml``, the server's signing key
 (``signing-secret.key``, base64url of libsodium's 64-byte secret key, mode 0600, the same
-format as PHP Chronicle's ``local/signing-secret.key``), by default ``chronicle.db``, and
+format as PHP Chronicle's ``local/signing-secret.key``), once the Merkle tree is enabled
+its checkpoint key (``tlog-secret.key``), by default ``chronicle.db``, and
 ``cache/`` (rebuildable) and ``evidence/`` (replication faults); :class:`DataDir` names
 them all. Every setting's default is written once, in :data:`SETTINGS`.
 """
@@ -25,6 +26,7 @@ from chronicle.core.sapient import SigningKey
 
 CONFIG_FILE = "chronicle.toml"
 KEY_FILE = "signing-secret.key"
+TLOG_KEY_FILE = "tlog-secret.key"
 DEFAULT_DB = "sqlite:chronicle.db"
 MIN_BODY = 1 << 20
 DEFAULT_BODY = 8 << 20
@@ -143,6 +145,9 @@ TABLE: tuple[Setting, ...] = (
     Setting("body-memory", 64 << 20, _count(MIN_BODY),
             "bytes of request bodies read at once per process (bodies over 64 KiB may use "
             "half); over it: signed 503"),
+    Setting("tlog-key-file", TLOG_KEY_FILE, _text,
+            "checkpoint signing key of the Merkle tree, made by `chronicle tlog enable` "
+            "(relative to the data dir)"),
 )
 
 #: key -> (default, description), in :data:`TABLE` order.
@@ -175,6 +180,7 @@ class Settings:
     idle_timeout: timedelta | None
     body_timeout: timedelta | None
     body_memory: int
+    tlog_key_file: str
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -281,6 +287,12 @@ class DataDir:
             return SigningKey.from_text(text)
         except ChronicleError as exc:
             raise ConfigError(f"signing key {path}: {exc.message}") from exc
+
+    def tlog_key_path(self, settings: Settings) -> Path:
+        """The Merkle tree's checkpoint key (a signed-note signer key, never the server's
+        Sapient key)."""
+        path = Path(settings.tlog_key_file)
+        return path if path.is_absolute() else self.path / path
 
     @property
     def default_key_path(self) -> Path:

@@ -5,6 +5,7 @@
 - ``publish``: keygen, publish (the publisher's side, no data directory)
 - ``replica``, ``crosssign``: replication and cross-signing
 - ``audit``: replay a whole chain and prove it
+- ``tlog``: the Merkle tree (``tlog enable|status``, ``prove``)
 - ``common``: exit codes, the error handler, ``open_store``, shared options, output
 
 The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imports it.
@@ -27,6 +28,7 @@ from chronicle.cli.crosssign import cross_sign
 from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serve
 from chronicle.cli.publish import keygen, publish
 from chronicle.cli.replica import replica
+from chronicle.cli.tlog import prove, tlog
 
 __all__ = ["main"]
 
@@ -60,5 +62,5 @@ def main(debug: bool) -> None:
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign):
+                publish, audit, replica, cross_sign, tlog, prove):
     main.add_command(command)
