@@ -226,13 +226,22 @@ class TreeLog:
         self.clock = clock
         self.monotonic = monotonic
         self._signer: Ed25519Signer | None = None
-        self._served: dict[int, _Served] = {}
+        self._served: dict[str, _Served] = {}
+        self._enabled: dict[str, TreeRecord] = {}
 
     async def tree(self, instance: str) -> TreeRecord:
+        """The chain's active tree as committed now."""
         tree = await self.store.tlog.tree(instance)
         if tree is None or not tree.active:
             raise NotFoundError(MSG_NO_TREE)
+        self._enabled.setdefault(instance, tree)
         return tree
+
+    async def _identity(self, instance: str) -> TreeRecord:
+        """The chain's active tree, for what never changes once enabled (its instance id,
+        origin and vkey): read once."""
+        known = self._enabled.get(instance)
+        return known if known is not None else await self.tree(instance)
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -254,7 +263,7 @@ class TreeLog:
     async def checkpoint(self, instance: str, *, covering: int = 0) -> IssuedCheckpoint:
         """The checkpoint to serve: at most :data:`CHECKPOINT_MAX_AGE` seconds behind the
         committed tree, and at least ``covering`` entries (if the tree has them)."""
-        served = self._served.get(await self.store.instance_id(instance))
+        served = self._served.get(instance)
         now = self.monotonic()
         if served is not None and now - served.checked < CHECKPOINT_MAX_AGE and \
                 served.checkpoint.size >= covering:
@@ -271,7 +280,7 @@ class TreeLog:
             except StorageError as exc:  # e.g. a read-only database: serve it anyway
                 log.warning("checkpoint at size %d not recorded: %s", issued.size,
                             exc.message)
-        self._served[tree.instance_id] = _Served(now, issued)
+        self._served[instance] = _Served(now, issued)
         return issued
 
     def _issue(self, tree: TreeRecord) -> IssuedCheckpoint:
@@ -317,14 +326,14 @@ class TreeLog:
                         ) -> dict[str, Any]:
         """An inclusion proof of the entry ``ref`` (index or currhash) in the tree of the
         given size, else of the checkpoint served now (with that checkpoint's note)."""
-        tree = await self.tree(instance)
+        tree = await self._identity(instance)
         entry = await self._entry(instance, ref)
         checkpoint: IssuedCheckpoint | None
         if size_text is None:
             checkpoint = await self.checkpoint(instance, covering=entry.index + 1)
             size = checkpoint.size
         else:
-            size = await self._size(tree, size_text)
+            size = await self._size(await self.tree(instance), size_text)
             checkpoint = await self.store.tlog.checkpoint(tree.instance_id, size)
         if entry.index >= size:
             raise NotFoundError(f"Entry {entry.index} is not in the tree of size {size}")

@@ -29,7 +29,16 @@ from chronicle.config import DataDir
 from chronicle.core.encoding import b64u_encode, decode_b64_field, utcnow
 from chronicle.core.errors import ChronicleError
 from chronicle.core.note import Ed25519Verifier
+from chronicle.treelog import check_origin
 from chronicle.treelog import enable as enable_tree
+
+
+def _origin(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        check_origin(value)
+    except ChronicleError as exc:
+        raise click.BadParameter(exc.message) from None
+    return value
 
 
 @click.group("tlog")
@@ -39,7 +48,7 @@ def tlog() -> None:
 
 @tlog.command("enable")
 @data_dir_option
-@click.option("--origin", required=True,
+@click.option("--origin", required=True, callback=_origin,
               help="The log's name: its tiles URL without scheme, e.g. "
                    "ledger.example.org/chronicle/tlog. Never changes.")
 @json_option
