@@ -25,7 +25,12 @@ from chronicle.core.encoding import b64u_decode, b64u_encode, decode_b64_field
 from chronicle.core.errors import EncodingError, IntegrityError
 from chronicle.core.leaf import LeafRecord
 from chronicle.core.merkle import leaf_hash, verify_consistency, verify_inclusion
-from chronicle.core.note import MAX_NOTE_BYTES, Ed25519Verifier
+from chronicle.core.note import (
+    MAX_NOTE_BYTES,
+    Ed25519Verifier,
+    UnverifiedNoteError,
+    format_key,
+)
 from chronicle.core.sapient import SIGNATURE_HEADER
 from chronicle.core.verify import DocumentSignatureError
 
@@ -147,7 +152,18 @@ def open_signed_checkpoint(doc: FetchedDocument, verifier: Ed25519Verifier
         error = load_object(body, what=f"the answer to GET {doc.path}")
         raise refusal(doc.status, str(error.get("message", f"HTTP {doc.status}")),
                       doc.headers)
-    return open_checkpoint(body, [verifier], origin=verifier.name)
+    return open_checkpoint_with(body, verifier)
+
+
+def open_checkpoint_with(note: bytes, verifier: Ed25519Verifier) -> SignedCheckpoint:
+    """A checkpoint note signed by the checkpoint key, for that key's log (its name); a
+    note the key did not sign is a bad document signature."""
+    try:
+        return open_checkpoint(note, [verifier], origin=verifier.name)
+    except UnverifiedNoteError:
+        raise DocumentSignatureError(
+            f"the checkpoint is not signed by the checkpoint key "
+            f"{format_key(verifier.name, verifier.key_id)}", field="checkpoint") from None
 
 
 class TreeClient:
