@@ -3,6 +3,7 @@
     python scripts/bench_tlog.py backfill --entries 1000000
     python scripts/bench_tlog.py proofs --entries 1000000 -n 20000 --levels 16
     python scripts/bench_tlog.py publish --runs 5 -n 5000 --levels 16
+    python scripts/bench_tlog.py append --runs 5 -n 20000
 
 - ``backfill``: a chain of ``--entries`` built straight through the store, then ``chronicle
   tlog enable`` on it (a subprocess, timed: key, backfill, activation, announcement); the
@@ -14,6 +15,9 @@
 - ``publish``: ``--runs`` interleaved pairs of fresh ledgers, tree off then on (``tlog
   enable`` on the empty chain), each loaded with ``-n`` publishes at each level; reports
   every run's req/s and server CPU per publish, and the medians.
+- ``append``: the sequencer alone, in this process (no HTTP, no generator): ``--runs``
+  interleaved pairs of fresh ledgers, tree off then on, each appending ``-n`` pre-signed
+  entries in concurrent groups of ``max-batch``; reports CPU and wall time per append.
 
 ``--base DIR`` keeps (and reuses) the filled chain of ``backfill``/``proofs`` there.
 """
@@ -197,9 +201,10 @@ def _publish_run(args: argparse.Namespace, base: Path, tree: bool, level: int,
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+    # The server's CPU is measured over the warm-up requests too.
+    served = row["requests"] + args.warmup
     row.update(tree=tree, run=run_no,
-               cpu_ms_per_publish=round(1000 * row["server_cpu_s"] / max(1, row["requests"]),
-                                        3))
+               cpu_ms_per_publish=round(1000 * row["server_cpu_s"] / served, 3))
     return row
 
 
@@ -237,9 +242,69 @@ def _publish_summary(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _append_run(base: Path, tree: bool, count: int, run_no: int) -> dict[str, Any]:
+    """Append ``count`` pre-signed entries through a Ledger in this process; CPU and wall
+    seconds of the appending only (signing happens before)."""
+    import asyncio
+
+    from chronicle.config import DataDir
+    from chronicle.core.encoding import utcnow
+    from chronicle.ledger import Ledger
+    from chronicle.store import open_store
+    from chronicle.treelog import enable
+
+    data_dir = base / f"append-{run_no}-{'on' if tree else 'off'}"
+    init_data_dir(data_dir, {"publish-new-clients": "false"})
+    key = SigningKey.generate()
+    bodies = [f"append {run_no} {i} ".encode().ljust(256, b".") for i in range(count)]
+    signed = [(b, key.sign(b)) for b in bodies]
+
+    async def go() -> tuple[float, float]:
+        dd = DataDir(data_dir)
+        settings = dd.settings()
+        store = open_store(settings.database, dd.path)
+        await store.open()
+        ledger = Ledger(store, "", max_batch=settings.max_batch)
+        try:
+            if tree:
+                await enable(store, ledger, dd.signing_key(settings),
+                             dd.tlog_key_path(settings), ORIGIN, clock=utcnow)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            for start in range(0, count, 4 * settings.max_batch):
+                await asyncio.gather(*(ledger.append(b, key.public, s) for b, s in
+                                       signed[start:start + 4 * settings.max_batch]))
+            return time.process_time() - cpu0, time.perf_counter() - wall0
+        finally:
+            await ledger.stop()
+            await store.close()
+
+    cpu, wall = uvloop.run(go())
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return {"tree": tree, "run": run_no, "appends": count,
+            "cpu_us_per_append": round(1e6 * cpu / count, 2),
+            "wall_us_per_append": round(1e6 * wall / count, 2)}
+
+
+def bench_append(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
+    rows = []
+    for run_no in range(args.runs):
+        for tree in ((False, True) if run_no % 2 == 0 else (True, False)):
+            row = _append_run(base, tree, args.requests, run_no)
+            print(f"run {run_no + 1}/{args.runs}, tree {'on ' if tree else 'off'}: "
+                  f"{row['cpu_us_per_append']} us CPU, {row['wall_us_per_append']} us wall "
+                  "per append", flush=True)
+            rows.append(row)
+    for what in ("cpu_us_per_append", "wall_us_per_append"):
+        off = statistics.median(r[what] for r in rows if not r["tree"])
+        on = statistics.median(r[what] for r in rows if r["tree"])
+        print(f"median {what.replace('_', ' ')}: off {off:.2f}, on {on:.2f} "
+              f"({100 * (on / off - 1):+.1f}%)")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["backfill", "proofs", "publish"])
+    parser.add_argument("what", choices=["backfill", "proofs", "publish", "append"])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("-n", "--requests", type=int, default=20_000)
     parser.add_argument("--warmup", type=int, default=500)
@@ -271,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['rps']:.0f} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
                       f"{r['errors']} errors, server CPU {r['server_cpu_s']} s")
             failed = any(r["errors"] for r in result)
+        elif args.what == "append":
+            result = bench_append(args, base)
         else:
             result = bench_publish(args, base)
             print("\n".join(_publish_summary(result)))

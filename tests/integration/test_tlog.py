@@ -188,8 +188,9 @@ async def test_publish_then_prove_with_the_cli(srv: RunningServer) -> None:
                                               "vkey": vkey}
     receipt = (await srv.publish("alice", "after")).json["results"]
     pk = b64u_encode(srv.key.public)
-    code, out, err = await acli("prove", receipt["currhash"], "--url", srv.url,
-                                "--server-key", pk, "--checkpoint-key", vkey, "--json")
+    # "--" ends the options: a base64url currhash may start with "-".
+    code, out, err = await acli("prove", "--url", srv.url, "--server-key", pk,
+                                "--checkpoint-key", vkey, "--json", "--", receipt["currhash"])
     assert code == 0, err
     proven = json.loads(out)
     assert (proven["ok"], proven["index"], proven["tree-size"], proven["currhash"]) == \
@@ -739,3 +740,57 @@ async def test_a_watched_upstream_without_a_tree_only_postpones(tmp_path: Path) 
             "error", f"server refused (HTTP 404): {MSG_NO_TREE}")
     finally:
         await upstream.close()
+
+
+async def test_enable_while_publishing_keeps_the_tree_in_step(srv: RunningServer) -> None:
+    """`tlog enable` (another process's connection) backfills while the server appends:
+    the catch-up under the chain-head lock leaves no entry out and none twice."""
+    await append(srv.ctx.ledger(""), 3000, "old")
+    stop = asyncio.Event()
+
+    async def publish() -> int:
+        count = 0
+        while not stop.is_set():
+            assert (await srv.publish("alice", f"during {count}")).status == 200
+            count += 1
+        return count
+
+    publisher = asyncio.get_running_loop().create_task(publish())
+    code, _, err = await acli("tlog", "enable", "--data-dir", str(srv.ctx.data_dir.path),
+                              "--origin", ORIGIN)
+    await asyncio.sleep(0.2)
+    stop.set()
+    published = await publisher
+    assert code == 0, err
+    assert published > 0
+    tree = await srv.ctx.store.tlog.tree("")
+    assert tree is not None
+    leaves = await chain_leaves(srv.ctx.store)
+    assert tree.size == len(leaves) == 3000 + published + 1
+    assert tree.state() == TreeState.from_leaf_hashes(leaves)
+
+
+async def test_activation_catches_up_under_the_lock_and_checks_the_backfill(
+        srv: RunningServer) -> None:
+    store = srv.ctx.store
+    await append(srv.ctx.ledger(""), 10)
+    signer = Ed25519Signer.generate(ORIGIN)
+    tree = await store.tlog.start_building("", ORIGIN, signer.vkey(), "t")
+    built, stored = TreeState.empty().extend((await chain_leaves(store))[:10])
+    await store.tlog.write_hashes(tree.instance_id, stored)
+    await append(srv.ctx.ledger(""), 4, "late")  # appended while building: not in the tree
+    assert (await store.tlog.tree("")).size == 0  # type: ignore[union-attr]
+    wrong = TreeState.from_leaf_hashes([bytes(32)] * 10)
+    with pytest.raises(Exception, match="^the stored hashes do not match the tree built "
+                                        r"from the chain \(is another `tlog enable` "
+                                        r"running\?\)$"):
+        async with store.write("") as tx:
+            await store.tlog.activate(tx, wrong)
+    async with store.write("") as tx:
+        active = await store.tlog.activate(tx, built)
+    assert active.size == 14
+    assert active == TreeState.from_leaf_hashes(await chain_leaves(store))
+    with pytest.raises(Exception, match=r"^the tree being built was removed or enabled "
+                                        "meanwhile$"):
+        async with store.write("") as tx:
+            await store.tlog.activate(tx, built)
