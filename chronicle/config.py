@@ -10,6 +10,7 @@ them all. Every setting's default is written once, in :data:`SETTINGS`.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Callable
@@ -27,6 +28,9 @@ from chronicle.core.sapient import SigningKey
 CONFIG_FILE = "chronicle.toml"
 KEY_FILE = "signing-secret.key"
 TLOG_KEY_FILE = "tlog-secret.key"
+#: Names the signing key file instead of ``signing-key-file`` (systemd's LoadCredential,
+#: container secrets): the key never has to sit in the data directory.
+KEY_FILE_ENV = "CHRONICLE_SIGNING_KEY_FILE"
 DEFAULT_DB = "sqlite:chronicle.db"
 MIN_BODY = 1 << 20
 DEFAULT_BODY = 8 << 20
@@ -42,6 +46,14 @@ class ConfigError(ChronicleError):
 
 def _text(key: str, value: Any) -> str:
     return str(value)
+
+
+def _database(key: str, value: Any) -> str:
+    """``sqlite:PATH`` or ``postgresql://…``: the two backends there are."""
+    url = str(value)
+    if not url.startswith(("sqlite:", "postgresql://", "postgres://")) or url == "sqlite:":
+        raise ConfigError(f"{key} must be sqlite:PATH or postgresql://…, not {url!r}")
+    return url
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -105,7 +117,8 @@ class Setting:
 
 #: Every setting, once; the order is the order ``chronicle init`` writes them in.
 TABLE: tuple[Setting, ...] = (
-    Setting("database", DEFAULT_DB, _text, "sqlite:PATH (relative to the data dir)"),
+    Setting("database", DEFAULT_DB, _database,
+            "sqlite:PATH (relative to the data dir) or postgresql://…"),
     Setting("signing-key-file", KEY_FILE, _text,
             "server signing key file (relative to the data dir)"),
     Setting("paginate-export", 0, _count(0),
@@ -148,6 +161,11 @@ TABLE: tuple[Setting, ...] = (
     Setting("tlog-key-file", TLOG_KEY_FILE, _text,
             "checkpoint signing key of the Merkle tree, made by `chronicle tlog enable` "
             "(relative to the data dir)"),
+    Setting("rate-limit-ip", 0, _rate,
+            "writes per second from one address, before any check (0 = unlimited)"),
+    Setting("auth-failures-per-ip", 50, _rate,
+            "refused writes (unknown client, bad signature) per second from one address "
+            "before its writes get 429 unchecked (0 = unlimited)"),
 )
 
 #: key -> (default, description), in :data:`TABLE` order.
@@ -181,6 +199,8 @@ class Settings:
     body_timeout: timedelta | None
     body_memory: int
     tlog_key_file: str
+    rate_limit_ip: float
+    auth_failures_per_ip: float
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -234,6 +254,14 @@ def parse_value(key: str, text: str) -> Any:
                     pass
             raise ConfigError(f"{key} takes a number") from None
     if isinstance(default, list):
+        if text.strip().startswith("["):  # what `config get` prints (JSON)
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                raise ConfigError(f"{key}: not a JSON list: {text!r}") from None
+            if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+                raise ConfigError(f"{key} takes names: a JSON list of strings or a,b,c")
+            return [p.strip() for p in parsed if p.strip()]
         return [part.strip() for part in text.split(",") if part.strip()]
     return text
 
@@ -274,15 +302,23 @@ class DataDir:
         return Settings.from_mapping(self.read_raw())
 
     def key_path(self, settings: Settings) -> Path:
-        path = Path(settings.signing_key_file)
+        named = os.environ.get(KEY_FILE_ENV)
+        path = Path(named) if named else Path(settings.signing_key_file)
         return path if path.is_absolute() else self.path / path
 
     def signing_key(self, settings: Settings) -> SigningKey:
+        """The server's signing key, from ``$CHRONICLE_SIGNING_KEY_FILE`` when set (systemd
+        credentials, container secrets), else ``signing-key-file``. A key file others can
+        read is refused: whoever reads it can sign as this ledger."""
         path = self.key_path(settings)
         try:
+            mode = path.stat().st_mode
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from exc
+        if mode & 0o077:
+            raise ConfigError(f"signing key {path} is readable by others (mode "
+                              f"{mode & 0o777:04o}); chmod 600 it, or use a copy that is")
         try:
             return SigningKey.from_text(text)
         except ChronicleError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from chronicle.core.errors import (
     EncodingError,
     OverloadedError,
     RequestError,
+    StorageDenied,
     StorageError,
 )
 from chronicle.core.protocol import MSG_CLIENT_NOT_FOUND
@@ -83,6 +85,15 @@ class Ledger:
         self._closing = False
         self.batches = 0
         self.committed = 0
+        #: Told of every group commit: ``(instance, entries, seconds)`` (the metrics).
+        self.observer: Callable[[str, int, float], None] | None = None
+        #: Why the last batch could not be written, until one is (for /readyz).
+        self.write_error: str | None = None
+        self._progress = time.monotonic()
+
+    def stuck_for(self) -> float:
+        """Seconds the queue has waited without a batch finishing (0 when idle)."""
+        return 0.0 if not self._queue else time.monotonic() - self._progress
 
     def start(self) -> None:
         if self._task is None:
@@ -141,9 +152,11 @@ class Ledger:
                 await self._wakeup.wait()
                 continue
             batch = self._take_batch()
+            started = time.monotonic()
             try:
                 outcomes = await self._commit(batch)
             except ChronicleError as exc:
+                self._progress = time.monotonic()
                 self._fail(batch, exc)
             except Exception as exc:
                 log.exception("append batch of %d failed", len(batch))
@@ -153,6 +166,12 @@ class Ledger:
                 raise
             else:
                 self.batches += 1
+                self._progress = time.monotonic()
+                self.write_error = None
+                if self.observer is not None:
+                    self.observer(self.instance,
+                                  sum(isinstance(o, Entry) for o in outcomes),
+                                  self._progress - started)
                 for req, outcome in zip(batch, outcomes, strict=True):
                     if req.future.done():
                         continue
@@ -161,12 +180,18 @@ class Ledger:
                     else:
                         req.future.set_exception(outcome)
 
-    @staticmethod
-    def _fail(batch: list[AppendRequest], exc: ChronicleError) -> None:
+    def _fail(self, batch: list[AppendRequest], exc: ChronicleError) -> None:
         # A storage failure is ours. The details go to the log, not to clients; the client
         # is told whether anything may have been stored. Retrying a publish is safe either
         # way: the same signed body is idempotent.
-        if isinstance(exc, StorageError):
+        if isinstance(exc, StorageDenied):
+            self.write_error = exc.message
+            log.error("append batch of %d refused by the database (an operator must act): "
+                      "%s", len(batch), exc.message)
+            exc = StorageError("The ledger cannot write to its database at the moment; "
+                               "nothing was stored (its operator is told)", status=503,
+                               headers={"Retry-After": "60"})
+        elif isinstance(exc, StorageError):
             log.error("append batch of %d failed: %s", len(batch), exc.message)
             message = ("The outcome is unknown (the commit failed); retrying the same signed "
                        "request is safe" if isinstance(exc, CommitOutcomeUnknown)

@@ -5,6 +5,7 @@
 - ``publish``: keygen, publish (the publisher's side, no data directory)
 - ``replica``, ``crosssign``: replication and cross-signing
 - ``audit``: replay a whole chain and prove it
+- ``logs``: text or JSON log lines, with request ids
 - ``tlog``: the Merkle tree (``tlog enable|status``, ``prove``)
 - ``common``: exit codes, the error handler, ``open_store``, shared options, output
 
@@ -13,7 +14,6 @@ The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imp
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from chronicle import __version__
+from chronicle.cli import logs
 from chronicle.cli.audit import audit
 from chronicle.cli.clients import client, mirror
 from chronicle.cli.common import EXIT_OK, EXIT_REFUSED, exit_with_error
@@ -52,13 +53,15 @@ class ChronicleGroup(click.Group):
 @click.group(cls=ChronicleGroup)
 @click.version_option(__version__, prog_name="chronicle")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
-def main(debug: bool) -> None:
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text",
+              envvar="CHRONICLE_LOG_FORMAT", show_default=True,
+              help="Log lines as text or as JSON objects (for log collectors).")
+def main(debug: bool, log_format: str) -> None:
     """Append-only, signed transparency ledger (Chronicle 1.3 compatible)."""
     # Everything chronicle creates (databases, WAL files, caches, evidence, backups, keys)
     # is its owner's alone.
     os.umask(0o077)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(debug=debug, fmt=log_format)
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,

@@ -36,13 +36,18 @@ def client() -> None:
 @click.option("--public-key", "public_key_text", required=True,
               help="Client's Ed25519 public key.")
 @click.option("--admin", "is_admin", is_flag=True, help="May register and revoke clients.")
-@click.option("--comment", default=None)
+@click.option("--comment", default=None, help="A note kept with the client.")
 @click.option("--client-id", default=None, help="Use this id instead of a random one.")
 @instance_option
 @json_option
 @handle_errors
 def client_add(data_dir: DataDir, public_key_text: str, is_admin: bool, comment: str | None,
                client_id: str | None, instance: str, as_json: bool) -> None:
+    """Allow a key to publish; prints its client id.
+
+    Also appends the "New Client Registration" entry to the chain (unless the setting
+    publish-new-clients is off), so everyone sees who may publish.
+    """
     pk = public_key(public_key_text)
     if client_id is not None and not valid_client_id(client_id):
         raise click.BadParameter("1 to 128 characters of base64url ([A-Za-z0-9_=-])",
@@ -74,6 +79,7 @@ def client_add(data_dir: DataDir, public_key_text: str, is_admin: bool, comment:
 @json_option
 @handle_errors
 def client_list(data_dir: DataDir, instance: str, include_revoked: bool, as_json: bool) -> None:
+    """List the clients of a chain (each chain has its own)."""
     async def go() -> list[dict[str, Any]]:
         async with open_store(data_dir) as opened:
             clients = await opened.store.clients.all(instance, include_revoked=include_revoked)
@@ -91,11 +97,15 @@ def client_list(data_dir: DataDir, instance: str, include_revoked: bool, as_json
 
 @client.command("revoke")
 @data_dir_option
-@click.option("--client-id", required=True)
+@click.option("--client-id", required=True, help="The client to revoke.")
 @instance_option
 @json_option
 @handle_errors
 def client_revoke(data_dir: DataDir, client_id: str, instance: str, as_json: bool) -> None:
+    """Take a client's right to publish; its entries stay on the chain.
+
+    Appends a "Client Revocation" entry (unless publish-revoked-clients is off).
+    """
     async def go() -> None:
         async with open_store(data_dir) as opened:
             found = await opened.store.clients.get(instance, client_id)
@@ -119,14 +129,20 @@ def mirror() -> None:
 
 @mirror.command("add")
 @data_dir_option
-@click.option("--url", required=True)
-@click.option("--public-key", "public_key_text", required=True)
-@click.option("--comment", default=None)
+@click.option("--url", required=True, help="The mirror's API base URL.")
+@click.option("--public-key", "public_key_text", required=True,
+              help="The mirror's Ed25519 public key (base64url).")
+@click.option("--comment", default=None, help="Shown in the list.")
 @click.option("--sort", "sortpriority", default=0, type=int, help="Lower sorts first.")
 @instance_option
+@json_option
 @handle_errors
 def mirror_add(data_dir: DataDir, url: str, public_key_text: str, comment: str | None,
-               sortpriority: int, instance: str) -> None:
+               sortpriority: int, instance: str, as_json: bool) -> None:
+    """Add a mirror to the list this ledger publishes at GET /chronicle/mirrors.
+
+    The list only tells clients where copies are; it is not itself on the chain.
+    """
     public_key(public_key_text)
 
     async def go() -> None:
@@ -136,7 +152,7 @@ def mirror_add(data_dir: DataDir, url: str, public_key_text: str, comment: str |
                                            atom(utcnow()))
 
     run(go())
-    click.echo(f"mirror {url} added")
+    out(as_json, {"url": url, "added": True}, f"mirror {url} added")
 
 
 @mirror.command("list")
@@ -145,6 +161,7 @@ def mirror_add(data_dir: DataDir, url: str, public_key_text: str, comment: str |
 @json_option
 @handle_errors
 def mirror_list(data_dir: DataDir, instance: str, as_json: bool) -> None:
+    """List the mirrors published at GET /chronicle/mirrors."""
     async def go() -> list[Mirror]:
         async with open_store(data_dir) as opened:
             return await opened.store.mirrors.all(instance)
@@ -159,14 +176,16 @@ def mirror_list(data_dir: DataDir, instance: str, as_json: bool) -> None:
 
 @mirror.command("remove")
 @data_dir_option
-@click.option("--url", required=True)
+@click.option("--url", required=True, help="The mirror's URL, as listed.")
 @instance_option
+@json_option
 @handle_errors
-def mirror_remove(data_dir: DataDir, url: str, instance: str) -> None:
+def mirror_remove(data_dir: DataDir, url: str, instance: str, as_json: bool) -> None:
+    """Remove a mirror from the published list (exit 1 if it is not there)."""
     async def go() -> bool:
         async with open_store(data_dir) as opened:
             return await opened.store.mirrors.remove(instance, url)
 
     if not run(go()):
         fail(f"no mirror {url}")
-    click.echo(f"mirror {url} removed")
+    out(as_json, {"url": url, "removed": True}, f"mirror {url} removed")

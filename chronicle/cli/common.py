@@ -236,7 +236,10 @@ class Opened:
     @asynccontextmanager
     async def ledger(self, instance: str) -> AsyncIterator[Ledger]:
         """The sequencer of one chain, with this directory's settings; stopped (its queue
-        committed) on the way out."""
+        committed) on the way out. A read-only (frozen) ledger gets no chain write, not
+        even from its operator's commands (a freeze must stop every write)."""
+        if self.settings.read_only:
+            fail("the ledger is read-only (read-only = true): nothing was written")
         ledger = Ledger(self.store, instance, max_batch=self.settings.max_batch,
                         max_queue=self.settings.max_queue)
         try:
@@ -300,7 +303,7 @@ def format_options(fn: F) -> F:
     """``--format text|json`` (``fmt``) and ``--json`` (``as_json``), its short form."""
     fn = click.option("--json", "as_json", is_flag=True, help="Same as --format json.")(fn)
     return click.option("--format", "fmt", type=click.Choice(["text", "json"]),
-                        default="text", show_default=True)(fn)
+                        default="text", show_default=True, help="Output format.")(fn)
 
 
 def public_key(text: str, hint: str = "--public-key") -> bytes:

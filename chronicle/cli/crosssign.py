@@ -79,16 +79,17 @@ def xsign_add(data_dir: DataDir, url: str, server_key: str, client_id: str,
 
 @cross_sign.command("list")
 @data_dir_option
+@click.option("--instance", default=None, help="Only the targets of this chain of ours.")
 @json_option
 @handle_errors
-def xsign_list(data_dir: DataDir, as_json: bool) -> None:
+def xsign_list(data_dir: DataDir, instance: str | None, as_json: bool) -> None:
     """Targets, their policy, and the last receipt each gave."""
 
     async def go() -> list[dict[str, Any]]:
         async with open_store(data_dir) as opened:
             xsign = opened.store.xsign
             rows = []
-            for t in await xsign.targets(None):
+            for t in await xsign.targets(instance):
                 receipts = await xsign.receipts(t.id, limit=1)
                 last = receipts[0] if receipts else None
                 rows.append({
@@ -118,15 +119,18 @@ def xsign_list(data_dir: DataDir, as_json: bool) -> None:
 @data_dir_option
 @click.argument("name")
 @instance_option
+@json_option
 @handle_errors
-def xsign_remove(data_dir: DataDir, name: str, instance: str) -> None:
+def xsign_remove(data_dir: DataDir, name: str, instance: str, as_json: bool) -> None:
+    """Stop cross-signing onto target NAME; its receipts are deleted with it (exit 1 if
+    there is no such target). What was already published on the peer stays there."""
     async def go() -> bool:
         async with open_store(data_dir) as opened:
             return await opened.store.xsign.remove_target(instance, name)
 
     if not run(go()):
         fail(f"no cross-sign target {name!r}")
-    click.echo(f"cross-sign target {name} removed")
+    out(as_json, {"name": name, "removed": True}, f"cross-sign target {name} removed")
 
 
 @cross_sign.command("run")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from chronicle.config import (
     SETTINGS,
     ConfigError,
     DataDir,
+    Settings,
     parse_value,
     with_defaults,
     write_secret_file,
@@ -30,6 +32,7 @@ from chronicle.config import (
 from chronicle.core.errors import ChronicleError
 from chronicle.core.sapient import SigningKey
 from chronicle.importer import run_import
+from chronicle.server.runner import announce_on_stderr
 from chronicle.server.runner import run as run_server
 from chronicle.store import open_store as store_for_url
 
@@ -52,41 +55,76 @@ def init(data_dir: DataDir, signing_key: Path | None, database: str, as_json: bo
             fail(f"{signing_key}: {exc.message}")
     else:
         key = SigningKey.generate()
-    data_dir.path.mkdir(parents=True, exist_ok=True)
+    try:
+        Settings.from_mapping({"database": database})  # a URL we could not use, refused now
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--database") from None
     key_path = data_dir.default_key_path
     if key_path.exists():
         fail(f"{key_path} already exists")
     db_path = data_dir.sqlite_file(database)
     if db_path is not None and db_path.exists():  # e.g. an interrupted init: refuse
         fail(f"{db_path} already exists")
+    made = _made_dirs(data_dir.path)
 
     async def create() -> None:
         async with closing(store_for_url(database, data_dir.path)) as store:
             await store.create_schema()
             await store.ensure_instance("")
 
-    run(create())
-    write_secret_file(key_path, key.to_text())
-    data_dir.write_raw(with_defaults({"database": database}))
+    try:
+        run(create())
+        write_secret_file(key_path, key.to_text())
+        data_dir.write_raw(with_defaults({"database": database}))
+    except BaseException:
+        # Nothing left behind: a half-made data directory would block the next init.
+        for path in (key_path, data_dir.config_path, *( [db_path] if db_path else [])):
+            path.unlink(missing_ok=True)
+        for made_dir in made:
+            with contextlib.suppress(OSError):
+                made_dir.rmdir()
+        raise
     out(as_json, {"public-key": key.public_b64}, key.public_b64)
 
 
+def _made_dirs(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; the ones made, deepest first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
 @click.command()
 @data_dir_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port, printed when listening).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes sharing the port (appends stay strictly ordered).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Once listening, print one JSON object: url, workers, public-key.")
 @handle_errors
-def serve(data_dir: DataDir, host: str, port: int, workers: int) -> None:
-    """Serve the ledger over HTTP until SIGTERM (drains, then exits 0)."""
-    run_server(data_dir.path, host, port, workers=workers)
+def serve(data_dir: DataDir, host: str, port: int, workers: int, as_json: bool) -> None:
+    """Serve the ledger over HTTP until SIGTERM (drains, then exits 0).
+
+    Prints `listening on URL` on stderr once connections are accepted.
+    """
+    public = data_dir.signing_key(data_dir.settings()).public_b64
+
+    def announce(url: str, count: int) -> None:
+        announce_on_stderr(url, count)
+        if as_json:
+            click.echo(json.dumps({"url": url, "workers": count, "public-key": public}))
+
+    run_server(data_dir.path, host, port, workers=workers, announce=announce)
 
 
 @click.command()
 @data_dir_option
+@json_option
 @handle_errors
-def migrate(data_dir: DataDir) -> None:
+def migrate(data_dir: DataDir, as_json: bool) -> None:
     """Upgrade the database schema to this version of chronicle."""
     settings = data_dir.settings()
 
@@ -95,8 +133,9 @@ def migrate(data_dir: DataDir) -> None:
             return await store.migrate()
 
     before, after = run(go())
-    click.echo(f"schema version {after}" + (f" (upgraded from {before})" if before != after
-                                            else " (already up to date)"))
+    out(as_json, {"schema-version": after, "was": before, "upgraded": before != after},
+        f"schema version {after}" + (f" (upgraded from {before})" if before != after
+                                     else " (already up to date)"))
 
 
 @click.group()
@@ -115,6 +154,10 @@ def _known_setting(key: str) -> None:
 @json_option
 @handle_errors
 def config_get(data_dir: DataDir, key: str | None, as_json: bool) -> None:
+    """Print one setting (KEY), or all of them; defaults included.
+
+    A string prints bare, anything else as JSON: `config set KEY` reads it back as printed.
+    """
     values = with_defaults(data_dir.read_raw())
     if key is None:
         out(as_json, values, "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items()))
@@ -128,8 +171,15 @@ def config_get(data_dir: DataDir, key: str | None, as_json: bool) -> None:
 @data_dir_option
 @click.argument("key")
 @click.argument("value")
+@json_option
 @handle_errors
-def config_set(data_dir: DataDir, key: str, value: str) -> None:
+def config_set(data_dir: DataDir, key: str, value: str, as_json: bool) -> None:
+    """Set KEY to VALUE in chronicle.toml, checked as `serve` will read it.
+
+    VALUE is a number (sizes in bytes), a duration ("30 seconds", "7 days"), true/false, a
+    string, or names (`instances`: a,b or a JSON list), as `config get` prints it. Applied
+    at the next start of `serve`.
+    """
     raw = data_dir.read_raw()
     _known_setting(key)
     try:
@@ -137,6 +187,7 @@ def config_set(data_dir: DataDir, key: str, value: str) -> None:
         data_dir.write_raw(raw)
     except ConfigError as exc:
         raise click.BadParameter(exc.message, param_hint="VALUE") from None
+    out(as_json, {key: raw[key]}, f"{key} = {json.dumps(raw[key])}")
 
 
 @click.command()

@@ -23,6 +23,7 @@ from chronicle.client import ChronicleClient
 from chronicle.config import write_secret_file
 from chronicle.core.errors import ChronicleError, IntegrityError
 from chronicle.core.sapient import SigningKey
+from chronicle.core.verify import DocumentSignatureError
 
 
 @click.command()
@@ -46,9 +47,10 @@ def keygen(as_json: bool, out_file: Path | None) -> None:
 
 @click.command()
 @click.option("--url", required=True, help="Server base URL, without /chronicle.")
-@click.option("--client-id", required=True)
+@click.option("--client-id", required=True, help="Our client id on that server.")
 @click.option("--secret-key-file", required=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Our Ed25519 secret key (as `chronicle keygen` writes it).")
 @click.option("--server-key", required=True, help="Pinned server public key.")
 @instance_option
 @json_option
@@ -73,6 +75,11 @@ def publish(url: str, client_id: str, secret_key_file: Path, server_key: str, in
 
     try:
         receipt = run(go())
+    except DocumentSignatureError as exc:
+        # The request went out and was signed correctly: the server may well have stored
+        # it. What failed is our check of its answer.
+        fail("the receipt could not be verified with the pinned --server-key (the entry "
+             f"may be on the chain; check the key, then look it up): {exc.diagnostics()}")
     except IntegrityError as exc:
         fail(f"verification failed: {exc.diagnostics()}")
     out(as_json, receipt, "\n".join(f"{k}: {v}" for k, v in receipt.items()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import click
@@ -137,16 +138,21 @@ def _source_dict(source: ReplicaSource, entries: int, head: str | None,
 
 @replica.command("list")
 @data_dir_option
+@click.option("--instance", default=None, help="Only the sources of this chain of ours.")
 @json_option
 @handle_errors
-def replica_list(data_dir: DataDir, as_json: bool) -> None:
-    """Sources with their status (active, forked, failed), size and last sync."""
+def replica_list(data_dir: DataDir, instance: str | None, as_json: bool) -> None:
+    """Sources with their status (active, forked, failed), size and last sync.
+
+    Exits 1 when a source is stopped (forked or failed), so that alerting can run it."""
 
     async def go() -> list[dict[str, Any]]:
         async with open_store(data_dir) as opened:
+            if instance is not None:
+                opened.require_instance(instance)
             replication = opened.store.replication
             rows = []
-            for source in await replication.sources(None):
+            for source in await replication.sources(instance):
                 head = await replication.chain(source.id).head()
                 rows.append(_source_dict(
                     source, 0 if head is None else head.index + 1,
@@ -164,6 +170,8 @@ def replica_list(data_dir: DataDir, as_json: bool) -> None:
             line += f"  (last attempt failed: {r['last-error']})"
         lines.append(line)
     out(as_json, {"sources": rows}, "\n".join(lines) or "(no replication sources)")
+    if any(r["status"] != STATUS_ACTIVE for r in rows):
+        sys.exit(EXIT_REFUSED)
 
 
 @replica.command("remove")
@@ -365,9 +373,10 @@ def replica_resume(data_dir: DataDir, name: str, as_json: bool) -> None:
 @click.option("--url", required=True, help="The upstream's new base URL.")
 @click.option("--upstream-instance", default=None, metavar="NAME",
               help="The upstream's chain copied (default: the one the source follows now).")
+@json_option
 @handle_errors
 def replica_set_url(data_dir: DataDir, name: str, url: str,
-                    upstream_instance: str | None) -> None:
+                    upstream_instance: str | None, as_json: bool) -> None:
     """The upstream moved: follow it at a new address (same key, same chain)."""
 
     async def go() -> str:
@@ -378,7 +387,8 @@ def replica_set_url(data_dir: DataDir, name: str, url: str,
             await opened.store.replication.set_url(source.id, base)
             return base
 
-    click.echo(f"{name}: {run(go())}")
+    base = run(go())
+    out(as_json, {"name": name, "url": base}, f"{name}: {base}")
 
 
 @replica.command("set-checkpoint-key")
@@ -386,8 +396,10 @@ def replica_set_url(data_dir: DataDir, name: str, url: str,
 @click.argument("name")
 @click.option("--checkpoint-key", required=True, metavar="VKEY",
               help="The upstream's Merkle tree checkpoint key (the vkey it announced).")
+@json_option
 @handle_errors
-def replica_set_checkpoint_key(data_dir: DataDir, name: str, checkpoint_key: str) -> None:
+def replica_set_checkpoint_key(data_dir: DataDir, name: str, checkpoint_key: str,
+                               as_json: bool) -> None:
     """Check the upstream's Merkle tree on every sync: each checkpoint it signs must be
     proven consistent with the last one verified, else the source stops as forked."""
     try:
@@ -401,17 +413,21 @@ def replica_set_checkpoint_key(data_dir: DataDir, name: str, checkpoint_key: str
             await opened.store.tlog.watch_upstream(source.id, vkey)
 
     run(go())
-    click.echo(f"{name}: checkpoints checked with {vkey}")
+    out(as_json, {"name": name, "checkpoint-key": vkey},
+        f"{name}: checkpoints checked with {vkey}")
 
 
 @replica.command("set-peers")
 @data_dir_option
 @click.argument("name")
-@click.option("--peer", "peers", multiple=True, metavar="URL[#KEY]")
-@click.option("--xsign-peer", "xsign_peers", multiple=True, metavar="URL[#KEY]")
+@click.option("--peer", "peers", multiple=True, metavar="URL[#KEY]",
+              help="Another copy of the upstream's chain to compare heads with. Repeatable.")
+@click.option("--xsign-peer", "xsign_peers", multiple=True, metavar="URL[#KEY]",
+              help="A Chronicle the upstream cross-signs onto. Repeatable.")
+@json_option
 @handle_errors
 def replica_set_peers(data_dir: DataDir, name: str, peers: tuple[str, ...],
-                      xsign_peers: tuple[str, ...]) -> None:
+                      xsign_peers: tuple[str, ...], as_json: bool) -> None:
     """Replace the peers a source's head is compared with (none: no split-view check)."""
     specs = _peers(peers, xsign_peers)
 
@@ -421,4 +437,7 @@ def replica_set_peers(data_dir: DataDir, name: str, peers: tuple[str, ...],
             await opened.store.replication.set_peers(source.id, specs)
 
     run(go())
-    click.echo(f"{name}: {len(specs)} peer(s)")
+    out(as_json, {"name": name, "peers": [
+        {"url": p.url, "kind": p.kind,
+         "public-key": None if p.publickey is None else b64u_encode(p.publickey)}
+        for p in specs]}, f"{name}: {len(specs)} peer(s)")

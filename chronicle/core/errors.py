@@ -84,6 +84,11 @@ class CommitOutcomeUnknown(StorageError):
     """COMMIT itself failed (connection lost, I/O error): the batch may or may not be stored."""
 
 
+class StorageDenied(StorageError):
+    """The database refuses our writes (permissions, a read-only or full disk): not a
+    passing fault; the operator must act (the server says so in its log and /readyz)."""
+
+
 class SchemaMismatchError(StorageError):
     """The database schema version is not the one this code was built for."""
 

@@ -192,9 +192,11 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-def index_row(uniqueid: str, canonical: str, name: str, public_key: bytes) -> dict[str, Any]:
-    """One row of ``GET /chronicle/replica`` (key order as PHP)."""
-    return {
+def index_row(uniqueid: str, canonical: str, name: str, public_key: bytes, *,
+              status: str = STATUS_ACTIVE, fault: str | None = None) -> dict[str, Any]:
+    """One row of ``GET /chronicle/replica`` (key order as PHP); a stopped source adds
+    ``status`` and ``fault`` (its subindex says why)."""
+    row: dict[str, Any] = {
         "uniqueid": uniqueid,
         "canonical": public_url(canonical),
         "name": name,
@@ -202,6 +204,9 @@ def index_row(uniqueid: str, canonical: str, name: str, public_key: bytes) -> di
         "index": source_path(uniqueid),
         "urls": source_urls(uniqueid),
     }
+    if status != STATUS_ACTIVE:
+        row.update({"status": status, "fault": fault})
+    return row
 
 
 def subindex(uniqueid: str, canonical: str, public_key: bytes, *, status: str = STATUS_ACTIVE,

@@ -26,9 +26,11 @@ import resource
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from chronicle.core.errors import OverloadedError, RequestError
 
@@ -219,14 +221,46 @@ class _Gatekeeper(asyncio.Protocol):
             self._inner.resume_writing()
 
 
-class GatedSite(web.BaseSite):
-    """A listening socket whose connections pass a :class:`ConnectionGate`."""
+class _SignedParserErrors(RequestHandler):
+    """aiohttp's protocol, but a request it cannot parse (a 20 KB header line, a malformed
+    request line, a bad chunk) is answered like every other error: signed JSON, then the
+    connection is closed. aiohttp would answer those with unsigned plain text."""
 
-    def __init__(self, runner: web.BaseRunner, sock: Any, gate: ConnectionGate, *,
-                 shutdown_timeout: float = 60.0) -> None:
+    def __init__(self, server: web.Server, answer: ErrorAnswer, **kwargs: Any) -> None:
+        super().__init__(server, **kwargs)
+        self._answer = answer
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+            text = "Internal server error"
+        else:
+            log.debug("unparsable request from %s: %s", request.remote, exc)
+            # What went wrong, without echoing the sender's bytes back.
+            reason = (message or HTTPStatus(status).phrase).split(":")[0][:100]
+            text = f"Bad request: {reason}"
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already being sent")
+        response = self._answer(status, text)
+        response.force_close()
+        return response
+
+
+#: Builds a signed error answer (status, message) — :meth:`Responder.error`.
+ErrorAnswer = Callable[[int, str], web.Response]
+
+
+class GatedSite(web.BaseSite):
+    """A listening socket whose connections pass a :class:`ConnectionGate`, served by an
+    aiohttp protocol that signs its own parser errors."""
+
+    def __init__(self, runner: web.BaseRunner, sock: Any, gate: ConnectionGate,
+                 answer: ErrorAnswer, *, shutdown_timeout: float = 60.0) -> None:
         super().__init__(runner, shutdown_timeout=shutdown_timeout)
         self._sock = sock
         self._gate = gate
+        self._answer = answer
 
     @property
     def name(self) -> str:
@@ -238,7 +272,14 @@ class GatedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._gate.factory(server), sock=self._sock)
+        # The options the runner gave its web.Server (timeouts, no inflation) go to our
+        # protocol too: web.Server keeps them for the protocols it makes.
+        options = dict(server._kwargs)
+
+        def protocol() -> asyncio.Protocol:
+            return _SignedParserErrors(server, self._answer, loop=loop, **options)
+
+        self._server = await loop.create_server(self._gate.factory(protocol), sock=self._sock)
 
 
 def raise_fd_limit() -> int:

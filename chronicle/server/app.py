@@ -19,12 +19,14 @@ from aiohttp import web
 from chronicle.core import protocol
 from chronicle.core.encoding import atom
 from chronicle.core.errors import ChronicleError
-from chronicle.core.sapient import CLIENT_HEADER
-from chronicle.server import reads, replicas, tlog, writes
+from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
+from chronicle.server import health, reads, replicas, tlog, writes
 from chronicle.server.admission import CLOSE_AFTER, holding
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
+from chronicle.server.health import with_request_id
 from chronicle.server.keys import CTX, DOCS, LASTHASH, RESP, TLOG
+from chronicle.server.metrics import timing
 from chronicle.server.responses import Responder
 from chronicle.server.routing import instance_of, main_route, replica_route
 from chronicle.treelog import TreeLog
@@ -99,6 +101,29 @@ async def mirrors(request: web.Request) -> web.StreamResponse:
 
 # --- middleware and app -------------------------------------------------------------------
 
+#: Browsers may read every answer from any page, and the signature header with it, so
+#: that a page can verify what it was told (nothing here depends on cookies or origins).
+CORS = {"Access-Control-Allow-Origin": "*",
+        "Access-Control-Expose-Headers": f"{SIGNATURE_HEADER}, Retry-After"}
+PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+             "Access-Control-Allow-Headers":
+                 f"Content-Type, {CLIENT_HEADER}, {SIGNATURE_HEADER}",
+             "Access-Control-Max-Age": "86400"}
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer (errors included) readable by browser clients; a browser's preflight
+    (OPTIONS with Access-Control-Request-Method) answered empty, signed like any other."""
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response: web.StreamResponse = request.app[RESP].raw(
+            204, b"", content_type="text/plain", headers=PREFLIGHT)
+    else:
+        response = await handler(request)
+    response.headers.update(CORS)
+    return response
+
+
 @web.middleware
 async def signed_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a signed JSON error; never leak a traceback or HTML page."""
@@ -131,7 +156,8 @@ async def signed_errors(request: web.Request, handler: Handler) -> web.StreamRes
 def build_app(ctx: ServerContext) -> web.Application:
     # The body limit is enforced by us (signed 413); aiohttp's own check is set just above
     # it as a backstop for bodies read without a Content-Length.
-    app = web.Application(middlewares=[signed_errors, holding],
+    app = web.Application(middlewares=[with_request_id, timing(ctx.metrics), cors,
+                                       signed_errors, holding],
                           client_max_size=ctx.settings.max_body_size)
     app[CTX] = ctx
     app[RESP] = Responder(ctx.key, ctx.clock)
@@ -141,6 +167,9 @@ def build_app(ctx: ServerContext) -> web.Application:
     app[TLOG] = TreeLog(ctx.store, ctx.data_dir.tlog_key_path(ctx.settings), ctx.clock)
     r = app.router
     r.add_get("/", root)
+    r.add_get("/healthz", health.healthz)
+    r.add_get("/readyz", health.readyz)
+    r.add_get("/metrics", health.metrics)
     for path in ("/chronicle", "/chronicle/"):
         r.add_get(path, index)
     r.add_get("/chronicle/lasthash", lasthash)

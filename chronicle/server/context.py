@@ -13,6 +13,7 @@ from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
 from chronicle.server.admission import BodyBudget, BodyLimits
 from chronicle.server.jobs import BackgroundJobs
+from chronicle.server.metrics import Metrics
 from chronicle.store import Client, Store
 
 
@@ -47,21 +48,24 @@ class ClientCache:
 
 
 class RateLimiter:
-    """Token bucket per client: ``rate`` publishes per second, bursts of one second's worth."""
+    """Token buckets: ``rate`` per second per key, bursts of one second's worth; rate 0
+    means unlimited. Keys are anything hashable (a client of an instance, an address)."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.burst = max(rate, 1.0)
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        self._buckets: dict[object, tuple[float, float]] = {}
 
-    def retry_after(self, instance: str, client_id: str) -> float:
-        """0 if a publish may go ahead now (and take a token), else seconds to wait."""
+    def _tokens(self, key: object, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate)
+
+    def retry_after(self, *key: object) -> float:
+        """0 if one more may go ahead now (and take a token), else seconds to wait."""
         if self.rate <= 0:
             return 0.0
         now = time.monotonic()
-        key = (instance, client_id)
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        tokens = self._tokens(key, now)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
             return 0.0
@@ -69,6 +73,13 @@ class RateLimiter:
         if len(self._buckets) > 100_000:
             self._buckets.clear()
         return (1.0 - tokens) / self.rate
+
+    def waiting(self, *key: object) -> float:
+        """Seconds until ``key`` has a token again (0: it has one), taking nothing."""
+        if self.rate <= 0:
+            return 0.0
+        tokens = self._tokens(key, time.monotonic())
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
 
 @dataclass
@@ -83,13 +94,19 @@ class ServerContext:
     ledgers: dict[str, Ledger] = field(default_factory=dict)
     clients: ClientCache = field(init=False)
     limiter: RateLimiter = field(init=False)
+    ip_limiter: RateLimiter = field(init=False)
+    failures: RateLimiter = field(init=False)
     body_limits: BodyLimits = field(init=False)
+    metrics: Metrics = field(init=False)
     jobs: BackgroundJobs | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientCache(self.store)
-        self.limiter = RateLimiter(self.settings.rate_limit)
         s = self.settings
+        self.metrics = Metrics()
+        self.limiter = RateLimiter(s.rate_limit)
+        self.ip_limiter = RateLimiter(s.rate_limit_ip)
+        self.failures = RateLimiter(s.auth_failures_per_ip)
         self.body_limits = BodyLimits(
             max_size=s.max_body_size,
             timeout=s.body_timeout.total_seconds() if s.body_timeout else 1e9,
@@ -101,6 +118,7 @@ class ServerContext:
             ledger = Ledger(self.store, instance, clock=self.ledger_clock or self.clock,
                             max_batch=self.settings.max_batch,
                             max_queue=self.settings.max_queue)
+            ledger.observer = self.metrics.batch
             self.ledgers[instance] = ledger
             ledger.start()
         return ledger
@@ -113,7 +131,8 @@ class ServerContext:
         self.jobs = BackgroundJobs(self.store, self.key, self.settings, self.ledger,
                                    clock=self.clock,
                                    spool_dir=self.data_dir.replication_spool_dir,
-                                   evidence_dir=self.data_dir.evidence_dir)
+                                   evidence_dir=self.data_dir.evidence_dir,
+                                   metrics=self.metrics)
         await self.jobs.start()
 
     async def stop(self) -> None:

@@ -38,6 +38,7 @@ from chronicle.replication.attest import attest
 from chronicle.replication.crosssign import PushResult, PushStatus, push
 from chronicle.replication.follower import Replicator, SyncResult, SyncStatus
 from chronicle.replication.upstream import SyncOptions
+from chronicle.server.metrics import Metrics
 from chronicle.store import LeaderLock, Store
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class BackgroundJobs:
 
     def __init__(self, store: Store, key: SigningKey, settings: Settings,
                  ledger: Callable[[str], Ledger], *, clock: Clock, spool_dir: Path,
-                 evidence_dir: Path, rand: Callable[[], float] = random.random) -> None:
+                 evidence_dir: Path, metrics: Metrics | None = None,
+                 rand: Callable[[], float] = random.random) -> None:
         self.store = store
         self.key = key
         self.settings = settings
@@ -68,6 +70,7 @@ class BackgroundJobs:
         self.clock = clock
         self.spool_dir = spool_dir
         self.evidence_dir = evidence_dir
+        self.metrics = metrics
         self.rand = rand
         self.is_leader = False
         self.results: dict[str, SyncResult] = {}
@@ -214,6 +217,8 @@ class BackgroundJobs:
                 self._next_sync[source.id] = time.monotonic() + backoff_delay(
                     interval, failures, maximum=max(MAX_BACKOFF, interval), rand=self.rand())
                 self.results[source.uniqueid] = result
+                if self.metrics is not None:
+                    self.metrics.syncs.labels(source.name, str(result.status)).inc()
                 results.append(result)
         return results
 
@@ -234,6 +239,8 @@ class BackgroundJobs:
             else:
                 self._next_push.pop(target.id, None)
             self.pushes[target.name] = result
+            if self.metrics is not None:
+                self.metrics.cross_signs.labels(target.name, str(result.status)).inc()
             results.append(result)
         return results
 

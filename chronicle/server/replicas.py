@@ -14,7 +14,8 @@ from chronicle.server.routing import instance_of, replica_source
 
 async def index(request: web.Request) -> web.StreamResponse:
     sources = await request.app[CTX].store.replication.sources(instance_of(request))
-    return request.app[RESP].ok([replica.index_row(s.uniqueid, s.url, s.name, s.publickey)
+    return request.app[RESP].ok([replica.index_row(s.uniqueid, s.url, s.name, s.publickey,
+                                                   status=s.status, fault=s.fault)
                                  for s in sources])
 
 

@@ -30,10 +30,14 @@ class Responder:
         body = protocol.render(protocol.ok_envelope(self.clock(), results, **before_results))
         return self.raw(200, body)
 
-    def error(self, status: int, message: str,
-              headers: dict[str, str] | None = None) -> web.Response:
-        body = protocol.render(protocol.error_envelope(self.clock(), message))
-        return self.raw(status, body, headers=headers)
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None, *,
+              details: Any = None) -> web.Response:
+        """Chronicle's error envelope; ``details`` (ours, e.g. /readyz's checks) go in
+        ``results`` after the message."""
+        envelope = protocol.error_envelope(self.clock(), message)
+        if details is not None:
+            envelope["results"] = details
+        return self.raw(status, protocol.render(envelope), headers=headers)
 
     def error_bytes(self, status: int, reason: str, message: str,
                     headers: dict[str, str] | None = None) -> bytes:

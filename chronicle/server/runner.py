@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from chronicle.server.admission import MSG_TOO_MANY, ConnectionGate, GatedSite, 
 from chronicle.server.app import build_app
 from chronicle.server.context import ServerContext
 from chronicle.server.keys import RESP
+from chronicle.server.metrics import enable_multiprocess, worker_gone
 from chronicle.store import open_store
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,18 @@ async def open_context(data_dir: DataDir) -> ServerContext:
                          data_dir=data_dir)
 
 
+Announce = Callable[[str, int], None]
+
+
+def announce_on_stderr(url: str, workers: int) -> None:
+    """The line that says the server accepts connections (scripts wait for it)."""
+    more = f" ({workers} workers)" if workers > 1 else ""
+    print(f"listening on {url}{more}", file=sys.stderr, flush=True)
+
+
 async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket | None = None,
-                shutdown_timeout: float = 30.0) -> None:
+                shutdown_timeout: float = 30.0,
+                announce: Announce = announce_on_stderr) -> None:
     """Serve until a stop signal, then drain: stop accepting, finish requests, commit queues."""
     ctx = await open_context(data_dir)
     app = build_app(ctx)
@@ -65,10 +77,10 @@ async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket 
         await runner.setup()
         if listening is None:
             listening = _bind(host, port)
-        await GatedSite(runner, listening, gate, shutdown_timeout=shutdown_timeout).start()
+        await GatedSite(runner, listening, gate, app[RESP].error,
+                        shutdown_timeout=shutdown_timeout).start()
         if own_socket:
-            bound = listening.getsockname()[1]
-            print(f"listening on http://{host}:{bound}", file=sys.stderr, flush=True)
+            announce(f"http://{host}:{listening.getsockname()[1]}", 1)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -111,79 +123,97 @@ async def _preflight(data_dir: DataDir) -> None:
     await ctx.store.close()
 
 
-def _run_workers(data_dir: DataDir, host: str, port: int, workers: int) -> None:
-    """The supervisor: fork ``workers`` servers on one socket; restart any that dies."""
-    # Fail here, once, with a clear error, on a bad configuration, key or database:
-    # not in every worker, over and over.
-    asyncio.run(_preflight(data_dir))
-    sock = _bind(host, port)
-    stopping = False
-    children: dict[int, int] = {}  # pid -> slot
-    started: dict[int, float] = {}  # slot -> when its current worker started
-    quick_failures = 0
+class _Supervisor:
+    """Forks ``workers`` servers on one socket and restarts any that dies."""
 
-    def spawn(slot: int) -> None:
-        started[slot] = time.monotonic()
+    def __init__(self, data_dir: DataDir, host: str, port: int, sock: socket.socket) -> None:
+        self.data_dir, self.host, self.port, self.sock = data_dir, host, port, sock
+        self.stopping = False
+        self.failed = False
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.started: dict[int, float] = {}  # slot -> when its current worker started
+        self.quick_failures = 0
+
+    def spawn(self, slot: int) -> None:
+        self.started[slot] = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                _run_loop(serve(data_dir, host, port, sock=sock))
+                _run_loop(serve(self.data_dir, self.host, self.port, sock=self.sock))
             except BaseException:
                 log.exception("worker %d failed", slot)
                 code = 1
             finally:
                 os._exit(code)
-        children[pid] = slot
+        self.children[pid] = slot
 
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
+    def stop(self, _signum: int = signal.SIGTERM, _frame: object = None) -> None:
+        self.stopping = True
+        for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def reaped(self, pid: int, status: int) -> None:
+        """One worker ended: note it, and restart it unless stopping or failing at start."""
+        if pid not in self.children:
+            return
+        slot = self.children.pop(pid)
+        worker_gone(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if self.stopping:
+            self.failed = self.failed or code not in (0, -signal.SIGTERM)
+            return
+        lived = time.monotonic() - self.started.get(slot, 0.0)
+        self.quick_failures = self.quick_failures + 1 if lived < QUICK_FAILURE_S else 0
+        if self.quick_failures >= MAX_QUICK_FAILURES:
+            log.error("workers keep failing at start (last: worker %d, exit %d); stopping",
+                      slot, code)
+            self.stop()
+            self.failed = True
+            return
+        log.error("worker %d (pid %d) exited with %d; restarting it", slot, pid, code)
+        time.sleep(1.0)
+        if not self.stopping:
+            self.spawn(slot)
+
+
+def _run_workers(data_dir: DataDir, host: str, port: int, workers: int,
+                 announce: Announce) -> None:
+    """The supervisor process: fork the workers, wait on them, exit 1 if any failed."""
+    # Fail here, once, with a clear error, on a bad configuration, key or database:
+    # not in every worker, over and over.
+    asyncio.run(_preflight(data_dir))
+    # Every worker writes its metrics to files there; a scrape of any worker sums them.
+    metrics_dir = data_dir.cache_dir / f"metrics-{os.getpid()}"
+    enable_multiprocess(metrics_dir)
+    sock = _bind(host, port)
+    sup = _Supervisor(data_dir, host, port, sock)
+    signal.signal(signal.SIGTERM, sup.stop)
+    signal.signal(signal.SIGINT, sup.stop)
     for slot in range(workers):
-        spawn(slot)
+        sup.spawn(slot)
     # Connections queue on the bound socket until a worker accepts them.
-    print(f"listening on http://{host}:{sock.getsockname()[1]} ({workers} workers)",
-          file=sys.stderr, flush=True)
-    failed = False
-    while children:
+    announce(f"http://{host}:{sock.getsockname()[1]}", workers)
+    while sup.children:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        if pid not in children:
-            continue
-        slot = children.pop(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            failed = failed or code not in (0, -signal.SIGTERM)
-            continue
-        lived = time.monotonic() - started.get(slot, 0.0)
-        quick_failures = quick_failures + 1 if lived < QUICK_FAILURE_S else 0
-        if quick_failures >= MAX_QUICK_FAILURES:
-            log.error("workers keep failing at start (last: worker %d, exit %d); stopping",
-                      slot, code)
-            stop(signal.SIGTERM, None)
-            failed = True
-            continue
-        log.error("worker %d (pid %d) exited with %d; restarting it", slot, pid, code)
-        time.sleep(1.0)
-        if not stopping:
-            spawn(slot)
+        sup.reaped(pid, status)
     sock.close()
-    if failed:
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    if sup.failed:
         sys.exit(1)
 
 
-def run(data_dir: Path, host: str, port: int, *, workers: int = 1) -> None:
+def run(data_dir: Path, host: str, port: int, *, workers: int = 1,
+        announce: Announce = announce_on_stderr) -> None:
+    """Serve ``data_dir`` until SIGTERM; ``announce(url, workers)`` once connections are
+    accepted."""
     if workers > 1:
-        _run_workers(DataDir(data_dir), host, port, workers)
+        _run_workers(DataDir(data_dir), host, port, workers, announce)
     else:
-        _run_loop(serve(DataDir(data_dir), host, port))
+        _run_loop(serve(DataDir(data_dir), host, port, announce=announce))

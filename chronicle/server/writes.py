@@ -27,8 +27,30 @@ from chronicle.server.routing import instance_of
 from chronicle.store import Client
 
 
+def _retry(wait: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(wait)))}
+
+
 async def authenticate(request: web.Request, instance: str, *, admin_only: bool
                        ) -> tuple[Client, bytes, bytes]:
+    """:func:`_authenticate` behind the per-address limits: an address over its write rate,
+    or whose recent writes kept failing the check (a flood of forged signatures, each one
+    costing a verification), gets a signed 429 before anything is verified."""
+    ctx = request.app[CTX]
+    address = request.remote or ""
+    wait = max(ctx.failures.waiting(address), ctx.ip_limiter.retry_after(address))
+    if wait > 0:
+        raise RequestError("Too many requests from this address, retry later", status=429,
+                           headers=_retry(wait))
+    try:
+        return await _authenticate(request, instance, admin_only=admin_only)
+    except AuthError:
+        ctx.failures.retry_after(address)
+        raise
+
+
+async def _authenticate(request: web.Request, instance: str, *, admin_only: bool
+                        ) -> tuple[Client, bytes, bytes]:
     """Sapient request check: one known client, one valid signature over the exact body.
 
     Returns ``(client, body, signature)``. The body is read only after the client is
@@ -99,7 +121,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
         wait = ctx.limiter.retry_after(instance, client.publicid)
         if wait > 0:
             raise RequestError("Rate limit exceeded, retry later", status=429,
-                               headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                               headers=_retry(wait))
     entry: Entry = await ctx.ledger(instance).append(body, client.publickey, signature,
                                                      client_id=client.publicid)
     return resp.ok(entry.receipt())

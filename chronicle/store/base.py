@@ -68,7 +68,7 @@ class Store:
 
     async def create_schema(self) -> None:
         """Create a fresh database at the current schema version (``chronicle init``)."""
-        await self.db.connect()
+        await self.db.connect(create=True)
         await schema.upgrade(self.db, fresh=True, where=self.where)
         await self._load_instances()
 

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from chronicle.core.errors import CommitOutcomeUnknown, StorageError
+from chronicle.core.errors import CommitOutcomeUnknown, StorageDenied, StorageError
 from chronicle.store.base import Store
 from chronicle.store.schema import POSTGRES_TYPES
 from chronicle.store.sql import IN_LIST, Conflict, Database, Dialect, LeaderLock, Row, Session
@@ -57,9 +57,16 @@ def numbered(sql: str) -> str:
     return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
 
 
+#: PostgreSQL's refusals that last until someone acts (grants, a read-only server, disk).
+_DENIED = (asyncpg.InsufficientPrivilegeError, asyncpg.ReadOnlySQLTransactionError,
+           asyncpg.DiskFullError)
+
+
 def _storage_error(exc: BaseException, what: str) -> StorageError:
     if isinstance(exc, asyncpg.UniqueViolationError):
         return Conflict(f"{what}: {exc}")
+    if isinstance(exc, _DENIED):
+        return StorageDenied(f"{what}: {exc}")
     return StorageError(f"{what}: {exc}")
 
 
@@ -137,7 +144,7 @@ class PostgresDatabase(Database):
             raise StorageError("the PostgreSQL store is not open")
         return self._pool
 
-    async def connect(self) -> None:
+    async def connect(self, *, create: bool = False) -> None:
         await self.close()
         # Custom plans: after five executions PostgreSQL would switch a prepared statement
         # to a generic plan costed while the chain was small; for the duplicate-signature

@@ -88,8 +88,9 @@ class Database(abc.ABC):
     dialect: Dialect
 
     @abc.abstractmethod
-    async def connect(self) -> None:
-        """Open connections (idempotent after :meth:`close`)."""
+    async def connect(self, *, create: bool = False) -> None:
+        """Open connections (idempotent after :meth:`close`); without ``create`` a
+        database that does not exist yet is an error, never made empty."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -35,7 +35,12 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from chronicle.core.errors import CommitOutcomeUnknown, StorageError
+from chronicle.core.errors import (
+    CommitOutcomeUnknown,
+    SchemaMismatchError,
+    StorageDenied,
+    StorageError,
+)
 from chronicle.store.base import Store
 from chronicle.store.schema import SQLITE_TYPES
 from chronicle.store.sql import IN_LIST, Conflict, Database, Dialect, LeaderLock, Row, Session
@@ -50,9 +55,16 @@ DIALECT = Dialect("sqlite", SQLITE_TYPES,
 INLINE_ROWS = 1024
 
 
+#: SQLite's words for a database that refuses writes until someone acts.
+_DENIED = ("readonly database", "unable to open database file", "disk is full",
+           "database or disk is full", "disk i/o error", "permission denied")
+
+
 def _storage_error(exc: sqlite3.Error, what: str) -> StorageError:
     if isinstance(exc, sqlite3.IntegrityError):
         return Conflict(f"{what}: {exc}")
+    if any(words in str(exc).lower() for words in _DENIED):
+        return StorageDenied(f"{what}: {exc}")
     return StorageError(f"{what}: {exc}")
 
 
@@ -178,8 +190,11 @@ class SqliteDatabase(Database):
         conn.execute("PRAGMA query_only=ON")
         return conn
 
-    async def connect(self) -> None:
+    async def connect(self, *, create: bool = False) -> None:
         await self.close()
+        if not create and not await asyncio.to_thread(os.path.exists, self.path):
+            raise SchemaMismatchError(f"{self.path} does not exist (run `chronicle init`, or "
+                                      "check the database setting)")
         try:
             self._wthread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._writer = await self.on_writer(self._open_writer)
@@ -248,9 +263,9 @@ class SqliteDatabase(Database):
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 return False
-            raise StorageError(f"cannot lock the database for writing: {exc}") from exc
+            raise _storage_error(exc, "cannot lock the database for writing") from exc
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot lock the database for writing: {exc}") from exc
+            raise _storage_error(exc, "cannot lock the database for writing") from exc
         return True
 
     def _begin(self) -> None:
@@ -270,6 +285,10 @@ class SqliteDatabase(Database):
             self._writer.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
+            if any(words in str(exc).lower() for words in _DENIED):
+                # SQLite refused before anything was written (a full disk, a read-only
+                # file): nothing is stored, and retrying will not help until it is fixed.
+                raise StorageDenied(f"commit failed: {exc}") from exc
             raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
         self._commits += 1
 

@@ -168,12 +168,14 @@ async def test_slowloris_and_too_many_connections(tmp_path: Path) -> None:
                        max_connections=500) as (server, alice, key):
         stop = asyncio.Event()
         legit = asyncio.create_task(keep_publishing(server.url, key, alice, stop))
-        conns = [await raw_connection(server.url) for _ in range(1000)]
-        for _, writer in conns:
-            writer.write(b"POST /chronicle/publish HTTP/1.1\r\n")
-        closed_at: dict[int, float] = {}
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        opened: list[float] = []
+        conns = []
+        for _ in range(1000):
+            conns.append(await raw_connection(server.url))
+            opened.append(loop.time())
+            conns[-1][1].write(b"POST /chronicle/publish HTTP/1.1\r\n")
+        closed_after: dict[int, float] = {}
 
         async def trickle(n: int, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> bytes:
@@ -186,19 +188,42 @@ async def test_slowloris_and_too_many_connections(tmp_path: Path) -> None:
                     writer.write(f"X-Slow-{line}: {'a' * 20}\r\n".encode())
             data = await asyncio.wait_for(first, 10)
             rest = await asyncio.wait_for(reader.read(), 10)
-            closed_at[n] = loop.time() - started
+            closed_after[n] = loop.time() - opened[n]
             return data + rest
 
         received = await asyncio.gather(*(trickle(n, r, w) for n, (r, w) in enumerate(conns)))
         refused = [d for d in received if d.startswith(b"HTTP/1.1 503")]
-        cut = [d for d in received if d == b""]
-        assert len(refused) == 800 and len(cut) == 200, (len(refused), len(cut))
+        cut = [n for n, d in enumerate(received) if d == b""]
+        # At most 200 at once from one address: the others refused at once, signed. (If
+        # opening the 1,000 took longer than the idle timeout, some admitted ones were
+        # already cut and more got in: the split depends on the machine's speed.)
+        assert len(refused) + len(cut) == 1000 and len(cut) >= 200 and len(refused) >= 500
         assert all(MSG_TOO_MANY.encode() in d and SIGNATURE_HEADER.encode() in d
                    for d in refused)
         # Cut off by the idle timeout (3 s), not by the client giving up after 10 lines.
-        assert max(closed_at[n] for n, d in enumerate(received) if d == b"") < 8
+        assert max(closed_after[n] for n in cut) < 8
         stop.set()
         statuses = await legit
         assert statuses and set(statuses) == {200}
         for _, writer in conns:
             writer.close()
+
+
+@pytest.mark.parametrize(("request_bytes", "message"), [
+    (b"GET /chronicle HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+     "Bad request: Got more than 8190 bytes when reading"),
+    (b"THIS IS NOT HTTP\r\n\r\n", "Bad request: Invalid method encountered"),
+    (b"GET /chronicle HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+     "Bad request: Invalid character in Content-Length"),
+])
+async def test_requests_aiohttp_cannot_parse_get_a_signed_answer(
+        tmp_path: Path, request_bytes: bytes, message: str) -> None:
+    """aiohttp's own parser errors were answered in unsigned plain text: now signed JSON,
+    the sender's bytes not echoed, and the connection closed."""
+    async with serving(tmp_path) as (server, _, key):
+        reader, writer = await raw_connection(server.url)
+        writer.write(request_bytes)
+        status, _, body = await read_answer(reader, key)
+        assert (status, body["status"], body["message"]) == (400, "ERROR", message)
+        assert await reader.read() == b""  # closed
+        writer.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -25,7 +26,7 @@ from chronicle.cli.common import open_store as open_data_dir
 from chronicle.config import KEY_FILE, write_secret_file
 from chronicle.core.encoding import b64u_decode
 from chronicle.core.sapient import SigningKey
-from chronicle.store import Store, open_store
+from chronicle.store import SCHEMA_VERSION, Store, open_store
 from tests import helpers
 from tests.helpers import (
     Identity,
@@ -208,6 +209,90 @@ def test_usage_errors_are_one_error_line(tmp_path: Path) -> None:
     assert_error_line(res.stderr)
 
 
+def _commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(cmd, click.Group):
+        return [p for name, sub in cmd.commands.items() for p in _commands(sub, (*path, name))]
+    return [path]
+
+
+def test_every_command_and_option_says_what_it_does() -> None:
+    for path in _commands(main):
+        res = cli(*path, "--help")
+        assert res.exit_code == EXIT_OK, path
+        cmd: click.Command = main
+        for name in path:
+            assert isinstance(cmd, click.Group)
+            cmd = cmd.commands[name]
+        assert (cmd.help or "").strip(), f"chronicle {' '.join(path)} has no help text"
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"chronicle {' '.join(path)} {param.opts[0]} has no help"
+        # Every command can answer for a script: one JSON object on stdout.
+        assert "--json" in res.stdout, f"chronicle {' '.join(path)} has no --json"
+
+
+def test_json_output_of_the_configuration_commands(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    dd = ("--data-dir", str(data_dir))
+
+    def as_json(*args: str) -> Any:
+        res = cli(*args, *dd, "--json")
+        assert res.exit_code == EXIT_OK, (args, res.stdout, res.stderr)
+        return json.loads(res.stdout)
+
+    assert as_json("config", "set", "max-batch", "64") == {"max-batch": 64}
+    assert cli("config", "set", *dd, "max-batch", "32").stdout == "max-batch = 32\n"
+    assert as_json("migrate") == {"schema-version": SCHEMA_VERSION, "was": SCHEMA_VERSION,
+                                  "upgraded": False}
+    peer = SigningKey.generate().public_b64
+    assert as_json("mirror", "add", "--url", "https://m.example", "--public-key", peer) == \
+        {"url": "https://m.example", "added": True}
+    assert as_json("mirror", "remove", "--url", "https://m.example") == \
+        {"url": "https://m.example", "removed": True}
+    assert cli("mirror", "remove", *dd, "--url", "https://m.example").exit_code == \
+        EXIT_REFUSED
+
+    assert cli("config", "set", *dd, "instances", "b").exit_code == EXIT_OK
+    for instance in ("", "b"):
+        as_json("cross-sign", "add", "--url", "https://peer.example", "--server-key", peer,
+                "--client-id", "us", "--push-after", "5", "--name", f"peer-{instance}",
+                "--instance", instance)
+    listed = as_json("cross-sign", "list", "--instance", "b")["targets"]
+    assert [(t["name"], t["instance"]) for t in listed] == [("peer-b", "b")]
+    assert len(as_json("cross-sign", "list")["targets"]) == 2
+    assert as_json("cross-sign", "remove", "peer-b", "--instance", "b") == \
+        {"name": "peer-b", "removed": True}
+
+    as_json("replica", "add", "--url", "https://up.example", "--server-key", peer,
+            "--name", "up")
+    assert as_json("replica", "set-url", "up", "--url", "https://moved.example/chronicle") \
+        == {"name": "up", "url": "https://moved.example/chronicle"}
+    assert as_json("replica", "set-peers", "up", "--peer", f"https://r2.example#{peer}") == {
+        "name": "up", "peers": [{"url": "https://r2.example/chronicle", "kind": "replica",
+                                 "public-key": peer}]}
+
+
+async def test_serve_json_says_where_it_listens(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    public = await asyncio.to_thread(init_dir, data_dir)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chronicle.cli", "serve", "--data-dir", str(data_dir),
+        "--port", "0", "--json", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        said = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=30))
+        assert said["workers"] == 1 and said["public-key"] == public
+        async with aiohttp.ClientSession() as session:
+            answer = await http_request(session, said["url"], b64u_decode(public, 32), "GET",
+                                        "/chronicle/lasthash")
+            assert answer.status == 200
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
+
+
 def test_client_add_list_revoke(tmp_path: Path) -> None:
     data_dir = tmp_path / "ledger"
     server_public = init_dir(data_dir)
@@ -268,6 +353,49 @@ def test_client_add_list_revoke(tmp_path: Path) -> None:
     assert res.exit_code == EXIT_REFUSED
     assert_error_line(res.stderr)
     assert len(stored_rows(data_dir)) == 3
+
+
+def test_a_frozen_ledger_takes_no_write_from_the_cli_either(tmp_path: Path) -> None:
+    """read-only used to stop only the API: `client add` still appended its entry."""
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    dd = ["--data-dir", str(data_dir)]
+    assert cli("config", "set", *dd, "read-only", "true").exit_code == EXIT_OK
+    key = SigningKey.generate()
+    res = cli("client", "add", *dd, "--public-key", key.public_b64)
+    assert res.exit_code == EXIT_REFUSED
+    assert assert_error_line(res.stderr) == \
+        "error: the ledger is read-only (read-only = true): nothing was written"
+    assert stored_rows(data_dir) == []
+    assert json.loads(cli("client", "list", *dd, "--json").stdout)["clients"] == []
+
+
+def test_config_get_prints_what_config_set_reads_back(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    dd = ["--data-dir", str(data_dir)]
+    assert cli("config", "set", *dd, "instances", "pkgs, docs").exit_code == EXIT_OK
+    printed = cli("config", "get", *dd, "instances").stdout.strip()
+    assert printed == '["pkgs", "docs"]'
+    assert cli("config", "set", *dd, "instances", printed).exit_code == EXIT_OK
+    assert cli("config", "get", *dd, "instances").stdout.strip() == printed
+    res = cli("config", "set", *dd, "instances", "[1, 2]")
+    assert res.exit_code == EXIT_USAGE
+
+
+def test_a_database_setting_must_name_a_backend_and_an_existing_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ledger"
+    init_dir(data_dir)
+    dd = ["--data-dir", str(data_dir)]
+    res = cli("config", "set", *dd, "database", "mysql://root@db/chronicle")
+    assert res.exit_code == EXIT_USAGE
+    assert "database must be sqlite:PATH or postgresql://…, not 'mysql://root@db/chronicle'" \
+        in assert_error_line(res.stderr)
+    assert cli("config", "set", *dd, "database", "sqlite:elsewhere.db").exit_code == EXIT_OK
+    res = cli("client", "list", *dd)
+    assert res.exit_code == EXIT_IO
+    assert "elsewhere.db does not exist (run `chronicle init`" in assert_error_line(res.stderr)
+    assert not (data_dir / "elsewhere.db").exists()  # opening never makes an empty one
 
 
 def test_missing_data_dir_is_io_error(tmp_path: Path) -> None:
@@ -365,12 +493,15 @@ async def test_publish_command(tmp_path: Path) -> None:
             assert last["prevhash"] == receipt["currhash"]
             assert last["currhash"] in human and last["summaryhash"] in human
 
-        # a wrong pinned key: verification fails, exit 1, nothing printed on stdout
+        # a wrong pinned key: the receipt cannot be verified, exit 1, nothing on stdout;
+        # the error says the entry may well be on the chain (the server stored it)
         other = SigningKey.generate().public_b64
         code, out, err = await run_cli("publish", *common, "--server-key", other, "x")
         assert code == EXIT_REFUSED
         assert out == ""
-        assert_error_line(err)
+        assert assert_error_line(err).startswith(
+            "error: the receipt could not be verified with the pinned --server-key (the "
+            "entry may be on the chain; check the key, then look it up)")
 
         # unreachable server: transport error, exit 3
         code, out, err = await run_cli("publish", "--url", f"http://127.0.0.1:{free_port()}",

@@ -261,7 +261,7 @@ async def test_a_peer_answer_with_a_bad_signature_is_a_failure(
         (result,) = res.json["targets"]
         assert result["status"] == "failed"
         assert "not signed by its pinned key" in result["error"]
-        assert res.stderr.startswith("error: peer: ")
+        assert res.stderr.splitlines()[-1].startswith("error: peer: ")
         (target,) = await targets(_a_dir(a))
         assert (target["failures"], target["last-index"]) == (1, None)
         receipt = target["last-receipt"]

@@ -59,3 +59,32 @@ def test_a_backup_goes_only_into_a_directory_of_our_own(
     assert res.exit_code == 1
     assert "belongs to another user" in res.stderr
     assert list(theirs.iterdir()) == []
+
+
+def test_a_signing_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "ledger"
+    assert cli("init", "--data-dir", str(data)).exit_code == 0
+    os.chmod(data / "signing-secret.key", 0o644)
+    res = cli("client", "add", "--data-dir", str(data), "--public-key",
+              "Pl5RqC7kYCGeJ7CHbAhlI-wdyOWxxPqTTrJV_aKCJuE=")
+    assert res.exit_code == 3
+    assert "is readable by others (mode 0644); chmod 600 it" in res.stderr
+
+
+def test_the_signing_key_may_come_from_a_file_an_environment_variable_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd's LoadCredential or a container secret: the key outside the data dir."""
+    data = tmp_path / "ledger"
+    init = cli("init", "--data-dir", str(data), "--json")
+    assert init.exit_code == 0
+    secret = tmp_path / "credentials" / "signing-key"
+    secret.parent.mkdir()
+    (data / "signing-secret.key").rename(secret)
+    monkeypatch.setenv("CHRONICLE_SIGNING_KEY_FILE", str(secret))
+    res = cli("client", "add", "--data-dir", str(data), "--public-key",
+              "Pl5RqC7kYCGeJ7CHbAhlI-wdyOWxxPqTTrJV_aKCJuE=")
+    assert res.exit_code == 0, res.stderr
+    monkeypatch.delenv("CHRONICLE_SIGNING_KEY_FILE")
+    res = cli("client", "add", "--data-dir", str(data), "--public-key",
+              "Pl5RqC7kYCGeJ7CHbAhlI-wdyOWxxPqTTrJV_aKCJuE=")
+    assert res.exit_code == 3 and "cannot read signing key" in res.stderr

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -167,3 +168,41 @@ async def test_redirects_never_leave_the_origin_nor_resend_a_signed_request(
     finally:
         for runner in (elsewhere, to_self, post):
             await runner.cleanup()
+
+
+async def test_a_flood_of_forged_publishes_is_cut_off_per_address(tmp_path: Path) -> None:
+    """Requests with bad signatures were never rate-limited: each cost a verification.
+    After auth-failures-per-ip failures (a burst of one second's worth) an address gets a
+    signed 429 before anything is checked; another address publishes on."""
+    srv = await start_server(await init_data_dir(tmp_path / "l", auth_failures_per_ip=5,
+                                                 publish_new_clients=False))
+    try:
+        alice = await srv.add_client("alice")
+        forged = {CLIENT_HEADER: alice.client_id,
+                  SIGNATURE_HEADER: SigningKey.generate().sign_b64(b"x")}
+        statuses = []
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as attacker:
+            for _ in range(8):
+                async with attacker.post(f"{srv.url}/chronicle/publish", data=b"x",
+                                         headers=forged) as res:
+                    body = json.loads(await res.read())
+                    statuses.append((res.status, body["message"]))
+        assert statuses[:5] == [(403, "No valid signature given for this HTTP request")] * 5
+        assert statuses[5:] == [(429, "Too many requests from this address, retry later")] * 3
+        assert (await srv.publish("alice", "still served")).status == 200  # from 127.0.0.1
+    finally:
+        await srv.close()
+
+
+async def test_browsers_may_read_every_answer_and_its_signature(server: RunningServer) -> None:
+    for method, path in (("GET", "/chronicle/lasthash"), ("GET", "/chronicle/nope"),
+                         ("POST", "/chronicle/publish")):
+        res = await server.request(method, path, headers={"Origin": "https://example.org"})
+        assert res.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Body-Signature-Ed25519" in res.headers["Access-Control-Expose-Headers"]
+    res = await server.request("OPTIONS", "/chronicle/publish", headers={
+        "Origin": "https://example.org", "Access-Control-Request-Method": "POST"})
+    assert res.status == 204 and res.body == b""
+    assert "POST" in res.headers["Access-Control-Allow-Methods"]
+    assert CLIENT_HEADER in res.headers["Access-Control-Allow-Headers"]

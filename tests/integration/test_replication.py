@@ -643,6 +643,7 @@ async def first_sync(replica: DataDir, fake: FakeUpstream, n: int = 10, **extra:
 async def stopped(replica: DataDir, status: str, fault: str) -> dict[str, Any]:
     """The source's status in `replica list`, its evidence, its replica subindex."""
     listed = await cli("replica", "list", "--data-dir", str(replica.path), "--json")
+    assert listed.code == 1  # a stopped source: an exit code alerting can use
     (row,) = listed.json["sources"]
     assert (row["status"], row["fault"]) == (status, fault), row
     evidence = await cli("replica", "evidence", "--data-dir", str(replica.path), "upstream",
@@ -659,6 +660,8 @@ async def stopped(replica: DataDir, status: str, fault: str) -> dict[str, Any]:
         body = res.json["results"]
         assert (body["status"], body["fault"]) == (status, fault)
         assert body["reason"] == row["reason"]
+        (indexed,) = (await served.request("GET", "/chronicle/replica")).json["results"]
+        assert (indexed["status"], indexed["fault"]) == (status, fault)
     finally:
         await served.close()
     return dict(faults[-1])
@@ -673,7 +676,8 @@ async def test_upstream_rewriting_an_old_entry_is_a_fork(replica_dir: DataDir,
     fake.view.entries = chain(9, start=verified[:3], prefix="rewritten")
     res = await sync(replica_dir)
     assert res.code == 1
-    assert res.stderr.startswith("error: 1 of 1 source(s) did not sync cleanly: upstream forked")
+    assert res.stderr.splitlines()[-1].startswith(
+        "error: 1 of 1 source(s) did not sync cleanly: upstream forked")
     (report,) = res.json["sources"]
     assert (report["status"], report["fault"]["kind"], report["fault"]["index"]) == \
         ("forked", "history-rewritten", 3)
