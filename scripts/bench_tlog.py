@@ -37,27 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import benchutil
+import loadgen
 import uvloop
-from benchutil import (
-    CHRONICLE,
-    CHRONICLE_ROOT,
-    add_client,
-    chronicle_cli,
-    chronicle_server,
-    fill_chain,
-    init_data_dir,
-    machine_summary,
-    measured,
-)
-from loadgen import (
-    Checker,
-    LoadResult,
-    Request,
-    _signed_ok_json,
-    prepare_publishes,
-    publish_checker,
-    run_load,
-)
+from loadgen import Checker, LoadResult, Request
 
 from chronicle.core.encoding import b64u_decode
 from chronicle.core.merkle import verify_inclusion
@@ -72,10 +55,10 @@ def _chain(base: Path, entries: int) -> tuple[Path, str]:
     marker = pristine / "server-key"
     if not marker.exists():
         shutil.rmtree(pristine, ignore_errors=True)
-        key = init_data_dir(pristine / "data", {"publish-new-clients": "false"})
+        key = benchutil.init_data_dir(pristine / "data", {"publish-new-clients": "false"})
         client = SigningKey.generate()
-        add_client(pristine / "data", client.public_b64)
-        info = fill_chain(pristine / "data", client.secret, entries, batch=20_000,
+        benchutil.add_client(pristine / "data", client.public_b64)
+        info = benchutil.fill_chain(pristine / "data", client.secret, entries, batch=20_000,
                           progress=False)
         print(f"filled {info.count} entries in {info.seconds} s", flush=True)
         marker.write_text(key)
@@ -87,18 +70,19 @@ def _chain(base: Path, entries: int) -> tuple[Path, str]:
 
 def _enable(data_dir: Path) -> tuple[dict[str, Any], float]:
     t0 = time.perf_counter()
-    out = chronicle_cli("tlog", "enable", "--data-dir", str(data_dir), "--origin", ORIGIN,
-                        "--json", timeout=600)
+    out = benchutil.chronicle_cli("tlog", "enable", "--data-dir", str(data_dir), "--origin",
+                                  ORIGIN, "--json", timeout=600)
     return json.loads(out), time.perf_counter() - t0
 
 
 def bench_backfill(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     data_dir, _ = _chain(base, args.entries)
     report, wall = _enable(data_dir)
-    status = json.loads(chronicle_cli("tlog", "status", "--data-dir", str(data_dir), "--json"))
+    status = json.loads(benchutil.chronicle_cli("tlog", "status", "--data-dir", str(data_dir),
+                                                "--json"))
     check = subprocess.run(
         [sys.executable, "-c", _RECOMPUTE, str(data_dir)], capture_output=True, text=True,
-        check=True, cwd=CHRONICLE_ROOT, timeout=900)
+        check=True, cwd=benchutil.CHRONICLE_ROOT, timeout=900)
     recomputed = check.stdout.strip()
     row = {"entries": args.entries, "backfill_s": report["seconds"],
            "command_wall_s": round(wall, 2), "tree_size": status["size"],
@@ -128,20 +112,21 @@ print(b64u_encode(state.root()))
 def proof_checker(server_pk: bytes) -> Checker:
     """Signed, OK, the index asked for, and an audit path that reaches the answer's root."""
     def check(req: Request, status: int, headers: Any, body: bytes) -> str | None:
-        doc, err = _signed_ok_json(server_pk, status, headers, body)
-        if doc is None:
-            return err
-        res = doc.get("results")
-        if not isinstance(res, dict) or res.get("index") != req.expect:
-            return "wrong-entry"
-        try:
-            verify_inclusion(res["index"], res["tree-size"], b64u_decode(res["leaf-hash"], 32),
-                             [b64u_decode(h, 32) for h in res["proof"]],
-                             b64u_decode(res["root"], 32))
-        except Exception:
-            return "bad-proof"
-        return None
+        doc, err = loadgen._signed_ok_json(server_pk, status, headers, body)
+        return err if doc is None else _proof_problem(doc.get("results"), req.expect)
     return check
+
+
+def _proof_problem(results: Any, index: int) -> str | None:
+    if not isinstance(results, dict) or results.get("index") != index:
+        return "wrong-entry"
+    try:
+        verify_inclusion(index, results["tree-size"], b64u_decode(results["leaf-hash"], 32),
+                         [b64u_decode(h, 32) for h in results["proof"]],
+                         b64u_decode(results["root"], 32))
+    except Exception:
+        return "bad-proof"
+    return None
 
 
 def bench_proofs(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
@@ -149,7 +134,7 @@ def bench_proofs(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
     report, _ = _enable(data_dir)
     size = report["size"]
     server_pk = b64u_decode(server_key, 32)
-    server = chronicle_server(data_dir)
+    server = benchutil.chronicle_server(data_dir)
     server.start()
     rows = []
     try:
@@ -161,12 +146,12 @@ def bench_proofs(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
 
         for level in args.levels:
             def run(reqs: list[Request], level: int = level) -> LoadResult:
-                return uvloop.run(run_load(server.url, reqs[args.warmup:], level,
+                return uvloop.run(loadgen.run_load(server.url, reqs[args.warmup:], level,
                                            proof_checker(server_pk), label="inclusion proof",
                                            time_cap=args.time_cap,
                                            warmup=reqs[:args.warmup]))
 
-            row, _ = measured(prepare, run, server.pid, quiet_wait=args.quiet_wait,
+            row, _ = benchutil.measured(prepare, run, server.pid, quiet_wait=args.quiet_wait,
                               retries=args.retries, max_other=args.max_other)
             row["tree_size"] = size
             rows.append(row)
@@ -178,25 +163,25 @@ def bench_proofs(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
 def _publish_run(args: argparse.Namespace, base: Path, tree: bool, level: int,
                  run_no: int) -> dict[str, Any]:
     data_dir = base / f"publish-{run_no}-{'on' if tree else 'off'}-c{level}"
-    server_key = init_data_dir(data_dir, {"publish-new-clients": "false"})
+    server_key = benchutil.init_data_dir(data_dir, {"publish-new-clients": "false"})
     client = SigningKey.generate()
-    client_id = add_client(data_dir, client.public_b64)
+    client_id = benchutil.add_client(data_dir, client.public_b64)
     if tree:
         _enable(data_dir)
-    server = chronicle_server(data_dir)
+    server = benchutil.chronicle_server(data_dir)
     server.start()
     try:
-        checker = publish_checker(b64u_decode(server_key, 32))
+        checker = loadgen.publish_checker(b64u_decode(server_key, 32))
 
         def prepare() -> list[Request]:
-            return prepare_publishes(client, client_id, args.requests + args.warmup)
+            return loadgen.prepare_publishes(client, client_id, args.requests + args.warmup)
 
         def run(reqs: list[Request]) -> LoadResult:
-            return uvloop.run(run_load(server.url, reqs[args.warmup:], level, checker,
+            return uvloop.run(loadgen.run_load(server.url, reqs[args.warmup:], level, checker,
                                        label=f"tree {'on' if tree else 'off'}",
                                        time_cap=args.time_cap, warmup=reqs[:args.warmup]))
 
-        row, _ = measured(prepare, run, server.pid, quiet_wait=args.quiet_wait,
+        row, _ = benchutil.measured(prepare, run, server.pid, quiet_wait=args.quiet_wait,
                           retries=args.retries, max_other=args.max_other)
     finally:
         server.stop()
@@ -254,7 +239,7 @@ def _append_run(base: Path, tree: bool, count: int, run_no: int) -> dict[str, An
     from chronicle.treelog import enable
 
     data_dir = base / f"append-{run_no}-{'on' if tree else 'off'}"
-    init_data_dir(data_dir, {"publish-new-clients": "false"})
+    benchutil.init_data_dir(data_dir, {"publish-new-clients": "false"})
     key = SigningKey.generate()
     bodies = [f"append {run_no} {i} ".encode().ljust(256, b".") for i in range(count)]
     signed = [(b, key.sign(b)) for b in bodies]
@@ -321,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     base = args.base or Path(tempfile.mkdtemp(prefix="chronicle-bench-tlog-", dir="/tmp"))
     base.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
-    print(f"# bench_tlog {args.what} {started:%Y-%m-%d %H:%M} UTC; {machine_summary()}; "
-          f"chronicle {' '.join(CHRONICLE)} from {CHRONICLE_ROOT}", flush=True)
+    print(f"# bench_tlog {args.what} {started:%Y-%m-%d %H:%M} UTC; "
+          f"{benchutil.machine_summary()}; chronicle {' '.join(benchutil.CHRONICLE)} from "
+          f"{benchutil.CHRONICLE_ROOT}", flush=True)
     failed = False
     try:
         result: Any
@@ -347,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
     if args.json_out:
         args.json_out.write_text(json.dumps({"started": started.isoformat(),
-                                             "machine": machine_summary(), "what": args.what,
+                                             "machine": benchutil.machine_summary(),
+                                             "what": args.what,
                                              "result": result}, indent=2))
     return 1 if failed else 0
 

@@ -25,17 +25,16 @@ from chronicle.core.verify import ChainFault, DocumentSignatureError, MalformedE
 from chronicle.ledger import Clock
 from chronicle.replication.upstream import Evidence, Stop, Upstream
 from chronicle.store import ReplicaSource, Store
-from chronicle.store.tlog import UpstreamTree
+from chronicle.store.tlog import VerifiedCheckpoint
 
 ROLE = "upstream tlog checkpoint"
 
 
-def _remembered(tree: UpstreamTree) -> FetchedDocument:
+def _remembered(last: VerifiedCheckpoint) -> FetchedDocument:
     """The last verified checkpoint answer, as evidence (its bytes and signature header)."""
-    body = tree.body or b""
-    return FetchedDocument(method="GET", path=CHECKPOINT_PATH, url=tree.url or "",
-                           status=200, signature=tree.signature, verified=True,
-                           size=len(body), body=body)
+    return FetchedDocument(method="GET", path=CHECKPOINT_PATH, url=last.url, status=200,
+                           signature=last.signature, verified=True, size=len(last.body),
+                           body=last.body)
 
 
 def _fault(exc: ChronicleError) -> ChainFault:
@@ -68,9 +67,10 @@ async def check_tree(store: Store, source: ReplicaSource, upstream: Upstream,
         raise
     except ChronicleError as exc:
         raise Stop(_fault(exc), evidence) from None
-    if watched.size is not None and watched.root is not None:
-        evidence.insert(0, (ROLE + " (verified before)", _remembered(watched), upstream.key))
-        old = Checkpoint(new.origin, watched.size, watched.root)
+    if watched.last is not None:
+        evidence.insert(0, (ROLE + " (verified before)", _remembered(watched.last),
+                            upstream.key))
+        old = Checkpoint(new.origin, watched.last.size, watched.last.root)
         if new.size < old.size or (new.size == old.size and new.root != old.root):
             raise Stop(TreeForkError(
                 "the upstream signed a checkpoint of a smaller tree, or of another tree of "
@@ -86,7 +86,6 @@ async def check_tree(store: Store, source: ReplicaSource, upstream: Upstream,
             except ChronicleError as exc:
                 raise Stop(_fault(exc), evidence) from None
             proof_doc.discard()
-    await store.tlog.save_upstream(UpstreamTree(
-        source.id, watched.vkey, new.size, new.root, doc.read(), doc.signature, doc.url,
-        atom(clock())))
+    await store.tlog.save_upstream(watched, VerifiedCheckpoint(
+        new.size, new.root, doc.read(), doc.signature, doc.url, atom(clock())))
     doc.discard()

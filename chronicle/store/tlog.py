@@ -76,19 +76,26 @@ class IssuedCheckpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifiedCheckpoint:
+    """The last checkpoint of an upstream verified consistent, with the signed answer that
+    carried it (kept as evidence should a later one contradict it)."""
+
+    size: int
+    root: bytes
+    body: bytes
+    signature: str | None
+    url: str
+    checked: str
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamTree:
     """A replication source's tree as we watch it: its checkpoint key, and the last
-    checkpoint we verified (``size`` None until the first), with the signed answer that
-    carried it (``body``, ``signature``, ``url``)."""
+    checkpoint verified (None before the first sync)."""
 
     source_id: int
     vkey: str
-    size: int | None = None
-    root: bytes | None = None
-    body: bytes | None = None
-    signature: str | None = None
-    url: str | None = None
-    checked: str | None = None
+    last: VerifiedCheckpoint | None = None
 
 
 def _tree(row: Row) -> TreeRecord:
@@ -284,9 +291,9 @@ class TlogStore(InstanceScoped):
         if not found:
             return None
         r = found[0]
-        return UpstreamTree(int(r[0]), r[1], None if r[2] is None else int(r[2]),
-                            None if r[3] is None else bytes(r[3]),
-                            None if r[4] is None else bytes(r[4]), r[5], r[6], r[7])
+        last = None if r[2] is None else VerifiedCheckpoint(
+            int(r[2]), bytes(r[3]), bytes(r[4]), r[5], r[6], r[7])
+        return UpstreamTree(int(r[0]), r[1], last)
 
     async def watch_upstream(self, source_id: int, vkey: str) -> None:
         """Check this source's checkpoints with ``vkey`` from its next sync on (a new key
@@ -296,14 +303,13 @@ class TlogStore(InstanceScoped):
             await s.execute("INSERT INTO tlog_upstreams (source, vkey) VALUES (?, ?)",
                             source_id, vkey)
 
-    async def save_upstream(self, tree: UpstreamTree) -> None:
+    async def save_upstream(self, tree: UpstreamTree, last: VerifiedCheckpoint) -> None:
         """Remember the newest checkpoint verified consistent with the one before."""
-        t = tree
         async with self._db.transaction() as s:
             await s.execute("UPDATE tlog_upstreams SET size = ?, root = ?, body = ?, "
                             "signature = ?, url = ?, checked = ? WHERE source = ? AND vkey = ?",
-                            t.size, t.root, t.body, t.signature, t.url, t.checked, t.source_id,
-                            t.vkey)
+                            last.size, last.root, last.body, last.signature, last.url,
+                            last.checked, tree.source_id, tree.vkey)
 
 
 def _issued(row: Row) -> IssuedCheckpoint:

@@ -670,13 +670,14 @@ async def test_replica_checks_the_upstream_tree_between_syncs(tmp_path: Path) ->
 
         assert (await sync(replica)).code == 0
         _, first = await watched()
-        assert (first.size, first.url) == (21, f"{upstream.url}/chronicle/tlog/checkpoint")
-        assert first.body.startswith(f"{ORIGIN}\n21\n".encode())
+        assert (first.last.size, first.last.url) == (
+            21, f"{upstream.url}/chronicle/tlog/checkpoint")
+        assert first.last.body.startswith(f"{ORIGIN}\n21\n".encode())
         await append(upstream.ctx.ledger(""), 100, "more")
         later(upstream, 2.0)
         assert (await sync(replica)).code == 0
         _, second = await watched()
-        assert second.size == 121
+        assert second.last.size == 121
         # The upstream signs a checkpoint of another tree of its size: the consistency
         # proof from the last verified one fails; the source stops as forked.
         treelog = upstream.runner.app[TLOG]
@@ -718,7 +719,7 @@ async def test_replica_checks_the_upstream_tree_between_syncs(tmp_path: Path) ->
             "upstream tlog checkpoint (verified before)", "upstream tlog checkpoint",
             "upstream tlog consistency proof"]
         _, kept = await watched()
-        assert kept.size == 121  # the last verified checkpoint stays the one remembered
+        assert kept.last.size == 121  # the last verified checkpoint stays the one remembered
     finally:
         await upstream.close()
 
