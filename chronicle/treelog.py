@@ -41,7 +41,7 @@ from chronicle.core.note import Ed25519Signer, is_valid_key_name
 from chronicle.core.protocol import MSG_NO_HASH, tree_enabled_message
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
-from chronicle.store import Store
+from chronicle.store import Store, WriteTx
 from chronicle.store.tlog import IssuedCheckpoint, TreeRecord, leaf_hash_of_row
 
 log = logging.getLogger(__name__)
@@ -152,14 +152,32 @@ async def enable(store: Store, ledger: Ledger, server_key: SigningKey, key_path:
     assert tree is not None
     announced = tree.announced
     if announced is None:
-        message = tree_enabled_message(clock(), origin, vkey)
-        entry = await ledger.append(message, server_key.public, server_key.sign(message))
-        announced = entry.index
-        await store.tlog.set_announced(instance, announced)
+        announced = await _announce(store, ledger, server_key, origin, vkey, clock)
     tree = await store.tlog.tree(instance)
     assert tree is not None
     return EnableReport(origin, vkey, str(key_path), tree.size, backfilled, announced,
                         already, time.monotonic() - started)
+
+
+async def _announce(store: Store, ledger: Ledger, server_key: SigningKey, origin: str,
+                    vkey: str, clock: Clock) -> int:
+    """Append the server-signed announcement of the vkey; the tree records its index in
+    the same transaction, so the key is announced once, however runs are interrupted."""
+
+    message = tree_enabled_message(clock(), origin, vkey)
+    signature = server_key.sign(message)
+
+    async def record(tx: WriteTx) -> None:
+        # The entry travels alone: it lands right after the head, unless the very same
+        # message is stored already (the same second): then the ledger answers with it.
+        stored = (await tx.find_signatures([signature])).get(signature)
+        head = await tx.head()
+        index = stored.index if stored is not None else 0 if head is None else head.index + 1
+        if not await store.tlog.mark_announced(tx, index):
+            raise RequestError("the checkpoint key was announced meanwhile", status=409)
+
+    entry = await ledger.append(message, server_key.public, signature, action=record)
+    return entry.index
 
 
 async def _backfill(store: Store, instance: str, instance_id: int,

@@ -224,20 +224,22 @@ class TlogStore(InstanceScoped):
 
     async def start_building(self, instance: str, origin: str, vkey: str,
                              when: str) -> TreeRecord:
-        """Create the tree row as ``building`` (size 0), or restart an interrupted build of
-        the same origin and key (its hashes are dropped). Enabling is the caller's to
-        judge: this refuses nothing but a tree already active."""
+        """Create the tree row as ``building`` (size 0), or restart an interrupted build
+        (its hashes are dropped; what else it recorded stays). Whether to enable is the
+        caller's to judge: the origin and key of a building tree are not changed here, and
+        an active tree is refused."""
         iid = await self._instance_id(instance)
         empty = TreeState.empty().to_bytes()
         async with self._db.transaction(lock_chain=iid) as s:
-            await s.execute("DELETE FROM tlog_hashes WHERE instance = ? AND EXISTS (SELECT 1 "
-                            "FROM tlog_trees WHERE instance = ? AND status = ?)",
-                            iid, iid, STATUS_BUILDING)
-            await s.execute("DELETE FROM tlog_trees WHERE instance = ? AND status = ?",
-                            iid, STATUS_BUILDING)
-            await s.execute(f"INSERT INTO tlog_trees ({_TREE_COLS}) "  # noqa: S608
-                            "VALUES (?,?,?,?,?,?,?,?)", iid, origin, vkey, STATUS_BUILDING,
-                            0, empty, when, None)
+            restarted = await s.execute("UPDATE tlog_trees SET size = 0, treestate = ? "
+                                        "WHERE instance = ? AND status = ?", empty, iid,
+                                        STATUS_BUILDING)
+            if restarted:
+                await s.execute("DELETE FROM tlog_hashes WHERE instance = ?", iid)
+            else:
+                await s.execute(f"INSERT INTO tlog_trees ({_TREE_COLS}) "  # noqa: S608
+                                "VALUES (?,?,?,?,?,?,?,?)", iid, origin, vkey,
+                                STATUS_BUILDING, 0, empty, when, None)
         tree = await self.tree(instance)
         assert tree is not None
         return tree
@@ -278,10 +280,12 @@ class TlogStore(InstanceScoped):
                                     [leaf_hash_of_row(r) for r in rows])
         return built
 
-    async def set_announced(self, instance: str, index: int) -> None:
-        async with self._db.transaction() as s:
-            await s.execute("UPDATE tlog_trees SET announced = ? WHERE instance = ?", index,
-                            await self._instance_id(instance))
+    async def mark_announced(self, tx: WriteTx, index: int) -> bool:
+        """Inside the transaction appending the announcement (entry ``index``): record it,
+        unless the tree's key was announced already (False)."""
+        return await tx.session.execute(
+            "UPDATE tlog_trees SET announced = ? WHERE instance = ? AND announced IS NULL",
+            index, tx.instance_id) == 1
 
     # --- trees of replication sources -------------------------------------------------------
 

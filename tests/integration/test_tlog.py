@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,18 @@ ORIGIN = "ledger.test/chronicle/tlog"
 
 # --- plumbing ---------------------------------------------------------------------------------
 
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
+
+
 def cli(*args: str) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr, without log lines (the in-process server's logs land
+    in the stderr the runner captures while the command runs)."""
     result = CliRunner().invoke(main, list(args))
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+    stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
+                     if not LOG_LINE.match(line))
+    return result.exit_code, result.stdout, stderr
 
 
 async def acli(*args: str) -> tuple[int, str, str]:
