@@ -803,3 +803,44 @@ async def test_activation_catches_up_under_the_lock_and_checks_the_backfill(
                                         "meanwhile$"):
         async with store.write("") as tx:
             await store.tlog.activate(tx, built)
+
+
+async def test_audit_tlog_usage_errors(srv: RunningServer, tmp_path: Path) -> None:
+    vkey = await enable_tree(srv)
+    await append(srv.ctx.ledger(""), 5)
+    later(srv)
+    pk = b64u_encode(srv.key.public)
+    state = str(tmp_path / "audit.state")
+    old_note = tmp_path / "old.txt"
+    old_note.write_bytes((await fetch(srv, "checkpoint")).body)
+    code, _, err = await acli("audit", srv.url, "--server-key", pk, "--tlog", "x+y")
+    assert code == 2
+    assert err.strip().endswith("Invalid value for --tlog: verifier key must be "
+                                "<name>+<key id>+<base64 key>")
+    # A state file made without --tlog has no tree to go on from.
+    assert (await acli("audit", srv.url, "--server-key", pk, "--state", state))[0] == 0
+    await append(srv.ctx.ledger(""), 2, "more")
+    later(srv, 2.0)
+    code, _, err = await acli("audit", srv.url, "--server-key", pk, "--tlog", vkey,
+                              "--state", state)
+    assert (code, err.strip()) == (2, f"error: {state}: the state has no Merkle tree of its "
+                                      "entries (run the audit with --tlog once without this "
+                                      "state file)")
+    (tmp_path / "audit.state").unlink()
+    assert (await acli("audit", srv.url, "--server-key", pk, "--tlog", vkey, "--state",
+                       state))[0] == 0
+    # A checkpoint older than what the state file already holds cannot be checked.
+    code, _, err = await acli("audit", srv.url, "--server-key", pk, "--tlog", vkey,
+                              "--state", state, "--checkpoint", str(old_note))
+    assert (code, err.strip()) == (2, "error: the checkpoint's tree (size 6) is older than "
+                                      "the state file's (8 entries): use a newer checkpoint, "
+                                      "or no state file")
+
+
+async def test_an_unreadable_key_file_is_refused(srv: RunningServer) -> None:
+    key_path(srv).write_text("garbage\n")
+    code, _, err = await acli("tlog", "enable", "--data-dir", str(srv.ctx.data_dir.path),
+                              "--origin", ORIGIN)
+    assert (code, err.strip()) == (1, f"error: {key_path(srv)}: signer key must be "
+                                      "PRIVATE+KEY+<name>+<key id>+<base64 key>")
+    assert await srv.ctx.store.tlog.tree("") is None
