@@ -154,21 +154,34 @@ async def start_server(data_dir: DataDir, *, clock: Callable[[], datetime] = utc
     return RunningServer(ctx, runner, f"http://127.0.0.1:{port}", session)
 
 
-class ServerProcess:
-    """`chronicle serve` in a subprocess, for tests that kill and restart it."""
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
-    def __init__(self, data_dir: Path, *extra_args: str) -> None:
+
+def _pythonpath() -> str:
+    """This checkout first: a subprocess imports the package under test, not whatever
+    checkout the virtualenv was installed from."""
+    rest = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in (str(REPO_ROOT), rest) if p)
+
+
+class ServerProcess:
+    """`chronicle serve` in a subprocess, for tests that kill and restart it (``command``:
+    another serving command, e.g. ``("witness", "serve")``)."""
+
+    def __init__(self, data_dir: Path, *extra_args: str,
+                 command: tuple[str, ...] = ("serve",)) -> None:
         self.data_dir = data_dir
         self.extra_args = extra_args
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     async def start(self, timeout: float = 20.0) -> str:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chronicle.cli", "serve", "--data-dir", str(self.data_dir),
-             "--port", "0", *self.extra_args],
+            [sys.executable, "-m", "chronicle.cli", *self.command, "--data-dir",
+             str(self.data_dir), "--port", "0", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _pythonpath()})
         assert self.proc.stderr is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -360,3 +373,91 @@ async def serving(path: Path, *clients: str, admins: tuple[str, ...] = (),
         yield srv
     finally:
         await srv.close()
+
+
+# --- large documents over HTTP, and a server process seen from /proc ------------------------
+
+GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+
+
+class StreamingVerifier:
+    """Ed25519 verification of a body fed in chunks (as libsodium: canonical S, valid R and
+    A): ``[S]B == R + [k]A`` with ``k = SHA-512(R || A || body)``. A document of hundreds
+    of megabytes is checked without holding it."""
+
+    def __init__(self, public: bytes, signature: bytes) -> None:
+        import hashlib
+
+        assert len(public) == 32 and len(signature) == 64
+        self._a, self._r, self._s = public, signature[:32], signature[32:]
+        self._h = hashlib.sha512(self._r + self._a)
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.head = b""
+
+    def update(self, chunk: bytes) -> None:
+        self._h.update(chunk)
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        if len(self.head) < 4096:
+            self.head += chunk[:4096 - len(self.head)]
+
+    def verify(self) -> bool:
+        from nacl import bindings as sodium
+
+        if int.from_bytes(self._s, "little") >= GROUP_ORDER:
+            return False
+        if not (sodium.crypto_core_ed25519_is_valid_point(self._r)
+                and sodium.crypto_core_ed25519_is_valid_point(self._a)):
+            return False
+        k = sodium.crypto_core_ed25519_scalar_reduce(self._h.digest())
+        s_b = sodium.crypto_scalarmult_ed25519_base_noclamp(self._s)
+        k_a = sodium.crypto_scalarmult_ed25519_noclamp(k, self._a)
+        return bool(sodium.crypto_core_ed25519_add(self._r, k_a) == s_b)
+
+
+@dataclass
+class Download:
+    status: int
+    size: int
+    sha256: str
+    signature: str
+    head: bytes
+
+
+async def download_verified(session: aiohttp.ClientSession, url: str,
+                            server_public: bytes) -> Download:
+    """GET ``url``, streaming: the signature must verify over the whole body."""
+    async with session.get(url) as resp:
+        sigs = resp.headers.getall(SIGNATURE_HEADER, [])
+        assert len(sigs) == 1, f"{url}: expected one signature header, got {sigs}"
+        check = StreamingVerifier(server_public, b64u_decode(sigs[0], 64))
+        async for chunk in resp.content.iter_chunked(1 << 20):
+            check.update(chunk)
+        assert check.verify(), f"{url}: response signature does not verify"
+        return Download(resp.status, check.size, check.sha256.hexdigest(), sigs[0], check.head)
+
+
+def proc_status_mb(pid: int, field: str) -> float:
+    """``VmRSS``, ``VmHWM``... of a process, in MB (from /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def open_spool_files(pid: int, under: Path) -> dict[int, tuple[int, bool]]:
+    """Files under ``under`` that ``pid`` holds open: ``{inode: (size, unlinked)}`` (each
+    file once, however many descriptors)."""
+    found: dict[int, tuple[int, bool]] = {}
+    prefix = str(under)
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        link = f"/proc/{pid}/fd/{fd}"
+        try:
+            target = os.readlink(link)
+            if target.startswith(prefix):
+                found[os.stat(link).st_ino] = (os.stat(link).st_size,
+                                               target.endswith(" (deleted)"))
+        except OSError:
+            continue
+    return found

@@ -5,7 +5,8 @@
 - The one error handler (:func:`handle_errors`): our exceptions, by class, become one
   ``error: …`` line on stderr and the documented code; ``--debug`` re-raises them for a
   traceback.
-- :func:`open_store`: a data directory's settings and store, always closed again.
+- :func:`open_store`: a data directory's settings and store, always closed again;
+  :func:`open_witness`: a witness directory's store, likewise.
 - The shared options (``--data-dir``, ``--instance``, ``--json``, ``--format``), the
   parameter parsers and the output helper.
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,16 +30,26 @@ import click
 from chronicle.audit.runner import UsageProblem
 from chronicle.client.errors import ServerRefused
 from chronicle.client.http import api_base, split_instance
-from chronicle.config import ConfigError, DataDir, Settings
+from chronicle.config import (
+    ConfigError,
+    DataDir,
+    Settings,
+    SettingsDir,
+    WitnessDir,
+    write_secret_file,
+)
 from chronicle.core.errors import ChronicleError, StorageError, TransportError
 from chronicle.core.sapient import SigningKey, parse_public_key
 from chronicle.core.verify import ChainFault
 from chronicle.ledger import Ledger
 from chronicle.store import Store
 from chronicle.store import open_store as store_for_url
+from chronicle.store.schema import SchemaStore
+from chronicle.store.witness import WitnessStore, open_witness_store
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+StoreT = TypeVar("StoreT", bound=SchemaStore)
 
 # --- exit codes -------------------------------------------------------------------------------
 
@@ -249,8 +261,8 @@ class Opened:
 
 
 @asynccontextmanager
-async def closing(store: Store) -> AsyncIterator[Store]:
-    """Close ``store`` on the way out, however the block ends."""
+async def closing(store: StoreT) -> AsyncIterator[StoreT]:
+    """Close ``store`` (a ledger's or a witness's) on the way out, however the block ends."""
     try:
         yield store
     finally:
@@ -266,6 +278,61 @@ async def open_store(data_dir: DataDir) -> AsyncIterator[Opened]:
     await store.open()
     async with closing(store):
         yield Opened(data_dir, settings, store)
+
+
+@asynccontextmanager
+async def open_witness(witness_dir: WitnessDir) -> AsyncIterator[WitnessStore]:
+    """The witness directory's store, open (schema version checked), closed on the way out."""
+    settings = witness_dir.settings()
+    store = open_witness_store(settings.database, witness_dir.path)
+    await store.open()
+    async with closing(store):
+        yield store
+
+
+def init_directory(directory: SettingsDir[Any], what: str, signing_key: Path | None,
+                   raw: dict[str, Any], create: Callable[[], Awaitable[None]]) -> SigningKey:
+    """``init`` of a directory (a ledger's, a witness's): write its settings ``raw``, its
+    key (read from ``signing_key``, else new) and its database (``create()``); the key.
+
+    Refused before anything is written: a directory that already holds ``what``, settings
+    that do not parse (a database URL we could not use: a usage error), a key or SQLite
+    file already there (an interrupted init is never overwritten). If writing fails,
+    nothing is left behind, not even the directories made: a half-made directory would
+    block the next init.
+    """
+    if directory.exists():
+        fail(f"{directory.path} already holds a {what}")
+    if signing_key is not None:
+        try:
+            key = SigningKey.from_text(signing_key.read_text())
+        except ChronicleError as exc:
+            fail(f"{signing_key}: {exc.message}")
+    else:
+        key = SigningKey.generate()
+    try:
+        directory.check(raw)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--database") from None
+    db_path = directory.sqlite_file(raw["database"])
+    written = [directory.default_key_path, directory.config_path, *filter(None, [db_path])]
+    for path in (directory.default_key_path, db_path):
+        if path is not None and path.exists():
+            fail(f"{path} already exists")
+    made = [p for p in (directory.path, *directory.path.parents) if not p.exists()]
+    directory.path.mkdir(parents=True, exist_ok=True)
+    try:
+        run(create())
+        write_secret_file(directory.default_key_path, key.to_text())
+        directory.write_raw(raw)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for made_dir in made:  # deepest first
+            with contextlib.suppress(OSError):
+                made_dir.rmdir()
+        raise
+    return key
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -297,6 +364,19 @@ def json_option(fn: F) -> F:
     """``--json``: print exactly one JSON object (``as_json``)."""
     return click.option("--json", "as_json", is_flag=True,
                         help="Print one JSON object.")(fn)
+
+
+def listen_options(port: int) -> Callable[[F], F]:
+    """``--host`` and ``--port`` of a serving command; ``port`` is its default."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option("--port", default=port, show_default=True,
+                          type=click.IntRange(0, 65535),
+                          help="TCP port (0: any free port, printed when listening).")(fn)
+        return click.option("--host", default="127.0.0.1", show_default=True,
+                            help="Address to listen on (0.0.0.0: every interface).")(fn)
+
+    return decorate
 
 
 def format_options(fn: F) -> F:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -13,9 +12,10 @@ from chronicle.backup import run_backup
 from chronicle.cli.common import (
     closing,
     data_dir_option,
-    fail,
     handle_errors,
+    init_directory,
     json_option,
+    listen_options,
     out,
     run,
 )
@@ -27,10 +27,7 @@ from chronicle.config import (
     Settings,
     parse_value,
     with_defaults,
-    write_secret_file,
 )
-from chronicle.core.errors import ChronicleError
-from chronicle.core.sapient import SigningKey
 from chronicle.importer import run_import
 from chronicle.server.runner import announce_on_stderr
 from chronicle.server.runner import run as run_server
@@ -46,60 +43,20 @@ from chronicle.store import open_store as store_for_url
 @handle_errors
 def init(data_dir: DataDir, signing_key: Path | None, database: str, as_json: bool) -> None:
     """Create a data directory: settings, signing key and an empty database."""
-    if data_dir.exists():
-        fail(f"{data_dir.path} already holds a ledger")
-    if signing_key is not None:
-        try:
-            key = SigningKey.from_text(signing_key.read_text())
-        except ChronicleError as exc:
-            fail(f"{signing_key}: {exc.message}")
-    else:
-        key = SigningKey.generate()
-    try:
-        Settings.from_mapping({"database": database})  # a URL we could not use, refused now
-    except ConfigError as exc:
-        raise click.BadParameter(exc.message, param_hint="--database") from None
-    key_path = data_dir.default_key_path
-    if key_path.exists():
-        fail(f"{key_path} already exists")
-    db_path = data_dir.sqlite_file(database)
-    if db_path is not None and db_path.exists():  # e.g. an interrupted init: refuse
-        fail(f"{db_path} already exists")
-    made = _made_dirs(data_dir.path)
+    raw = with_defaults({"database": database})
 
     async def create() -> None:
         async with closing(store_for_url(database, data_dir.path)) as store:
             await store.create_schema()
             await store.ensure_instance("")
 
-    try:
-        run(create())
-        write_secret_file(key_path, key.to_text())
-        data_dir.write_raw(with_defaults({"database": database}))
-    except BaseException:
-        # Nothing left behind: a half-made data directory would block the next init.
-        for path in (key_path, data_dir.config_path, *( [db_path] if db_path else [])):
-            path.unlink(missing_ok=True)
-        for made_dir in made:
-            with contextlib.suppress(OSError):
-                made_dir.rmdir()
-        raise
+    key = init_directory(data_dir, "ledger", signing_key, raw, create)
     out(as_json, {"public-key": key.public_b64}, key.public_b64)
-
-
-def _made_dirs(path: Path) -> list[Path]:
-    """Create ``path`` and its missing parents; the ones made, deepest first."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    path.mkdir(parents=True, exist_ok=True)
-    return missing
 
 
 @click.command()
 @data_dir_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port (0: any free port, printed when listening).")
+@listen_options(8080)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes sharing the port (appends stay strictly ordered).")
 @click.option("--json", "as_json", is_flag=True,
@@ -122,14 +79,22 @@ def serve(data_dir: DataDir, host: str, port: int, workers: int, as_json: bool) 
 
 @click.command()
 @data_dir_option
+@click.option("--database", default=None, metavar="URL",
+              help="Connect with this URL instead, e.g. as the role owning the tables "
+                   "when `serve` runs as one that may not change them.")
 @json_option
 @handle_errors
-def migrate(data_dir: DataDir, as_json: bool) -> None:
+def migrate(data_dir: DataDir, database: str | None, as_json: bool) -> None:
     """Upgrade the database schema to this version of chronicle."""
-    settings = data_dir.settings()
+    url = data_dir.settings().database
+    if database is not None:
+        try:
+            url = Settings.from_mapping({"database": database}).database
+        except ConfigError as exc:
+            raise click.BadParameter(exc.message, param_hint="--database") from None
 
     async def go() -> tuple[int, int]:
-        async with closing(store_for_url(settings.database, data_dir.path)) as store:
+        async with closing(store_for_url(url, data_dir.path)) as store:
             return await store.migrate()
 
     before, after = run(go())

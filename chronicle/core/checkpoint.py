@@ -10,6 +10,9 @@
   consistency proof lines, a blank line, the signed checkpoint), the ``text/x.tlog.size``
   body of a 409, and :func:`decide_add_checkpoint`, the whole witness decision as a pure
   function of the request, the log's keys and the witness's remembered (size, root).
+- The log's side: :class:`WitnessEndpoint` (a configured witness: URL and cosignature
+  key), :class:`WitnessPolicy` (K of N: is a checkpoint publishable?) and
+  :func:`add_cosignatures` (the checkpoint with the witnesses' lines appended).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
+from urllib.parse import urlsplit
 
 from chronicle.core.errors import EncodingError, IntegrityError
 from chronicle.core.merkle import HASH_SIZE, ProofError, verify_consistency
@@ -77,6 +81,18 @@ def _parse_decimal(text: str, *, what: str, error: type[EncodingError]) -> int:
 
 # --- checkpoints --------------------------------------------------------------------------
 
+def _check_line(what: str, line: str) -> None:
+    if not line:
+        raise CheckpointFormatError(f"checkpoint {what} must not be empty")
+    if _CONTROL_RE.search(line):
+        raise CheckpointFormatError(f"checkpoint {what} contains a control character")
+
+
+def check_origin(origin: str) -> None:
+    """A log's origin is a checkpoint's first line: non-empty, no control characters."""
+    _check_line("origin", origin)
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A tree head: origin, size, RFC 6962 root, and (discouraged) extension lines."""
@@ -87,12 +103,9 @@ class Checkpoint:
     extensions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        lines = [("origin", self.origin)] + [("extension line", e) for e in self.extensions]
-        for what, line in lines:
-            if not line:
-                raise CheckpointFormatError(f"checkpoint {what} must not be empty")
-            if _CONTROL_RE.search(line):
-                raise CheckpointFormatError(f"checkpoint {what} contains a control character")
+        check_origin(self.origin)
+        for line in self.extensions:
+            _check_line("extension line", line)
         if not 0 <= self.size <= MAX_SIZE:
             raise CheckpointFormatError(f"checkpoint size {self.size} is out of range")
         if len(self.root) != HASH_SIZE:
@@ -461,3 +474,113 @@ def cosignature_response(signatures: Iterable[NoteSignature]) -> bytes:
     if not body:
         raise WitnessRequestError("a cosignature response needs at least one signature")
     return body.encode("utf-8")
+
+
+# --- the log's side: its witnesses and the K-of-N policy ---------------------------------
+
+class WitnessConfigError(EncodingError):
+    """A configured witness (``URL VKEY``) or witness policy is malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessEndpoint:
+    """A witness a log submits to: its submission prefix (``<url>/add-checkpoint``) and
+    the key its cosignatures must verify with (the key's name is the witness's name)."""
+
+    url: str
+    verifier: CosignatureVerifier
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
+                or parts.fragment:
+            raise WitnessConfigError(f"witness URL must be http(s)://host[/prefix], got "
+                                     f"{self.url[:100]!r}")
+
+    @property
+    def name(self) -> str:
+        return self.verifier.name
+
+    @classmethod
+    def parse(cls, text: str) -> WitnessEndpoint:
+        """``URL VKEY`` (whitespace between), the form the ``witnesses`` setting lists."""
+        parts = text.split()
+        if len(parts) != 2:
+            raise WitnessConfigError(f"a witness is 'URL VKEY', got {text[:120]!r}")
+        url, vkey = parts
+        try:
+            verifier = CosignatureVerifier.from_vkey(vkey)
+        except NoteKeyError as exc:
+            raise WitnessConfigError(f"witness {url}: {exc.message}") from None
+        return cls(url.rstrip("/"), verifier)
+
+    def to_text(self) -> str:
+        return f"{self.url} {self.verifier.vkey()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Quorum:
+    """What a policy makes of the cosignatures collected for one checkpoint."""
+
+    cosignatures: tuple[NoteSignature, ...]
+    """The valid ones, one per witness of the policy, in the policy's order."""
+    needed: int
+
+    @property
+    def satisfied(self) -> bool:
+        return len(self.cosignatures) >= self.needed
+
+    @property
+    def cosigners(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.cosignatures)
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessPolicy:
+    """K of N: a checkpoint may be published once ``quorum`` of ``witnesses`` cosigned it.
+
+    ``quorum`` 0 publishes at once (the cosignatures that arrive are added to it). Names
+    must differ: a cosignature line is matched to its witness by name and key ID.
+    """
+
+    witnesses: tuple[CosignatureVerifier, ...]
+    quorum: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.quorum <= len(self.witnesses):
+            raise WitnessConfigError(f"witness quorum {self.quorum} must be between 0 and "
+                                     f"the number of witnesses ({len(self.witnesses)})")
+        names = [w.name for w in self.witnesses]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise WitnessConfigError(f"witness names must differ: {', '.join(twice)} twice")
+
+    def check(self, checkpoint: Checkpoint, signatures: Iterable[NoteSignature]) -> Quorum:
+        """The valid cosignatures on ``checkpoint`` by our witnesses (the newest of each);
+        anything else — unknown keys, failing signatures, other checkpoints — is dropped,
+        so nothing but a verified cosignature ever counts towards the quorum."""
+        text = checkpoint.to_text().encode("utf-8")
+        by_key = {(w.name, w.key_id): w for w in self.witnesses}
+        best: dict[str, NoteSignature] = {}
+        for sig in signatures:
+            witness = by_key.get(sig.key)
+            if witness is None or not witness.verify(text, sig.signature):
+                continue
+            kept = best.get(sig.name)
+            if kept is None or cosignature_timestamp(sig) > cosignature_timestamp(kept):
+                best[sig.name] = sig
+        ordered = tuple(best[w.name] for w in self.witnesses if w.name in best)
+        return Quorum(ordered, self.quorum)
+
+
+def add_cosignatures(note: bytes, cosignatures: Iterable[NoteSignature]) -> bytes:
+    """The log's signed checkpoint ``note`` with ``cosignatures`` appended (a C2SP note
+    with several signatures); a cosignature replaces one already there by the same key.
+
+    ``note`` is the log's own (not verified here); check cosignatures with
+    :meth:`WitnessPolicy.check` first.
+    """
+    text, existing = parse_note(note)
+    new = list(cosignatures)
+    replaced = {s.key for s in new}
+    return format_note(text, [*(s for s in existing if s.key not in replaced), *new])

@@ -6,6 +6,8 @@ key orders and wording below are those recorded from PHP Chronicle 1.3.1.
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -119,6 +121,30 @@ def render_row_indented(entry: Entry, *, export: bool, first_prev: str | None = 
         f'            "signature": "{b64u_encode(entry.signature)}"\n'
         "        }"
     )
+
+
+#: Most escaped bytes one byte of contents can become in a document (``\x01`` → ``\u0001``).
+ESCAPE_GROWTH = 6
+
+
+def render_row_pieces(entry: Entry, *, export: bool, first_prev: str | None = None,
+                      piece: int = 1 << 16) -> Iterator[str]:
+    """:func:`render_row_indented` in pieces: the contents are escaped ``piece`` bytes at a
+    time, so one huge row never exists as one string (an 8 MiB body of control characters
+    is 48 MiB once escaped). ``"".join(...)`` equals :func:`render_row_indented`.
+    """
+    frame = render_row_indented(dataclasses.replace(entry, contents=b""), export=export,
+                                first_prev=first_prev)
+    before, after = frame.split('"contents": ""', 1)
+    yield before + '"contents": "'
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    data = memoryview(entry.contents)
+    for pos in range(0, len(data), piece):
+        text = decoder.decode(data[pos:pos + piece])  # never splits a character
+        if text:
+            yield php_json_string(text)[1:-1]  # escapes are per character: pieces concatenate
+    decoder.decode(b"", final=True)  # invalid UTF-8 fails here as it does in one piece
+    yield '"' + after
 
 
 _PLACEHOLDER = "\x00rows\x00"

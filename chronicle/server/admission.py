@@ -26,6 +26,7 @@ import resource
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -84,6 +85,13 @@ class BodyLimits:
     max_size: int
     timeout: float
     budget: BodyBudget
+
+    @classmethod
+    def of(cls, max_size: int, timeout: timedelta | None, memory: int) -> BodyLimits:
+        """From the settings ``max-body-size``, ``body-timeout`` (None: no limit) and
+        ``body-memory`` (never below one largest body)."""
+        return cls(max_size=max_size, timeout=timeout.total_seconds() if timeout else 1e9,
+                   budget=BodyBudget(max(memory, max_size)))
 
 
 #: The request's exit stack: what it holds (a body reservation) is released when it ends.

@@ -1,39 +1,32 @@
-"""The Chronicle 1.3 API (protocol.md "Endpoints"): routing table, signed errors, and the
-few handlers that belong to no group (root page, index, ``lasthash``, mirrors).
+"""The Chronicle 1.3 API (protocol.md "Endpoints"): routing table and the few handlers
+that belong to no group (root page, index, ``lasthash``, mirrors).
 
 Handlers are thin: parse the request, call the store / ledger / core, answer signed JSON.
 The chain reads live in :mod:`~chronicle.server.reads` (one implementation for our chains
 and replicas), the writes in :mod:`~chronicle.server.writes`, what only replicas have in
 :mod:`~chronicle.server.replicas`, the Merkle tree's in :mod:`~chronicle.server.tlog`.
-Any :class:`ChronicleError` becomes Chronicle's signed JSON error with its status.
+Any :class:`ChronicleError` becomes Chronicle's signed JSON error with its status
+(:func:`~chronicle.server.responses.signed_errors`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from chronicle.core import protocol
 from chronicle.core.encoding import atom
-from chronicle.core.errors import ChronicleError
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
 from chronicle.server import health, reads, replicas, tlog, writes
-from chronicle.server.admission import CLOSE_AFTER, holding
+from chronicle.server.admission import holding
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
 from chronicle.server.health import with_request_id
 from chronicle.server.keys import CTX, DOCS, LASTHASH, RESP, TLOG
 from chronicle.server.metrics import timing
-from chronicle.server.responses import Responder
+from chronicle.server.responses import Responder, signed_errors
 from chronicle.server.routing import instance_of, main_route, replica_route
 from chronicle.treelog import TreeLog
-
-log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 INDEX_HTML = """<!DOCTYPE html>
 <html>
@@ -124,43 +117,16 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-@web.middleware
-async def signed_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a signed JSON error; never leak a traceback or HTML page."""
-    resp = request.app[RESP]
-    try:
-        return await handler(request)
-    except ChronicleError as exc:
-        answer = resp.error(exc.status, exc.message, exc.headers)
-        if request.get(CLOSE_AFTER):
-            answer.force_close()
-        return answer
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[CTX].settings.max_body_size
-        return resp.error(413, f"Request body too large (limit {limit} bytes)")
-    except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        return resp.error(405, f"Method not allowed. Must be one of: {allowed}",
-                          {"Allow": allowed})
-    except web.HTTPNotFound:
-        return resp.error(404, "Not found")
-    except web.HTTPException as exc:
-        return resp.error(exc.status, exc.reason)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return resp.error(500, "Internal server error")
-
-
 def build_app(ctx: ServerContext) -> web.Application:
     # The body limit is enforced by us (signed 413); aiohttp's own check is set just above
     # it as a backstop for bodies read without a Content-Length.
+    responder = Responder(ctx.key, ctx.clock)
     app = web.Application(middlewares=[with_request_id, timing(ctx.metrics), cors,
-                                       signed_errors, holding],
+                                       signed_errors(responder, ctx.settings.max_body_size),
+                                       holding],
                           client_max_size=ctx.settings.max_body_size)
     app[CTX] = ctx
-    app[RESP] = Responder(ctx.key, ctx.clock)
+    app[RESP] = responder
     app[DOCS] = DocumentBuilder(ctx.key, ctx.data_dir.cache_dir,
                                 cache_exports=ctx.settings.export_cache)
     app[LASTHASH] = {}

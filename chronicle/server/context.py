@@ -11,7 +11,7 @@ from chronicle.config import DataDir, Settings
 from chronicle.core.encoding import utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
-from chronicle.server.admission import BodyBudget, BodyLimits
+from chronicle.server.admission import BodyLimits
 from chronicle.server.jobs import BackgroundJobs
 from chronicle.server.metrics import Metrics
 from chronicle.store import Client, Store
@@ -107,10 +107,7 @@ class ServerContext:
         self.limiter = RateLimiter(s.rate_limit)
         self.ip_limiter = RateLimiter(s.rate_limit_ip)
         self.failures = RateLimiter(s.auth_failures_per_ip)
-        self.body_limits = BodyLimits(
-            max_size=s.max_body_size,
-            timeout=s.body_timeout.total_seconds() if s.body_timeout else 1e9,
-            budget=BodyBudget(max(s.body_memory, s.max_body_size)))
+        self.body_limits = BodyLimits.of(s.max_body_size, s.body_timeout, s.body_memory)
 
     def ledger(self, instance: str) -> Ledger:
         ledger = self.ledgers.get(instance)

@@ -7,7 +7,7 @@ presents that chain; PHP's small differences between the two live there and only
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,13 @@ from chronicle.core import protocol
 from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import b64u_decode
 from chronicle.core.errors import EncodingError, RequestError
-from chronicle.server.export import SMALL_DOCUMENT_ROWS, respond
+from chronicle.server.export import (
+    PIECE,
+    SMALL_DOCUMENT_ROWS,
+    DocumentBuilder,
+    Rows,
+    respond,
+)
 from chronicle.server.keys import CTX, DOCS, RESP
 from chronicle.store import Chain
 
@@ -72,60 +78,99 @@ def _page(request: web.Request) -> protocol.Page | None:
     return protocol.Page(number=number, size=size)
 
 
-async def _entries(route: ChainRoute, first: int, end: int, size: int) -> list[Entry]:
-    return [] if first >= end else await route.chain.range(first, min(first + size, end))
+def _docs(request: web.Request) -> DocumentBuilder:
+    docs = request.app[DOCS]
+    docs.configure(request.app[CTX].settings)  # the limits of the settings in force
+    return docs
+
+
+async def _document(request: web.Request, route: ChainRoute, query: tuple[Any, ...],
+                    envelope: dict[str, Any], rows: Rows, *, export: bool,
+                    keep: tuple[int, bytes] | None = None) -> web.StreamResponse:
+    """The rows of ``rows`` in ``envelope``, rendered by the document builder (bounded
+    memory, shared by identical requests: ``query`` names the document, with the chain
+    and its head). ``keep``: the head (index, hash) of a full export to keep cached."""
+    docs = _docs(request)
+    doc = await docs.document(
+        (route.cache_key, *query), lambda: envelope, rows, export=export,
+        first_prev=route.first_prev, keep=(route.cache_key, *keep) if keep else None)
+    return await respond(request, doc, send_timeout=docs.limits.send_timeout)
+
+
+def _range(request: web.Request, route: ChainRoute, start: int, stop: int) -> Rows:
+    docs = request.app[DOCS]
+    return lambda: docs.pages(route.chain, start, stop)
+
+
+# Handlers keep only indexes and hashes of the entries they look up, never the entries:
+# a request waiting for (or streaming) a document must not hold an 8 MiB row meanwhile.
+
+async def _head(route: ChainRoute) -> tuple[int, bytes | None]:
+    """The number of entries, and the head's hash."""
+    head = await route.chain.head()
+    return (head.index + 1, head.currhash) if head else (0, None)
+
+
+async def _index_of(route: ChainRoute, hash_raw: bytes) -> int:
+    matches = await route.chain.lookup(hash_raw)
+    if not matches:
+        raise route.no_record()
+    return matches[0].index
+
+
+async def _looked_up(route: ChainRoute, hash_raw: bytes) -> AsyncIterator[list[Entry]]:
+    yield await route.chain.lookup(hash_raw)
 
 
 async def lookup(request: web.Request, route: ChainRoute) -> web.StreamResponse:
-    entries = await route.chain.lookup(route.hash_param(request))
+    hash_raw = route.hash_param(request)
+    entries = await route.chain.lookup(hash_raw)
     if not entries:
         raise route.no_record()
     extra = {"notice": route.notice} if route.notice else {}
-    return request.app[RESP].ok([route.row(e) for e in entries], **extra)
-
-
-async def _document(request: web.Request, route: ChainRoute, total: int, start: int,
-                    stop: int, *, export: bool) -> web.StreamResponse:
-    docs, resp = request.app[DOCS], request.app[RESP]
-    envelope = protocol.ok_envelope(resp.clock(), None, total=total)
-    doc = await docs.render(envelope, docs.pages(route.chain, start, stop), export=export,
-                            first_prev=route.first_prev)
-    return await respond(request, doc)
+    if all(len(e.contents) <= PIECE for e in entries):
+        return request.app[RESP].ok([route.row(e) for e in entries], **extra)
+    # A large row: read again by a build and rendered in pieces, like any document.
+    del entries
+    envelope = protocol.ok_envelope(request.app[RESP].clock(), None, **extra)
+    return await _document(request, route, ("lookup", hash_raw), envelope,
+                           lambda: _looked_up(route, hash_raw), export=False)
 
 
 async def since(request: web.Request, route: ChainRoute) -> web.StreamResponse:
-    matches = await route.chain.lookup(route.hash_param(request))
-    if not matches:
-        raise route.no_record()
-    head = await route.chain.head()
-    assert head is not None
-    start, end = matches[0].index + 1, head.index + 1
+    start = await _index_of(route, route.hash_param(request)) + 1
+    end, head_hash = await _head(route)
     total = end - start
+    clock = request.app[RESP].clock
     page = _page(request)
     if page is None:
-        return await _document(request, route, total, start, end, export=False)
-    entries = await _entries(route, start + page.offset, end, page.size)
+        envelope = protocol.ok_envelope(clock(), None, total=total)
+        return await _document(request, route, ("since", start, head_hash), envelope,
+                               _range(request, route, start, end), export=False)
     links = page.links(f"{route.links}/since/{request.match_info['hash']}", total)
-    return request.app[RESP].ok([route.row(e) for e in entries], paginated=True, **links,
-                                total=total)
+    envelope = protocol.ok_envelope(clock(), None, paginated=True, **links, total=total)
+    first = start + page.offset
+    return await _document(request, route,
+                           ("since", start, page.offset, page.size, head_hash), envelope,
+                           _range(request, route, first, min(first + page.size, end)),
+                           export=False)
 
 
 async def export(request: web.Request, route: ChainRoute) -> web.StreamResponse:
-    resp = request.app[RESP]
-    head = await route.chain.head()
-    count = head.index + 1 if head else 0
+    clock = request.app[RESP].clock
+    count, head_hash = await _head(route)
     page = _page(request)
     if page is not None:
-        entries = await _entries(route, page.offset, count, page.size)
         links = page.links(f"{route.links}/export", count)
-        return resp.ok([route.export_row(e) for e in entries], paginated=True, **links)
-    if head is None or count <= SMALL_DOCUMENT_ROWS:
-        return await _document(request, route, count, 0, count, export=True)
-    doc = await request.app[DOCS].export(
-        route.cache_key, route.chain, head,
-        lambda: protocol.ok_envelope(resp.clock(), None, total=count),
-        first_prev=route.first_prev)
-    return await respond(request, doc)
+        envelope = protocol.ok_envelope(clock(), None, paginated=True, **links)
+        stop = min(page.offset + page.size, count)
+        return await _document(request, route, ("export", page.offset, page.size, head_hash),
+                               envelope, _range(request, route, page.offset, stop),
+                               export=True)
+    envelope = protocol.ok_envelope(clock(), None, total=count)
+    keep = (count - 1, head_hash) if head_hash and count > SMALL_DOCUMENT_ROWS else None
+    return await _document(request, route, ("export", head_hash), envelope,
+                           _range(request, route, 0, count), export=True, keep=keep)
 
 
 def serving(read: Callable[[web.Request, ChainRoute], Awaitable[web.StreamResponse]],

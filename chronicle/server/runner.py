@@ -5,6 +5,9 @@ With ``--workers N`` the parent binds the socket, forks N server processes that 
 all. Each worker has its own database connections and its own sequencer; appends from all
 of them are ordered by the database's chain-head lock (SQLite's write lock, PostgreSQL's
 row lock), so the chain stays gap-free however many processes write.
+
+:func:`run_site` is the serving itself (connection gate, signal handling, draining), for
+any app: ``chronicle witness serve`` runs the witness's through it too.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -30,6 +34,7 @@ from chronicle.server.app import build_app
 from chronicle.server.context import ServerContext
 from chronicle.server.keys import RESP
 from chronicle.server.metrics import enable_multiprocess, worker_gone
+from chronicle.server.responses import Responder
 from chronicle.store import open_store
 
 log = logging.getLogger(__name__)
@@ -53,31 +58,45 @@ def announce_on_stderr(url: str, workers: int) -> None:
     print(f"listening on {url}{more}", file=sys.stderr, flush=True)
 
 
-async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket | None = None,
-                shutdown_timeout: float = 30.0,
-                announce: Announce = announce_on_stderr) -> None:
-    """Serve until a stop signal, then drain: stop accepting, finish requests, commit queues."""
-    ctx = await open_context(data_dir)
-    app = build_app(ctx)
-    s = ctx.settings
+class Admission(Protocol):
+    """The settings :func:`run_site` needs (the ledger's and the witness's both have them)."""
+
+    @property
+    def max_connections(self) -> int: ...
+
+    @property
+    def max_connections_per_ip(self) -> int: ...
+
+    @property
+    def idle_timeout(self) -> timedelta | None: ...
+
+
+async def run_site(app: web.Application, responder: Responder, limits: Admission, host: str,
+                   port: int, *, sock: socket.socket | None = None,
+                   shutdown_timeout: float = 30.0,
+                   announce: Announce = announce_on_stderr) -> None:
+    """Serve ``app`` on ``host:port`` (or the bound ``sock``) behind the connection gate
+    until a stop signal, then drain: stop accepting, finish requests, run the app's
+    cleanup. ``announce(url, 1)`` once it accepts connections on its own socket."""
     files = raise_fd_limit()
     # Refuse in time: leave descriptors for the database, spool files and workers.
-    gate = ConnectionGate(min(s.max_connections, max(16, files - 64)), s.max_connections_per_ip,
-                          lambda: app[RESP].error_bytes(503, "Service Unavailable",
+    gate = ConnectionGate(min(limits.max_connections, max(16, files - 64)),
+                          limits.max_connections_per_ip,
+                          lambda: responder.error_bytes(503, "Service Unavailable",
                                                         MSG_TOO_MANY, {"Retry-After": "1"}))
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=shutdown_timeout,
                            # The signature covers the bytes sent: never inflate a body.
                            auto_decompress=False,
-                           keepalive_timeout=s.idle_timeout.total_seconds()
-                           if s.idle_timeout else 75.0)
+                           keepalive_timeout=limits.idle_timeout.total_seconds()
+                           if limits.idle_timeout else 75.0)
     own_socket = sock is None
     listening = sock
     try:
         await runner.setup()
         if listening is None:
             listening = _bind(host, port)
-        await GatedSite(runner, listening, gate, app[RESP].error,
+        await GatedSite(runner, listening, gate, responder.error,
                         shutdown_timeout=shutdown_timeout).start()
         if own_socket:
             announce(f"http://{host}:{listening.getsockname()[1]}", 1)
@@ -86,16 +105,28 @@ async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("stopping: draining requests and the append queue")
+        log.info("stopping: draining requests")
     finally:
         await runner.cleanup()
-        with contextlib.suppress(Exception):
-            await ctx.store.close()
         if own_socket and listening is not None:
             listening.close()
 
 
-def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
+async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket | None = None,
+                shutdown_timeout: float = 30.0,
+                announce: Announce = announce_on_stderr) -> None:
+    """Serve until a stop signal, then drain: stop accepting, finish requests, commit queues."""
+    ctx = await open_context(data_dir)
+    try:
+        app = build_app(ctx)
+        await run_site(app, app[RESP], ctx.settings, host, port, sock=sock,
+                       shutdown_timeout=shutdown_timeout, announce=announce)
+    finally:
+        with contextlib.suppress(Exception):
+            await ctx.store.close()
+
+
+def run_loop(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on some platforms
@@ -142,7 +173,7 @@ class _Supervisor:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                _run_loop(serve(self.data_dir, self.host, self.port, sock=self.sock))
+                run_loop(serve(self.data_dir, self.host, self.port, sock=self.sock))
             except BaseException:
                 log.exception("worker %d failed", slot)
                 code = 1
@@ -216,4 +247,4 @@ def run(data_dir: Path, host: str, port: int, *, workers: int = 1,
     if workers > 1:
         _run_workers(DataDir(data_dir), host, port, workers, announce)
     else:
-        _run_loop(serve(DataDir(data_dir), host, port, announce=announce))
+        run_loop(serve(DataDir(data_dir), host, port, announce=announce))

@@ -5,6 +5,9 @@ one known client, exactly one valid signature over the exact body bytes."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -127,37 +130,53 @@ async def publish(request: web.Request) -> web.StreamResponse:
     return resp.ok(entry.receipt())
 
 
-async def register(request: web.Request) -> web.StreamResponse:
-    ctx, resp = request.app[CTX], request.app[RESP]
+@dataclass(frozen=True)
+class AdminCall:
+    """An authenticated administrator's request: its checked fields and where it goes."""
+
+    ctx: ServerContext
+    instance: str
+    now: datetime
+    fields: dict[str, Any]
+    by: Client
+    signature: bytes
+
+    def record(self, action: str) -> admin.AdminRequest:
+        """What the replay guard keeps of it (one use per signed request)."""
+        return admin.AdminRequest(self.by.publicid, self.signature, action)
+
+
+async def _admin_call(request: web.Request) -> AdminCall:
+    ctx = request.app[CTX]
     instance = instance_of(request)
     _check_writable(ctx)
-    admin_client, body, signature = await authenticate(request, instance, admin_only=True)
-    now = resp.clock()
+    by, body, signature = await authenticate(request, instance, admin_only=True)
+    now = request.app[RESP].clock()
     fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)
-    publickey, comment = protocol.parse_register(fields)
+    return AdminCall(ctx, instance, now, fields, by, signature)
+
+
+async def register(request: web.Request) -> web.StreamResponse:
+    call = await _admin_call(request)
+    ctx = call.ctx
+    publickey, comment = protocol.parse_register(call.fields)
     client = await admin.register_client(
-        ctx.store, ctx.ledger(instance), ctx.key, publickey=publickey, is_admin=False,
-        comment=comment, client_id=ctx.new_client_id(), now=now,
-        publish=ctx.settings.publish_new_clients,
-        request=admin.AdminRequest(admin_client.publicid, signature, "register"))
-    return resp.ok({"client-id": client.publicid})
+        ctx.store, ctx.ledger(call.instance), ctx.key, publickey=publickey, is_admin=False,
+        comment=comment, client_id=ctx.new_client_id(), now=call.now,
+        publish=ctx.settings.publish_new_clients, request=call.record("register"))
+    return request.app[RESP].ok({"client-id": client.publicid})
 
 
 async def revoke(request: web.Request) -> web.StreamResponse:
-    ctx, resp = request.app[CTX], request.app[RESP]
-    instance = instance_of(request)
-    _check_writable(ctx)
-    admin_client, body, signature = await authenticate(request, instance, admin_only=True)
-    now = resp.clock()
-    fields = protocol.parse_admin_body(body, now, ctx.settings.request_timeout)
-    client_id, key_text = protocol.parse_revoke(fields)
-    client = await ctx.store.clients.get(instance, client_id)
+    call = await _admin_call(request)
+    ctx = call.ctx
+    client_id, key_text = protocol.parse_revoke(call.fields)
+    client = await ctx.store.clients.get(call.instance, client_id)
     if client is None or b64u_encode(client.publickey) != key_text:
         raise NotFoundError(protocol.MSG_REVOKE_UNKNOWN)
     if client.is_admin:
         raise AuthError(protocol.MSG_REVOKE_ADMIN)
-    await admin.revoke_client(ctx.store, ctx.ledger(instance), ctx.key, client=client, now=now,
-                              publish=ctx.settings.publish_revoked_clients,
-                              request=admin.AdminRequest(admin_client.publicid, signature,
-                                                         "revoke"))
-    return resp.ok({"deleted": True})
+    await admin.revoke_client(ctx.store, ctx.ledger(call.instance), ctx.key, client=client,
+                              now=call.now, publish=ctx.settings.publish_revoked_clients,
+                              request=call.record("revoke"))
+    return request.app[RESP].ok({"deleted": True})

@@ -21,7 +21,7 @@ from chronicle.store.records import (
 )
 from chronicle.store.replication import ReplicaConflict
 from chronicle.store.schema import SCHEMA_VERSION
-from chronicle.store.sql import LeaderLock
+from chronicle.store.sql import Database, LeaderLock
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -43,26 +43,49 @@ __all__ = [
     "WriteTx",
     "XsignReceipt",
     "XsignTarget",
+    "open_database",
     "open_store",
 ]
 
 
-def open_store(url: str, base_dir: Path | None = None) -> Store:
-    """The store for a database URL: ``sqlite:PATH`` (relative to ``base_dir``) or
-    ``postgresql://…``. Not connected yet: call ``open()`` (or ``create_schema()``)."""
+def _locate(url: str, base_dir: Path | None) -> Path | str:
+    """The SQLite file (relative to ``base_dir``) or the PostgreSQL URL a database URL
+    names; anything else is refused."""
     if url.startswith("sqlite:"):
-        from chronicle.store.sqlite import SqliteStore
-
         path = Path(url[len("sqlite:"):])
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        return SqliteStore(path)
+        return base_dir / path if not path.is_absolute() and base_dir is not None else path
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from chronicle.store.postgres import PostgresStore
+            import asyncpg  # noqa: F401
         except ImportError as exc:
             raise StorageError("PostgreSQL support needs asyncpg: "
                                "pip install 'chronicle[postgres]'") from exc
-        return PostgresStore(url)
+        return url
     raise StorageError(f"unsupported database URL: {url!r} "
                        "(expected sqlite:PATH or postgresql://...)")
+
+
+def open_store(url: str, base_dir: Path | None = None) -> Store:
+    """The ledger store for a database URL: ``sqlite:PATH`` (relative to ``base_dir``) or
+    ``postgresql://…``. Not connected yet: call ``open()`` (or ``create_schema()``)."""
+    target = _locate(url, base_dir)
+    if isinstance(target, Path):
+        from chronicle.store.sqlite import SqliteStore
+
+        return SqliteStore(target)
+    from chronicle.store.postgres import PostgresStore
+
+    return PostgresStore(target)
+
+
+def open_database(url: str, base_dir: Path | None = None) -> Database:
+    """The database a URL names (as :func:`open_store`), for a store of another schema
+    (:class:`~chronicle.store.witness.WitnessStore`). Not connected yet."""
+    target = _locate(url, base_dir)
+    if isinstance(target, Path):
+        from chronicle.store.sqlite import SqliteDatabase
+
+        return SqliteDatabase(target)
+    from chronicle.store.postgres import PostgresDatabase
+
+    return PostgresDatabase(target)

@@ -23,23 +23,22 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 
 from chronicle.core.errors import StorageError
-from chronicle.store import schema
 from chronicle.store.chains import Chain, ChainHook, ChainStore, WriteTx
 from chronicle.store.clients import ClientStore, MirrorStore
 from chronicle.store.crosssign import CrossSignStore
 from chronicle.store.jobs import JobStore
 from chronicle.store.replays import ReplayGuard
 from chronicle.store.replication import ReplicationStore
+from chronicle.store.schema import SchemaStore
 from chronicle.store.sql import Database
 from chronicle.store.tlog import TlogStore
 
 
-class Store:
+class Store(SchemaStore):
     """A database holding one or more chains, their clients, mirrors, replicas and jobs."""
 
     def __init__(self, db: Database, where: str) -> None:
-        self.db = db
-        self.where = where
+        super().__init__(db, where)
         self._instances: dict[str, int] = {}
         self.chains = ChainStore(db, self.instance_id)
         self.clients = ClientStore(db, self.instance_id)
@@ -51,33 +50,8 @@ class Store:
         self.tlog = TlogStore(db, self.instance_id)
         self._hooks: tuple[ChainHook, ...] = (self.tlog.hook,)
 
-    # --- lifecycle ----------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Connect and check the schema version (refuse to run on a mismatch)."""
-        await self.db.connect()
-        try:
-            schema.check_version(await schema.version(self.db), self.where)
-            await self._load_instances()
-        except BaseException:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        await self.db.close()
-
-    async def create_schema(self) -> None:
-        """Create a fresh database at the current schema version (``chronicle init``)."""
-        await self.db.connect(create=True)
-        await schema.upgrade(self.db, fresh=True, where=self.where)
+    async def _opened(self) -> None:
         await self._load_instances()
-
-    async def migrate(self) -> tuple[int, int]:
-        """Bring an older schema up to date: ``(version found, version now)``."""
-        await self.db.connect()
-        versions = await schema.upgrade(self.db, fresh=False, where=self.where)
-        await self._load_instances()
-        return versions
 
     # --- instances ----------------------------------------------------------------------
 

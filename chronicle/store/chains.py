@@ -45,6 +45,8 @@ class Chain:
         self._signed = f"SELECT {rows.ENTRY_COLS} {where} AND signature = ?"
         self._range = (f"SELECT {rows.RANGE_COLS} {where} "
                        "AND idx >= ? AND idx < ? ORDER BY idx")
+        self._large = (f"SELECT idx, length(contents) {where} AND idx >= ? AND idx < ? "
+                       "AND length(contents) > ? ORDER BY idx LIMIT ?")
 
     async def key(self) -> int:
         value = self._key_value
@@ -76,6 +78,14 @@ class Chain:
         """Entries ``start <= index < stop`` in order (a keyset range, never OFFSET)."""
         found = await self._db.scan(self._range, await self.key(), start, stop)
         return [rows.entry(r) for r in found]
+
+    async def large_rows(self, start: int, stop: int, over: int, limit: int
+                         ) -> list[tuple[int, int]]:
+        """``(index, size)`` of the first ``limit`` entries in ``[start, stop)`` whose
+        contents exceed ``over`` bytes, without reading them (SQLite and PostgreSQL take
+        ``length`` of a blob from its header): how a reader plans its memory."""
+        found = await self._db.scan(self._large, await self.key(), start, stop, over, limit)
+        return [(int(r[0]), int(r[1])) for r in found]
 
     async def pages(self, start: int, stop: int, page: int = 2000
                     ) -> AsyncIterator[list[Entry]]:

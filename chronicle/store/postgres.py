@@ -28,7 +28,8 @@ from chronicle.store.base import Store
 from chronicle.store.schema import POSTGRES_TYPES
 from chronicle.store.sql import IN_LIST, Conflict, Database, Dialect, LeaderLock, Row, Session
 
-DIALECT = Dialect("postgresql", POSTGRES_TYPES, "SELECT 1 WHERE to_regclass(?) IS NOT NULL")
+DIALECT = Dialect("postgresql", POSTGRES_TYPES, "SELECT 1 WHERE to_regclass(?) IS NOT NULL",
+                  lock_rows=" FOR UPDATE")
 
 #: What asyncpg may raise for a database that failed us (not a bug of ours).
 DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -137,6 +138,8 @@ class PostgresDatabase(Database):
         self._min, self._max = min_size, max_size
         self._lock_timeout_ms = lock_timeout_ms
         self._pool: asyncpg.Pool | None = None
+        self.where = "the PostgreSQL database" + (f" (schema {self.schema})"
+                                                  if self.schema else "")
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -155,6 +158,10 @@ class PostgresDatabase(Database):
         try:
             if self.schema:
                 settings["search_path"] = self.schema
+            # Only init creates the schema: a runtime role without CREATE on the database
+            # must be able to open it (PostgreSQL checks that privilege even when the
+            # schema exists).
+            if self.schema and create:
                 conn = await asyncpg.connect(self.dsn)
                 try:
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -230,9 +237,7 @@ class PostgresStore(Store):
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
         self.database = PostgresDatabase(url, **options)
-        where = "the PostgreSQL database" + (f" (schema {self.database.schema})"
-                                             if self.database.schema else "")
-        super().__init__(self.database, where)
+        super().__init__(self.database, self.database.where)
 
     @property
     def pool(self) -> asyncpg.Pool:

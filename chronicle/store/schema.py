@@ -1,15 +1,21 @@
-"""The schema, once for both backends, and its versioned migrations.
+"""The schemas, once for both backends, and their versioned migrations.
 
 Each migration is DDL with type tokens (``{serial}``, ``{bigserial}``, ``{bigint}``,
 ``{blob}``, ``{bool}``, ``{false}``, and ``{without_rowid}`` after a table whose primary
 key is all it is looked up by) that a driver's :class:`Dialect` fills in, so SQLite
 and PostgreSQL get the same tables from one text (``{chain_row}``: the hashed fields every
-chain table holds). The ``meta`` table's
-``schema_version`` row says which migrations a database has; a store refuses to open a
-database at another version (``chronicle migrate`` upgrades an older one).
+chain table holds). A :class:`Schema` is one such numbered series: :data:`LEDGER` (a
+ledger's database) and :data:`WITNESS` (``chronicle witness``'s own database). Each keeps
+its version in its own row of the ``meta`` table (``schema_version``,
+``witness_schema_version``), so both may even share one PostgreSQL schema; a store refuses
+to open a database at another version (``chronicle migrate`` upgrades an older ledger).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 from chronicle.core.errors import SchemaMismatchError, StorageError
 from chronicle.store.sql import Database, Dialect, Session
@@ -222,60 +228,175 @@ CREATE TABLE tlog_upstreams (
 }
 
 
-def ddl(version: int, dialect: Dialect) -> str:
-    """Migration ``version`` in the dialect's types."""
-    return MIGRATIONS[version].format(chain_row=CHAIN_ROW.format(**dialect.types),
-                                      **dialect.types)
+#: The witness's own database (``chronicle witness``): the logs it witnesses, their keys,
+#: the latest checkpoint it cosigned for each, and refused requests kept as evidence.
+WITNESS_MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE witness_logs (
+    id {serial},
+    origin TEXT NOT NULL UNIQUE,
+    size {bigint},
+    root {blob},
+    checkpoint {blob},
+    cosigned TEXT,
+    created TEXT NOT NULL
+);
+CREATE TABLE witness_keys (
+    id {serial},
+    log INTEGER NOT NULL REFERENCES witness_logs(id),
+    vkey TEXT NOT NULL,
+    added TEXT NOT NULL,
+    UNIQUE (log, vkey)
+);
+CREATE TABLE witness_evidence (
+    id {bigserial},
+    log INTEGER NOT NULL REFERENCES witness_logs(id),
+    recorded TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    known_size {bigint},
+    known_root {blob},
+    digest {blob} NOT NULL,
+    request {blob} NOT NULL,
+    UNIQUE (log, digest)
+);
+""",
+}
 
 
-async def _session_version(session: Session, dialect: Dialect) -> int:
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """One numbered series of migrations, and where a database records how far it got."""
+
+    what: str
+    """What a database holding it is called in errors ("chronicle database")."""
+    version_key: str
+    """Its row in ``meta``."""
+    migrations: Mapping[int, str]
+    version: int
+    """The version this software needs."""
+    init_command: str
+    """The command that creates such a database (named when none is found)."""
+    migrate_hint: str = ""
+    """What to run on an older database (empty: nothing upgrades it yet)."""
+
+
+LEDGER = Schema("chronicle database", "schema_version", MIGRATIONS, SCHEMA_VERSION,
+                "chronicle init", " (run `chronicle migrate`)")
+WITNESS = Schema("chronicle witness database", "witness_schema_version", WITNESS_MIGRATIONS,
+                 max(WITNESS_MIGRATIONS), "chronicle witness init")
+
+
+def ddl(version: int, dialect: Dialect, schema: Schema = LEDGER) -> str:
+    """Migration ``version`` of ``schema`` in the dialect's types."""
+    return schema.migrations[version].format(chain_row=CHAIN_ROW.format(**dialect.types),
+                                             **dialect.types)
+
+
+async def _session_version(session: Session, dialect: Dialect, schema: Schema) -> int:
     if not await session.fetch(dialect.table_exists, "meta"):
         return 0
-    row = await session.fetchrow("SELECT value FROM meta WHERE key = 'schema_version'")
+    row = await session.fetchrow("SELECT value FROM meta WHERE key = ?", schema.version_key)
     return int(row[0]) if row else 0
 
 
-async def version(db: Database) -> int:
-    """The database's schema version (0: no chronicle schema at all)."""
+async def version(db: Database, schema: Schema = LEDGER) -> int:
+    """The database's version of ``schema`` (0: it holds none of it)."""
     if not await db.read(db.dialect.table_exists, "meta"):
         return 0
-    rows = await db.read("SELECT value FROM meta WHERE key = 'schema_version'")
+    rows = await db.read("SELECT value FROM meta WHERE key = ?", schema.version_key)
     return int(rows[0][0]) if rows else 0
 
 
-def check_version(found: int, where: str) -> None:
+def check_version(found: int, where: str, schema: Schema = LEDGER) -> None:
     """Refuse to run on any schema but ours, saying what to do about it."""
-    if found == SCHEMA_VERSION:
+    if found == schema.version:
         return
     if found == 0:
-        raise SchemaMismatchError(f"{where} holds no chronicle database (run `chronicle init`)")
+        raise SchemaMismatchError(f"{where} holds no {schema.what} "
+                                  f"(run `{schema.init_command}`)")
     raise SchemaMismatchError(
-        f"database schema version {found}, this chronicle needs {SCHEMA_VERSION}"
-        + (" (run `chronicle migrate`)" if found < SCHEMA_VERSION else
+        f"database schema version {found}, this chronicle needs {schema.version}"
+        + (schema.migrate_hint if found < schema.version else
            " (the database is newer than this software)"))
 
 
-async def upgrade(db: Database, *, fresh: bool, where: str) -> tuple[int, int]:
+async def upgrade(db: Database, *, fresh: bool, where: str,
+                  schema: Schema = LEDGER) -> tuple[int, int]:
     """Apply the missing migrations in one transaction; ``(version before, after)``.
 
     The version is read inside the transaction (after the backend's schema lock), so
     several processes migrating at once apply each migration exactly once. ``fresh``
-    (``chronicle init``) refuses a database that already holds a schema.
+    (``chronicle init``) refuses a database that already holds the schema.
     """
     async with db.transaction() as session:
         lock = db.schema_lock()
         if lock is not None:
             await session.execute(lock)
-        before = await _session_version(session, db.dialect)
+        before = await _session_version(session, db.dialect, schema)
         if fresh and before != 0:
-            raise StorageError(f"{where} already holds a chronicle database")
-        if before > SCHEMA_VERSION:
+            raise StorageError(f"{where} already holds a {schema.what}")
+        if before > schema.version:
             raise SchemaMismatchError(
                 f"database schema version {before} is newer than this software "
-                f"({SCHEMA_VERSION})")
-        for number in sorted(v for v in MIGRATIONS if v > before):
-            await session.script(ddl(number, db.dialect))
+                f"({schema.version})")
+        for number in sorted(v for v in schema.migrations if before < v <= schema.version):
+            await session.script(ddl(number, db.dialect, schema))
             await session.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", str(number))
-    return before, SCHEMA_VERSION
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                schema.version_key, str(number))
+    return before, schema.version
+
+
+class SchemaStore:
+    """A store over one :class:`Database` holding one :class:`Schema`: its lifecycle.
+
+    :meth:`open` refuses a database at another version; :meth:`create_schema` makes a
+    fresh one (``init``); :meth:`migrate` upgrades an older one. A subclass loads what it
+    caches in :meth:`_opened`.
+    """
+
+    schema: ClassVar[Schema] = LEDGER
+
+    def __init__(self, db: Database, where: str) -> None:
+        self.db = db
+        self.where = where
+
+    async def _connect(self) -> None:
+        """Connect to a database that exists (opening one never makes it, empty)."""
+        try:
+            await self.db.connect()
+        except SchemaMismatchError as exc:
+            raise SchemaMismatchError(f"{exc.message} (run `{self.schema.init_command}`, or "
+                                      "check the database setting)") from None
+
+    async def open(self) -> None:
+        """Connect and check the schema version (refuse to run on a mismatch)."""
+        await self._connect()
+        try:
+            check_version(await version(self.db, self.schema), self.where, self.schema)
+            await self._opened()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def create_schema(self) -> None:
+        """Create a fresh database at the current schema version (``init``)."""
+        await self.db.connect(create=True)
+        await upgrade(self.db, fresh=True, where=self.where, schema=self.schema)
+        await self._opened()
+
+    async def migrate(self) -> tuple[int, int]:
+        """Bring an older schema up to date: ``(version found, version now)``."""
+        await self._connect()
+        versions = await upgrade(self.db, fresh=False, where=self.where, schema=self.schema)
+        await self._opened()
+        return versions
+
+    async def _opened(self) -> None:
+        """Load what the store caches, once the schema is there."""

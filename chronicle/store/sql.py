@@ -39,6 +39,10 @@ class Dialect:
     types: dict[str, str]
     #: A query with one ``?`` (a table name) answering a row when that table exists.
     table_exists: str
+    #: Appended to a ``SELECT`` inside a transaction to lock the rows it reads until the
+    #: commit (``FOR UPDATE``); empty where the transaction already holds the whole
+    #: database (SQLite's ``BEGIN IMMEDIATE``).
+    lock_rows: str = ""
 
 
 class Session(abc.ABC):
@@ -86,6 +90,8 @@ class Database(abc.ABC):
     """A connection to one database: reads outside transactions, and transactions."""
 
     dialect: Dialect
+    #: The database as errors name it (a file path, "the PostgreSQL database").
+    where: str
 
     @abc.abstractmethod
     async def connect(self, *, create: bool = False) -> None:

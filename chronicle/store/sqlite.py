@@ -155,7 +155,7 @@ class SqliteDatabase(Database):
     CHECKPOINT_EVERY = 100  # commits between background WAL checkpoints
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
-        self.path = str(path)
+        self.path = self.where = str(path)
         self._busy_ms = busy_timeout_ms
         self._writer: sqlite3.Connection | None = None
         self._wthread: ThreadPoolExecutor | None = None
@@ -193,8 +193,7 @@ class SqliteDatabase(Database):
     async def connect(self, *, create: bool = False) -> None:
         await self.close()
         if not create and not await asyncio.to_thread(os.path.exists, self.path):
-            raise SchemaMismatchError(f"{self.path} does not exist (run `chronicle init`, or "
-                                      "check the database setting)")
+            raise SchemaMismatchError(f"{self.path} does not exist")
         try:
             self._wthread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._writer = await self.on_writer(self._open_writer)
@@ -356,8 +355,9 @@ class SqliteStore(Store):
     """All chains of one data directory in one SQLite file."""
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
-        self.path = str(path)
-        super().__init__(SqliteDatabase(path, busy_timeout_ms=busy_timeout_ms), self.path)
+        db = SqliteDatabase(path, busy_timeout_ms=busy_timeout_ms)
+        self.path = db.path
+        super().__init__(db, db.where)
 
 
 class FileLeaderLock(LeaderLock):

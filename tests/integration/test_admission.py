@@ -147,7 +147,10 @@ async def test_stalled_uploads_are_bounded_then_timed_out(tmp_path: Path) -> Non
         codes = sorted(status for status, _, _ in answers)
         busy = [b for s, _, b in answers if s == 503]
         slow = [b for s, _, b in answers if s == 408]
-        assert len(slow) == 4 and len(busy) == 56, codes  # 32 MiB of large bodies at once
+        # 32 MiB of large bodies at once: 4 read, the rest refused at once. On a loaded
+        # machine the first 4 may time out before the last uploads arrive, letting a few
+        # more in: never more than 4 at a time (the peak RSS below).
+        assert len(slow) >= 4 and len(slow) + len(busy) == 60, codes
         assert {b["message"] for b in busy} == {MSG_BODY_BUSY}
         assert {b["message"] for b in slow} == {MSG_BODY_SLOW}
         stop.set()
@@ -168,14 +171,11 @@ async def test_slowloris_and_too_many_connections(tmp_path: Path) -> None:
                        max_connections=500) as (server, alice, key):
         stop = asyncio.Event()
         legit = asyncio.create_task(keep_publishing(server.url, key, alice, stop))
-        loop = asyncio.get_running_loop()
-        opened: list[float] = []
         conns = []
         for _ in range(1000):
             conns.append(await raw_connection(server.url))
-            opened.append(loop.time())
             conns[-1][1].write(b"POST /chronicle/publish HTTP/1.1\r\n")
-        closed_after: dict[int, float] = {}
+        while_trickling: set[int] = set()
 
         async def trickle(n: int, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> bytes:
@@ -183,12 +183,12 @@ async def test_slowloris_and_too_many_connections(tmp_path: Path) -> None:
             for line in range(10):
                 done, _ = await asyncio.wait({first}, timeout=1.0)
                 if done:
+                    while_trickling.add(n)
                     break
                 with contextlib.suppress(ConnectionError):
                     writer.write(f"X-Slow-{line}: {'a' * 20}\r\n".encode())
             data = await asyncio.wait_for(first, 10)
             rest = await asyncio.wait_for(reader.read(), 10)
-            closed_after[n] = loop.time() - opened[n]
             return data + rest
 
         received = await asyncio.gather(*(trickle(n, r, w) for n, (r, w) in enumerate(conns)))
@@ -200,8 +200,9 @@ async def test_slowloris_and_too_many_connections(tmp_path: Path) -> None:
         assert len(refused) + len(cut) == 1000 and len(cut) >= 200 and len(refused) >= 500
         assert all(MSG_TOO_MANY.encode() in d and SIGNATURE_HEADER.encode() in d
                    for d in refused)
-        # Cut off by the idle timeout (3 s), not by the client giving up after 10 lines.
-        assert max(closed_after[n] for n in cut) < 8
+        # Cut off by the idle timeout (3 s) while still sending a line a second: lines
+        # that never complete a request do not keep a connection open.
+        assert set(cut) <= while_trickling
         stop.set()
         statuses = await legit
         assert statuses and set(statuses) == {200}

@@ -98,3 +98,60 @@ async def test_spool_directories_of_dead_processes_are_swept(tmp_path: Path) -> 
         assert docs.cache_dir.name == f"p{os.getpid()}"
     finally:
         await srv.close()
+
+
+async def test_large_rows_render_as_php_would_in_every_answer(tmp_path: Path) -> None:
+    """Rows rendered in pieces (lookup, since, export, their pages) are PHP's bytes."""
+    from chronicle.core import protocol
+    from chronicle.core.encoding import b64u_encode, php_json
+    from chronicle.server.export import PIECE
+
+    dd = await init_data_dir(tmp_path / "p", paginate_export=2, publish_new_clients=False)
+    srv = await start_server(dd)
+    try:
+        alice = await srv.add_client("alice")
+        ledger = srv.ctx.ledger("")
+        bodies = [b"small", ("\x01/\"caf\u00e9 \U0001f680\x7f" * (PIECE // 4)).encode(),
+                  b"\x02" * (3 * PIECE + 1), b"tail"]
+        for body in bodies:
+            await ledger.append(body, alice.key.public, alice.key.sign(body),
+                                client_id=alice.client_id)
+        stored = await srv.ctx.store.chain("").range(0, 10)
+
+        def expect(res: object, rows: list[dict[str, object]], **extra: object) -> None:
+            doc = res.json  # type: ignore[attr-defined]
+            body = php_json({"version": "1.3.x", "datetime": doc["datetime"], "status": "OK",
+                             **extra, "results": rows}).encode("ascii")
+            assert res.body == body  # type: ignore[attr-defined]
+
+        big = b64u_encode(stored[1].currhash)
+        expect(await srv.request("GET", f"/chronicle/lookup/{big}"), [protocol.row(stored[1])])
+        first = b64u_encode(stored[0].currhash)
+        expect(await srv.request("GET", f"/chronicle/since/{first}/1"),
+               [protocol.row(e) for e in stored[1:3]], paginated=True,
+               next=f"/since/{first}/2", total=3)
+        expect(await srv.request("GET", "/chronicle/export/2"),
+               [protocol.export_row(e) for e in stored[2:4]], paginated=True,
+               prev="/export/1", next="/export/3")
+    finally:
+        await srv.close()
+
+
+async def test_identical_requests_share_one_build(tmp_path: Path) -> None:
+    dd = await init_data_dir(tmp_path / "s", max_body_size=2 << 20, publish_new_clients=False)
+    srv = await start_server(dd)
+    try:
+        await srv.add_client("alice")
+        await _fill(srv, 8, 1 << 20)
+        docs = srv.runner.app[DOCS]
+        rows = (await srv.request("GET", "/chronicle/export")).json["results"]
+        renders = docs.renders
+        since = f"/chronicle/since/{rows[0]['hash']}"
+        got = await asyncio.gather(*(srv.request("GET", since) for _ in range(6)),
+                                   *(srv.request("GET", "/chronicle/export") for _ in range(6)))
+        assert docs.renders == renders + 2  # one since, one export
+        assert len({r.body for r in got[:6]}) == 1 and len({r.body for r in got[6:]}) == 1
+        assert _spool_files(dd.cache_dir) == []  # neither is kept: 8 rows
+        assert docs.spool.used == 0 and docs.gate.running == 0
+    finally:
+        await srv.close()

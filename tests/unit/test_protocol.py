@@ -45,6 +45,43 @@ def test_streamed_document_without_rows_is_php_empty_list() -> None:
     assert '"results": []' in text
 
 
+# Contents whose pieces fall inside multi-byte characters and escapes: control characters,
+# quotes, slashes, backslashes, DEL (PHP leaves it raw), 2-, 3- and 4-byte UTF-8.
+AWKWARD = ("\x01\x1f\"\\/\x7f\\u007f caf\u00e9 \u20ac \U0001f680\n" * 37).encode()
+
+
+@pytest.mark.parametrize("export", [True, False])
+@pytest.mark.parametrize("first_prev", [None, ""])
+@pytest.mark.parametrize("piece", [1, 2, 3, 5, 7, 64, 1 << 16])
+def test_a_row_rendered_in_pieces_is_the_row(export: bool, first_prev: str | None,
+                                             piece: int) -> None:
+    for entry in (ENTRIES[0], ENTRIES[1]):
+        for contents in (b"", AWKWARD, entry.contents):
+            big = ChainBuilder(None).append(contents, entry.publickey, entry.signature,
+                                            entry.created)
+            rows = (big, entry) if contents is entry.contents else (big,)
+            for row in rows:
+                pieces = list(protocol.render_row_pieces(row, export=export,
+                                                         first_prev=first_prev, piece=piece))
+                assert "".join(pieces) == protocol.render_row_indented(
+                    row, export=export, first_prev=first_prev)
+                assert all(len(p) <= max(500, protocol.ESCAPE_GROWTH * piece + 12) for p in pieces)
+
+
+def test_a_row_in_pieces_refuses_invalid_utf8_as_the_whole_row_does() -> None:
+    bad = ChainBuilder(None).append(b"ok \xff\xfe", ENTRIES[0].publickey,
+                                    ENTRIES[0].signature, ENTRIES[0].created)
+    with pytest.raises(UnicodeDecodeError):
+        protocol.render_row_indented(bad, export=True)
+    with pytest.raises(UnicodeDecodeError):
+        list(protocol.render_row_pieces(bad, export=True, piece=2))
+
+
+def test_control_characters_escape_to_six_bytes_each() -> None:
+    """The growth documents are planned with: ``\\x01`` becomes ``\\u0001``."""
+    assert len(protocol.php_json_string("\x01" * 1000)) == 2 + protocol.ESCAPE_GROWTH * 1000
+
+
 def test_replica_first_prev_can_be_rendered_as_empty_string() -> None:
     text = protocol.render_row_indented(ENTRIES[0], export=True, first_prev="")
     assert '"prev": "",' in text
