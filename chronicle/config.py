@@ -2,7 +2,8 @@
 
 A data directory holds ``chronicle.toml``, the server's signing key
 (``signing-secret.key``, base64url of libsodium's 64-byte secret key, mode 0600, the same
-format as PHP Chronicle's ``local/signing-secret.key``), by default ``chronicle.db``, and
+format as PHP Chronicle's ``local/signing-secret.key``), once the Merkle tree is enabled
+its checkpoint key (``tlog-secret.key``), by default ``chronicle.db``, and
 ``cache/`` (rebuildable) and ``evidence/`` (replication faults); :class:`DataDir` names
 them all. Every setting's default is written once, in :data:`SETTINGS`.
 
@@ -35,6 +36,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 CONFIG_FILE = "chronicle.toml"
 KEY_FILE = "signing-secret.key"
+TLOG_KEY_FILE = "tlog-secret.key"
 #: Names the signing key file instead of ``signing-key-file`` (systemd's LoadCredential,
 #: container secrets): the key never has to sit in the data directory.
 KEY_FILE_ENV = "CHRONICLE_SIGNING_KEY_FILE"
@@ -226,6 +228,9 @@ TABLE: tuple[Setting, ...] = (
     Setting("document-send-timeout", "1 minute", _interval,
             "a reader that takes no 1 MiB of a document in this time is disconnected; "
             "\"\" disables"),
+    Setting("tlog-key-file", TLOG_KEY_FILE, _text,
+            "checkpoint signing key of the Merkle tree, made by `chronicle tlog enable` "
+            "(relative to the data dir)"),
     Setting("witnesses", [], _witnesses,
             "witnesses our checkpoints are submitted to, each \"URL VKEY\" (docs/witness.md)"),
     Setting("witness-quorum", 0, _count(0),
@@ -292,6 +297,7 @@ class Settings:
     document_page_bytes: int
     spool_max_bytes: int
     document_send_timeout: timedelta | None
+    tlog_key_file: str
     witnesses: tuple[WitnessEndpoint, ...]
     witness_quorum: int
     witness_republish: timedelta | None
@@ -516,6 +522,12 @@ class DataDir(SettingsDir[Settings]):
     def evidence_dir(self) -> Path:
         """Signed answers kept as evidence of a replication source's faults (not a cache)."""
         return self.path / "evidence"
+
+    def tlog_key_path(self, settings: Settings) -> Path:
+        """The Merkle tree's checkpoint key (a signed-note signer key, never the server's
+        Sapient key)."""
+        path = Path(settings.tlog_key_file)
+        return path if path.is_absolute() else self.path / path
 
 
 class WitnessDir(SettingsDir[WitnessSettings]):

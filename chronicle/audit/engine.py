@@ -21,13 +21,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chronicle.client.sigpool import InOrder
+from chronicle.core.checkpoint import Checkpoint
 from chronicle.core.encoding import b64u_encode
+from chronicle.core.leaf import LeafRecord
+from chronicle.core.merkle import TreeState
 from chronicle.core.verify import (
+    AnchorError,
     ChainFault,
     ChainState,
     ChainVerifier,
+    HashMismatchError,
     HistoryRewrittenError,
     RowKeys,
+    SignedContents,
 )
 
 
@@ -46,9 +52,12 @@ class AuditReport:
     seconds: float = 0.0
     state: ChainState | None = None
     state_file: str | None = None
+    tlog: dict[str, Any] | None = None
+    tree: TreeState | None = None
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.verified / self.seconds if self.seconds > 0 else None
+        tlog = {} if self.tlog is None else {"tlog": self.tlog}
         return {
             "ok": True,
             "source": self.source,
@@ -63,7 +72,60 @@ class AuditReport:
             "seconds": round(self.seconds, 3),
             "entries-per-second": None if rate is None else round(rate, 1),
             "state-file": self.state_file,
+            **tlog,
         }
+
+
+class TreeCheck:
+    """``audit --tlog``: the Merkle tree over the audited entries' leaf records
+    (docs/tlog-leaf.md), held against a signed checkpoint: the chain must reach the
+    checkpoint's size and the tree at that size must have its root.
+
+    ``state`` continues the tree of entries audited before (a resumed audit).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, state: TreeState | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.state = state or TreeState.empty()
+        self.root: bytes | None = self.state.root() if self.state.size == checkpoint.size \
+            else None
+        self._leaves: list[bytes] = []
+
+    def add(self, verifier: ChainVerifier, signed: SignedContents) -> None:
+        """The entry ``verifier`` just checked (its created and currhash are the last)."""
+        created, currhash = verifier.last_created, verifier.last_currhash
+        assert created is not None
+        assert currhash is not None
+        self._leaves.append(LeafRecord.build(created, signed.publickey, signed.signature,
+                                             signed.contents, currhash).leaf_hash())
+
+    def flush(self) -> None:
+        leaves, self._leaves = self._leaves, []
+        cut = self.checkpoint.size - self.state.size
+        if 0 < cut <= len(leaves):  # the checkpoint's size falls in this batch
+            self.state = self.state.extend(leaves[:cut])[0]
+            self.root = self.state.root()
+            leaves = leaves[cut:]
+        if leaves:
+            self.state = self.state.extend(leaves)[0]
+
+    def finish(self) -> dict[str, Any]:
+        """Raise the fault if the audited chain does not match the checkpoint; else what
+        was proven."""
+        self.flush()
+        want = self.checkpoint
+        if self.root is None:
+            raise AnchorError("the chain ends before the signed checkpoint's tree size: "
+                              "truncated (or another chain)", index=self.state.size,
+                              field="tree-size", expected=str(want.size),
+                              found=str(self.state.size))
+        if self.root != want.root:
+            raise HashMismatchError("the tree over the audited entries does not have the "
+                                    "signed checkpoint's root", index=want.size - 1,
+                                    field="root", expected=b64u_encode(want.root),
+                                    found=b64u_encode(self.root))
+        return {"origin": want.origin, "tree-size": want.size, "root": b64u_encode(want.root),
+                "status": "matches"}
 
 
 class ChainAuditor:
@@ -72,8 +134,10 @@ class ChainAuditor:
     def __init__(self, pool: InOrder, *, start: ChainState | None = None,
                  remembered: ChainState | None = None, keys: RowKeys | None = None,
                  track_hashstate: bool = False, anchors: Iterable[bytes] = (),
-                 on_rows: Callable[[int], None] | None = None) -> None:
+                 on_rows: Callable[[int], None] | None = None,
+                 tree: TreeCheck | None = None) -> None:
         self.pool = pool
+        self.tree = tree
         self.verifier = ChainVerifier(start, keys=keys, track_hashstate=track_hashstate,
                                       anchors=anchors)
         self.start_count = self.verifier.count
@@ -106,6 +170,8 @@ class ChainAuditor:
                     fault.index if fault.index is not None else self.verifier.count) or fault \
                     from None
             index = signed.index
+            if self.tree is not None:
+                self.tree.add(self.verifier, signed)
             if index >= skip:
                 submit(signed)
             elif index == skip - 1:
@@ -113,6 +179,8 @@ class ChainAuditor:
             if index == 0:
                 self.first_currhash = b64u_encode(self.verifier.last_currhash or b"")
         if rows:
+            if self.tree is not None:
+                self.tree.flush()
             self.pool.poll()
             if self.on_rows is not None:
                 self.on_rows(self.verifier.count)

@@ -26,18 +26,21 @@ from urllib.parse import quote
 
 import aiohttp
 
-from chronicle.audit.engine import AuditReport, ChainAuditor
+from chronicle.audit.engine import AuditReport, ChainAuditor, TreeCheck
 from chronicle.audit.progress import Progress
 from chronicle.client.errors import RecordNotFound, ServerRefused, refusal
 from chronicle.client.http import ChronicleClient, Head, api_base
 from chronicle.client.peers import announced_key, ask_peer
 from chronicle.client.reorder import RowBuffer
 from chronicle.client.sigpool import InOrder, SignaturePool
+from chronicle.client.tlog import TreeClient, open_checkpoint_with
 from chronicle.core import agreement
 from chronicle.core.agreement import PeerReport, PeerStatus, split_view
 from chronicle.core.document import DocumentParser
 from chronicle.core.encoding import atom, b64u_decode, b64u_encode, decode_b64_field, utcnow
 from chronicle.core.errors import ChronicleError, RequestError
+from chronicle.core.merkle import TreeState
+from chronicle.core.note import Ed25519Verifier
 from chronicle.core.verify import (
     ROW_KEYS,
     AnchorError,
@@ -90,6 +93,10 @@ class AuditOptions:
     peers: list[PeerSpec] = field(default_factory=list)
     quorum: int | None = None
     progress: Progress | None = None
+    tlog: Ed25519Verifier | None = None
+    """``--tlog VKEY``: hold the audited chain against a checkpoint signed by this key."""
+    checkpoint: bytes | None = None
+    """``--checkpoint FILE``: that signed checkpoint (a server's: fetched when not given)."""
 
 
 # --- state files ----------------------------------------------------------------------------
@@ -118,12 +125,30 @@ def load_state(path: Path | None, server_key: bytes, instance: str) -> ChainStat
     return state
 
 
+def load_tree_state(path: Path | None, state: ChainState | None) -> TreeState | None:
+    """The Merkle tree over the entries a state file remembers (kept by ``--tlog``)."""
+    if path is None or state is None or not state.count:
+        return None
+    text = json.loads(path.read_text()).get("tree")
+    try:
+        tree = TreeState.from_bytes(b64u_decode(text), size=state.count) \
+            if isinstance(text, str) else None
+    except ChronicleError:
+        tree = None
+    if tree is None:
+        raise UsageProblem(f"{path}: the state has no Merkle tree of its entries (run the "
+                           "audit with --tlog once without this state file)")
+    return tree
+
+
 def save_state(path: Path, state: ChainState, server_key: bytes, instance: str,
-               source: str) -> None:
+               source: str, tree: TreeState | None = None) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a state."""
-    data = {"format": STATE_FORMAT, "server-key": b64u_encode(server_key),
-            "instance": instance, "source": source, "audited-at": atom(utcnow()),
-            "chain": state.as_dict()}
+    data: dict[str, Any] = {"format": STATE_FORMAT, "server-key": b64u_encode(server_key),
+                            "instance": instance, "source": source,
+                            "audited-at": atom(utcnow()), "chain": state.as_dict()}
+    if tree is not None:
+        data["tree"] = b64u_encode(tree.to_bytes())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
     try:
@@ -205,10 +230,11 @@ def audit_export(path: Path, signature: bytes | None, options: AuditOptions) -> 
     parser = DocumentParser()
     progress = options.progress
     anchors = [options.anchor] if options.anchor else []
+    tree = _tree_check(options, None)
     with SignaturePool(workers=options.workers, mode=options.mode) as pool, \
             path.open("rb") as fh:
         auditor = ChainAuditor(InOrder(pool), remembered=remembered, anchors=anchors,
-                               track_hashstate=options.state_file is not None)
+                               track_hashstate=options.state_file is not None, tree=tree)
 
         def drain_then(fault: ChronicleError) -> None:
             if doc_sig is not None:
@@ -240,6 +266,24 @@ def audit_export(path: Path, signature: bytes | None, options: AuditOptions) -> 
     return report
 
 
+def _tree_check(options: AuditOptions, resumed: TreeState | None,
+                served: bytes | None = None) -> TreeCheck | None:
+    """``--tlog``: the check of the audited chain against the signed checkpoint (given
+    with ``--checkpoint``, else ``served`` by the audited server)."""
+    if options.tlog is None:
+        return None
+    note = options.checkpoint if options.checkpoint is not None else served
+    if note is None:
+        raise UsageProblem("--tlog with --export needs the signed checkpoint "
+                           "(--checkpoint FILE)")
+    signed = open_checkpoint_with(note, options.tlog)
+    if resumed is not None and resumed.size > signed.checkpoint.size:
+        raise UsageProblem(f"the checkpoint's tree (size {signed.checkpoint.size}) is older "
+                           f"than the state file's ({resumed.size} entries): use a newer "
+                           "checkpoint, or no state file")
+    return TreeCheck(signed.checkpoint, resumed)
+
+
 def _drain(fh: BinaryIO, verifier: StreamingVerifier) -> None:
     while chunk := fh.read(CHUNK):
         verifier.update(chunk)
@@ -252,6 +296,9 @@ def _bad_document(path: Path) -> DocumentSignatureError:
 
 def _fill_report(report: AuditReport, auditor: ChainAuditor, remembered: ChainState | None,
                  started: float) -> None:
+    if auditor.tree is not None:
+        report.tlog = auditor.tree.finish()
+        report.tree = auditor.tree.state
     report.entries = auditor.count
     report.verified = auditor.verified
     report.resumed_from = remembered.count if remembered else None
@@ -272,6 +319,13 @@ async def audit_server(url: str, options: AuditOptions) -> AuditReport:
     progress = options.progress
     async with ChronicleClient(url, options.server_key, instance=options.instance,
                                freshness=options.freshness, timeout=options.timeout) as client:
+        tree = None
+        if options.tlog is not None:
+            # Before the head: the chain then reaches at least the checkpoint's size.
+            served = None if options.checkpoint is not None else \
+                (await TreeClient(client, options.tlog).checkpoint()).to_bytes()
+            resumed = load_tree_state(options.state_file, remembered)
+            tree = _tree_check(options, resumed, served)
         head = await client.head()
         anchors: dict[str, str | None] = {}
         if head is not None:
@@ -285,7 +339,7 @@ async def audit_server(url: str, options: AuditOptions) -> AuditReport:
         with SignaturePool(workers=options.workers, mode=options.mode) as pool:
             auditor = ChainAuditor(InOrder(pool), start=start, anchors=[_raw(a) for a in anchors],
                                    keys=ROW_KEYS if start else None,
-                                   track_hashstate=options.state_file is not None)
+                                   track_hashstate=options.state_file is not None, tree=tree)
             seen = auditor.verifier.anchors_seen
             if start is not None and start.summaryhash and start.currhash:
                 text = b64u_encode(start.summaryhash)

@@ -7,6 +7,7 @@
 - ``audit``: replay a whole chain and prove it
 - ``logs``: text or JSON log lines, with request ids
 - ``witness``: run our own tlog witness (its own directory and database)
+- ``tlog``: the Merkle tree (``tlog enable|status``, ``prove``)
 - ``common``: exit codes, the error handler, ``open_store``, shared options, output
 
 The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imports it.
@@ -29,6 +30,7 @@ from chronicle.cli.crosssign import cross_sign
 from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serve
 from chronicle.cli.publish import keygen, publish
 from chronicle.cli.replica import replica
+from chronicle.cli.tlog import prove, tlog
 from chronicle.cli.witness import witness
 
 __all__ = ["main"]
@@ -65,5 +67,5 @@ def main(debug: bool, log_format: str) -> None:
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign, witness):
+                publish, audit, replica, cross_sign, witness, tlog, prove):
     main.add_command(command)

@@ -42,6 +42,8 @@ from chronicle.cli.common import (
 )
 from chronicle.client.http import Head
 from chronicle.core.encoding import b64u_encode, decode_b64_field
+from chronicle.core.errors import ChronicleError
+from chronicle.core.note import Ed25519Verifier
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ Examples:
   chronicle audit http://127.0.0.1:8080 --server-key PK --state audit.state
   chronicle audit --export export.json --server-key PK --signature SIG --anchor HASH
   chronicle audit http://a:8080 --server-key PK --peer http://b:8080/chronicle/replica/ID#BPK
+  chronicle audit http://a:8080 --server-key PK --tlog VKEY
+  chronicle audit --export export.json --server-key PK --signature SIG --tlog VKEY \\
+      --checkpoint checkpoint.txt
 """
 
 
@@ -68,6 +73,15 @@ def _b64_value(text: str, what: str, length: int = 32) -> bytes:
     if raw is None:
         raise click.BadParameter(f"not a base64url {length}-byte value", param_hint=what)
     return raw
+
+
+def _checkpoint_key(text: str | None) -> Ed25519Verifier | None:
+    if text is None:
+        return None
+    try:
+        return Ed25519Verifier.from_vkey(text.strip())
+    except ChronicleError as exc:
+        raise click.BadParameter(exc.message, param_hint="--tlog") from None
 
 
 def _text(report: AuditReport) -> str:
@@ -88,6 +102,10 @@ def _text(report: AuditReport) -> str:
         lines.append(f"peer {peer['url']}: {peer['status']}"
                      + ("" if peer.get("pinned") else " (key not pinned)")
                      + (f" - {peer['error']}" if peer.get("error") else ""))
+    if report.tlog:
+        lines.append(f"tlog: the tree of {report.tlog['origin']} at size "
+                     f"{report.tlog['tree-size']} matches the signed checkpoint (root "
+                     f"{report.tlog['root']})")
     if report.state_file:
         lines.append(f"state saved to {report.state_file}")
     return "\n".join(lines)
@@ -161,6 +179,13 @@ def _print(report: AuditReport, as_json: bool, state_file: Path | None) -> None:
               "repeatable. Without #PUBLICKEY the key its signed index announces is used.")
 @click.option("--quorum", type=click.IntRange(min=1), default=None,
               help="Fail unless at least this many peers confirm the audited head.")
+@click.option("--tlog", "tlog_key", metavar="VKEY",
+              help="Check the chain against a checkpoint of its Merkle tree signed by this "
+                   "checkpoint key: the tree over the audited entries must have its root.")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False, exists=True,
+                                                                 path_type=Path),
+              help="With --tlog: this signed checkpoint (a note file) instead of the "
+                   "server's current one; needed with --export.")
 @format_options
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Signature worker processes (default: one per CPU; 0 or 1: none).")
@@ -174,14 +199,16 @@ def _print(report: AuditReport, as_json: bool, state_file: Path | None) -> None:
 def audit(url: str | None, url_option: str | None, export_file: Path | None, server_key: str,
           signature: str | None, signature_file: Path | None, anchor: str | None,
           instance: str, state_file: Path | None, peers: tuple[str, ...], quorum: int | None,
-          fmt: str, as_json: bool, workers: int | None, max_age: float, timeout: float,
+          tlog_key: str | None, checkpoint_file: Path | None, fmt: str, as_json: bool,
+          workers: int | None, max_age: float, timeout: float,
           show_progress: bool | None) -> None:
     """Replay a whole chain and prove it: from a server URL or an export file.
 
     Checks every response or document signature against the pinned key, every entry
     signature, every prev link, every currhash and summaryhash, the total, and that the
-    chain reaches a signed head (a fresh lasthash, or --anchor). Memory stays flat
-    whatever the chain's length. On the first fault prints the entry index, the field and
+    chain reaches a signed head (a fresh lasthash, or --anchor); with --tlog, that the
+    Merkle tree over the entries matches a signed checkpoint. Memory stays flat whatever
+    the chain's length. On the first fault prints the entry index, the field and
     expected vs found, and exits with the fault's code.
     """
     as_json = as_json or fmt == "json"
@@ -190,6 +217,9 @@ def audit(url: str | None, url_option: str | None, export_file: Path | None, ser
     anchor_raw = _b64_value(anchor, "--anchor") if anchor else None
     if quorum is not None and quorum > len(peers):
         raise click.BadParameter(f"{quorum} > {len(peers)} peers given", param_hint="--quorum")
+    tlog = _checkpoint_key(tlog_key)
+    if checkpoint_file is not None and tlog is None:
+        raise click.UsageError("--checkpoint goes with --tlog VKEY")
     source = str(export_file) if export_file else str(target)
     if as_json:
         report_errors_as_json({"source": source})
@@ -200,7 +230,9 @@ def audit(url: str | None, url_option: str | None, export_file: Path | None, ser
             workers=None if workers is None else max(workers, 1),
             mode="auto" if workers is None else ("inline" if workers <= 1 else "process"),
             freshness=max_age or None, timeout=timeout,
-            peers=[PeerSpec.parse(p) for p in peers], quorum=quorum, progress=progress)
+            peers=[PeerSpec.parse(p) for p in peers], quorum=quorum, progress=progress,
+            tlog=tlog, checkpoint=None if checkpoint_file is None
+            else checkpoint_file.read_bytes())
         if export_file is not None:
             report = _audit_export(export_file, _export_signature(signature, signature_file),
                                    options)
@@ -209,7 +241,7 @@ def audit(url: str | None, url_option: str | None, export_file: Path | None, ser
     finally:
         progress.close()
     if state_file is not None and report.state is not None:
-        save_state(state_file, report.state, pinned, instance, source)
+        save_state(state_file, report.state, pinned, instance, source, report.tree)
         report.state_file = str(state_file)
     _print(report, as_json, state_file)
     log.debug("audit of %s: %d entries, server key %s", source, report.entries,

@@ -32,6 +32,8 @@ from chronicle.cli.common import (
 from chronicle.client.http import split_instance
 from chronicle.config import DataDir
 from chronicle.core.encoding import atom, b64u_encode, decode_b64_field, utcnow
+from chronicle.core.errors import ChronicleError
+from chronicle.core.note import Ed25519Verifier
 from chronicle.core.replica import STATUS_ACTIVE, STATUS_FAILED
 from chronicle.replication.attest import attest
 from chronicle.replication.evidence import describe
@@ -387,6 +389,32 @@ def replica_set_url(data_dir: DataDir, name: str, url: str,
 
     base = run(go())
     out(as_json, {"name": name, "url": base}, f"{name}: {base}")
+
+
+@replica.command("set-checkpoint-key")
+@data_dir_option
+@click.argument("name")
+@click.option("--checkpoint-key", required=True, metavar="VKEY",
+              help="The upstream's Merkle tree checkpoint key (the vkey it announced).")
+@json_option
+@handle_errors
+def replica_set_checkpoint_key(data_dir: DataDir, name: str, checkpoint_key: str,
+                               as_json: bool) -> None:
+    """Check the upstream's Merkle tree on every sync: each checkpoint it signs must be
+    proven consistent with the last one verified, else the source stops as forked."""
+    try:
+        vkey = Ed25519Verifier.from_vkey(checkpoint_key.strip()).vkey()
+    except ChronicleError as exc:
+        raise click.BadParameter(exc.message, param_hint="--checkpoint-key") from None
+
+    async def go() -> None:
+        async with open_store(data_dir) as opened:
+            source = await _source(opened.store, name)
+            await opened.store.tlog.watch_upstream(source.id, vkey)
+
+    run(go())
+    out(as_json, {"name": name, "checkpoint-key": vkey},
+        f"{name}: checkpoints checked with {vkey}")
 
 
 @replica.command("set-peers")

@@ -150,10 +150,57 @@ def _php_escapes(encoded: str) -> str:
     return encoded
 
 
+_encode_str = json.encoder.encode_basestring_ascii  # the C encoder json.dumps uses
+
+
+class _Unusual(Exception):
+    """A value :func:`_pretty` leaves to ``json.dumps`` (floats, non-string keys...)."""
+
+
+def _pretty(value: Any, pad: str) -> str:
+    """What ``json.dumps(value, indent=4, ensure_ascii=True)`` writes at indent ``pad``.
+
+    With ``indent`` set, ``json.dumps`` runs its pure-Python encoder; answers (a receipt,
+    a proof) are small and many, and this walk costs a third of it. Anything but
+    dicts with string keys, lists, tuples, strings, integers, booleans and None raises
+    :class:`_Unusual` (the caller falls back to ``json.dumps``).
+    """
+    if isinstance(value, str):
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    inner = pad + "    "
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Unusual
+            items.append(f"{inner}{_encode_str(key)}: {_pretty(item, inner)}")
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "[]"
+        return "[\n" + ",\n".join(inner + _pretty(item, inner) for item in value) + "\n" \
+            + pad + "]"
+    raise _Unusual
+
+
 def php_json(value: Any) -> str:
     """``json_encode($value, JSON_PRETTY_PRINT)`` byte for byte: 4-space indent, ``": "``
     after keys, no trailing newline, escapes as :func:`_php_escapes` says."""
-    return _php_escapes(json.dumps(value, indent=4, ensure_ascii=True))
+    try:
+        encoded = _pretty(value, "")
+    except _Unusual:
+        encoded = json.dumps(value, indent=4, ensure_ascii=True)
+    return _php_escapes(encoded)
 
 
 def php_json_string(text: str) -> str:

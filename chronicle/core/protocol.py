@@ -54,6 +54,7 @@ MSG_TWO_SIGNATURE_HEADERS = "Only one signature header may be provided"
 
 ACTION_NEW_CLIENT = "New Client Registration"
 ACTION_REVOKED_CLIENT = "Client Access Revocation"
+ACTION_TREE_ENABLED = "Merkle Tree Enabled"
 
 
 def ok_envelope(now: datetime, results: Any, **before_results: Any) -> dict[str, Any]:
@@ -370,4 +371,15 @@ def server_action_message(action: str, now: datetime, client_id: str, publickey:
         "now": atom(now),
         "clientid": client_id,
         "publickey": publickey,
+    }).encode("ascii")
+
+
+def tree_enabled_message(now: datetime, origin: str, vkey: str) -> bytes:
+    """The entry a server appends when its Merkle tree is enabled (``chronicle tlog
+    enable``): the checkpoint key, on the chain, signed by the server key."""
+    return php_json({
+        "server-action": ACTION_TREE_ENABLED,
+        "now": atom(now),
+        "origin": origin,
+        "vkey": vkey,
     }).encode("ascii")

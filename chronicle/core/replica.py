@@ -75,6 +75,11 @@ class ForkedLinkError(BrokenLinkError):
 
 #: Fault kinds that mean two conflicting histories were shown (status ``forked``); every
 #: other fault means an answer did not verify (status ``failed``).
+class TreeForkError(HistoryRewrittenError):
+    """The upstream's signed checkpoints do not describe one growing Merkle tree: a
+    smaller tree, another root at the same size, or no valid consistency proof."""
+
+
 FORK_KINDS = frozenset({"history-rewritten", "truncated", "split-view"})
 
 

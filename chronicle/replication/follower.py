@@ -12,7 +12,9 @@ One :meth:`Replicator.sync` of one source:
    and committed in chunks as they verify.
 3. ``since`` of our head answered "No record found": the upstream no longer has the
    history we verified (:mod:`.forensics` tells a truncation from a rewrite).
-4. With peers configured, heads are compared (:mod:`.peers`: split view).
+4. With the upstream's checkpoint key configured, its Merkle tree checkpoint must extend
+   the last one verified (:mod:`.tree`).
+5. With peers configured, heads are compared (:mod:`.peers`: split view).
 
 A fault stops the source with its evidence (the signed answers) and never touches what
 was verified before. Network trouble, signed refusals and stale answers only postpone:
@@ -59,6 +61,7 @@ from chronicle.replication.evidence import EvidenceKeeper
 from chronicle.replication.forensics import analyse_lost_head
 from chronicle.replication.ingest import Ingest, Ingested
 from chronicle.replication.peers import check_peers
+from chronicle.replication.tree import check_tree
 from chronicle.replication.upstream import Evidence, Stop, SyncOptions, Upstream, quote_hash
 from chronicle.store import Chain, ReplicaFault, ReplicaSource, Store
 
@@ -147,6 +150,7 @@ class Replicator:
                 upstream = Upstream(client, self.options)
                 await upstream.check_key()
                 await self._pull(upstream)
+                await check_tree(self.store, source, upstream, self.options.clock)
                 result.peers = await check_peers(self.store, source, upstream, self.options)
         except Stop as stop:
             await self._record(stop, result)

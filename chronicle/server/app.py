@@ -4,8 +4,9 @@ that belong to no group (root page, index, ``lasthash``, mirrors).
 Handlers are thin: parse the request, call the store / ledger / core, answer signed JSON.
 The chain reads live in :mod:`~chronicle.server.reads` (one implementation for our chains
 and replicas), the writes in :mod:`~chronicle.server.writes`, what only replicas have in
-:mod:`~chronicle.server.replicas`. Any :class:`ChronicleError` becomes Chronicle's signed
-JSON error with its status (:func:`~chronicle.server.responses.signed_errors`).
+:mod:`~chronicle.server.replicas`, the Merkle tree's in :mod:`~chronicle.server.tlog`.
+Any :class:`ChronicleError` becomes Chronicle's signed JSON error with its status
+(:func:`~chronicle.server.responses.signed_errors`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from aiohttp.typedefs import Handler
 from chronicle.core import protocol
 from chronicle.core.encoding import atom
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
-from chronicle.server import health, reads, replicas, writes
+from chronicle.server import health, reads, replicas, tlog, writes
 from chronicle.server.admission import holding, real_client
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
 from chronicle.server.health import with_request_id
-from chronicle.server.keys import CTX, DOCS, LASTHASH, RESP
+from chronicle.server.keys import CTX, DOCS, LASTHASH, RESP, TLOG
 from chronicle.server.metrics import timing
 from chronicle.server.responses import Responder, signed_errors
 from chronicle.server.routing import instance_of, main_route, replica_route
+from chronicle.treelog import TreeLog
 
 INDEX_HTML = """<!DOCTYPE html>
 <html>
@@ -129,6 +131,7 @@ def build_app(ctx: ServerContext) -> web.Application:
     app[DOCS] = DocumentBuilder(ctx.key, ctx.data_dir.cache_dir,
                                 cache_exports=ctx.settings.export_cache)
     app[LASTHASH] = {}
+    app[TLOG] = TreeLog(ctx.store, ctx.data_dir.tlog_key_path(ctx.settings), ctx.clock)
     r = app.router
     r.add_get("/", root)
     r.add_get("/healthz", health.healthz)
@@ -154,6 +157,7 @@ def build_app(ctx: ServerContext) -> web.Application:
         r.add_get(prefix + "/export", export)
         r.add_get(prefix + r"/export/{page:\d+}", export)
     r.add_get("/chronicle/replica/{tail:.+}", replicas.unknown)
+    tlog.add_routes(r)
 
     async def on_startup(_: web.Application) -> None:
         await ctx.start()

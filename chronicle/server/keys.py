@@ -7,8 +7,10 @@ from aiohttp import web
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
 from chronicle.server.responses import Responder
+from chronicle.treelog import TreeLog
 
 CTX = web.AppKey("ctx", ServerContext)
 RESP = web.AppKey("responder", Responder)
 DOCS = web.AppKey("documents", DocumentBuilder)
 LASTHASH = web.AppKey("lasthash_cache", dict)
+TLOG = web.AppKey("tlog", TreeLog)

@@ -10,11 +10,12 @@ Each concern has its own object with a small interface, written once over the dr
 - ``store.replication``: upstreams we copy, their verified copies, peers, faults;
 - ``store.xsign``: peers we cross-sign our head onto;
 - ``store.jobs``: background job state and the leader lock;
-- ``store.replays``: signed admin requests already carried out (never twice).
+- ``store.replays``: signed admin requests already carried out (never twice);
+- ``store.tlog``: the Merkle tree kept with a chain's entries (its hook is in
+  ``store.hooks``), the checkpoints issued, the trees of upstreams we watch.
 
-A new concern (e.g. a Merkle tree kept with the entries) is one more module and one more
-attribute here. Hashes, keys and signatures cross this boundary as raw bytes; ``created``
-as the exact string that was hashed.
+A new concern is one more module and one more attribute here. Hashes, keys and signatures
+cross this boundary as raw bytes; ``created`` as the exact string that was hashed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from chronicle.store.replays import ReplayGuard
 from chronicle.store.replication import ReplicationStore
 from chronicle.store.schema import SchemaStore
 from chronicle.store.sql import Database
+from chronicle.store.tlog import TlogStore
 
 
 class Store(SchemaStore):
@@ -45,7 +47,8 @@ class Store(SchemaStore):
         self.xsign = CrossSignStore(db, self.instance_id)
         self.jobs = JobStore(db)
         self.replays = ReplayGuard(db)
-        self._hooks: tuple[ChainHook, ...] = ()
+        self.tlog = TlogStore(db, self.instance_id)
+        self._hooks: tuple[ChainHook, ...] = (self.tlog.hook,)
 
     async def _opened(self) -> None:
         await self._load_instances()

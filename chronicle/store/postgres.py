@@ -77,6 +77,11 @@ def _count(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+def _any_array(sql: str, array_type: str) -> str:
+    """``IN_LIST`` as one array parameter: ``= ANY(?::type[])``."""
+    return sql.replace(IN_LIST, f"= ANY(?::{array_type}[])")
+
+
 class _PgSession(Session):
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -101,7 +106,7 @@ class _PgSession(Session):
 
     async def fetch_in(self, sql: str, fixed: Sequence[Any], values: Sequence[Any],
                        array_type: str) -> list[Row]:
-        return await self.fetch(sql.replace(IN_LIST, f"= ANY(?::{array_type}[])"), *fixed,
+        return await self.fetch(_any_array(sql, array_type), *fixed,
                                 list(dict.fromkeys(values)))
 
     async def bulk_insert(self, table: str, columns: Sequence[str],
@@ -182,6 +187,10 @@ class PostgresDatabase(Database):
 
     async def scan(self, sql: str, *params: Any) -> list[Row]:
         return await self.read(sql, *params)
+
+    async def read_in(self, sql: str, fixed: Sequence[Any], values: Sequence[Any],
+                      array_type: str) -> list[Row]:
+        return await self.read(_any_array(sql, array_type), *fixed, list(dict.fromkeys(values)))
 
     @asynccontextmanager
     async def transaction(self, *, lock_chain: int | None = None) -> AsyncIterator[Session]:

@@ -1,7 +1,8 @@
 """The schemas, once for both backends, and their versioned migrations.
 
 Each migration is DDL with type tokens (``{serial}``, ``{bigserial}``, ``{bigint}``,
-``{blob}``, ``{bool}``, ``{false}``) that a driver's :class:`Dialect` fills in, so SQLite
+``{blob}``, ``{bool}``, ``{false}``, and ``{without_rowid}`` after a table whose primary
+key is all it is looked up by) that a driver's :class:`Dialect` fills in, so SQLite
 and PostgreSQL get the same tables from one text (``{chain_row}``: the hashed fields every
 chain table holds). A :class:`Schema` is one such numbered series: :data:`LEDGER` (a
 ledger's database) and :data:`WITNESS` (``chronicle witness``'s own database). Each keeps
@@ -19,12 +20,14 @@ from typing import ClassVar
 from chronicle.core.errors import SchemaMismatchError, StorageError
 from chronicle.store.sql import Database, Dialect, Session
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SQLITE_TYPES = {"serial": "INTEGER PRIMARY KEY", "bigserial": "INTEGER PRIMARY KEY",
-                "bigint": "INTEGER", "blob": "BLOB", "bool": "INTEGER", "false": "0"}
+                "bigint": "INTEGER", "blob": "BLOB", "bool": "INTEGER", "false": "0",
+                "without_rowid": "WITHOUT ROWID"}
 POSTGRES_TYPES = {"serial": "SERIAL PRIMARY KEY", "bigserial": "BIGSERIAL PRIMARY KEY",
-                  "bigint": "BIGINT", "blob": "BYTEA", "bool": "BOOLEAN", "false": "FALSE"}
+                  "bigint": "BIGINT", "blob": "BYTEA", "bool": "BOOLEAN", "false": "FALSE",
+                  "without_rowid": ""}
 
 #: The hashed fields of a chain row, the same in every chain table (ours and replicas').
 CHAIN_ROW = """currhash {blob} NOT NULL,
@@ -184,6 +187,42 @@ CREATE TABLE admin_requests (
     signature {blob} NOT NULL UNIQUE,
     endpoint TEXT NOT NULL,
     recorded TEXT NOT NULL
+);
+""",
+    4: """
+CREATE TABLE tlog_trees (
+    instance INTEGER PRIMARY KEY REFERENCES instances(id),
+    origin TEXT NOT NULL,
+    vkey TEXT NOT NULL,
+    status TEXT NOT NULL,
+    size {bigint} NOT NULL,
+    treestate {blob} NOT NULL,
+    created TEXT NOT NULL,
+    announced {bigint}
+);
+CREATE TABLE tlog_hashes (
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    idx {bigint} NOT NULL,
+    hash {blob} NOT NULL,
+    PRIMARY KEY (instance, idx)
+) {without_rowid};
+CREATE TABLE tlog_checkpoints (
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    size {bigint} NOT NULL,
+    root {blob} NOT NULL,
+    note TEXT NOT NULL,
+    issued TEXT NOT NULL,
+    PRIMARY KEY (instance, size)
+);
+CREATE TABLE tlog_upstreams (
+    source {bigint} PRIMARY KEY REFERENCES replication_sources(id) ON DELETE CASCADE,
+    vkey TEXT NOT NULL,
+    size {bigint},
+    root {blob},
+    body {blob},
+    signature TEXT,
+    url TEXT,
+    checked TEXT
 );
 """,
 }

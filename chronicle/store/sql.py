@@ -110,6 +110,12 @@ class Database(abc.ABC):
         """A range read that may return thousands of rows (export, since)."""
 
     @abc.abstractmethod
+    async def read_in(self, sql: str, fixed: Sequence[Any], values: Sequence[Any],
+                      array_type: str) -> list[Row]:
+        """A short indexed read of the rows matching a list (:meth:`Session.fetch_in`'s
+        rules: ``IN_LIST`` marks the list, ``fixed`` are the parameters before it)."""
+
+    @abc.abstractmethod
     def transaction(self, *, lock_chain: int | None = None
                     ) -> AbstractAsyncContextManager[Session]:
         """A write transaction; with ``lock_chain`` (an instance id) it also holds that

@@ -87,6 +87,22 @@ def _insert_many(conn: sqlite3.Connection, table: str, columns: tuple[str, ...],
         conn.execute(_multi_insert(table, columns, len(chunk)), params)
 
 
+def _fetch_in(conn: sqlite3.Connection, sql: str, fixed: Sequence[Any],
+              values: Sequence[Any]) -> list[Row]:
+    """``sql`` with its ``IN_LIST`` marker as ``IN (?, …)``, in chunks of 500 values (under
+    SQLite's variable limit), the values deduplicated."""
+    found: list[Row] = []
+    uniq = list(dict.fromkeys(values))
+    try:
+        for start in range(0, len(uniq), 500):
+            chunk = uniq[start:start + 500]
+            marked = sql.replace(IN_LIST, "IN (" + ",".join("?" * len(chunk)) + ")")
+            found += conn.execute(marked, (*fixed, *chunk)).fetchall()
+    except sqlite3.Error as exc:
+        raise _storage_error(exc, "read failed") from exc
+    return found
+
+
 class _SqliteSession(Session):
     """Statements on the writer connection, inline (the transaction holds the lock)."""
 
@@ -114,16 +130,7 @@ class _SqliteSession(Session):
 
     async def fetch_in(self, sql: str, fixed: Sequence[Any], values: Sequence[Any],
                        array_type: str) -> list[Row]:
-        found: list[Row] = []
-        uniq = list(dict.fromkeys(values))
-        try:
-            for start in range(0, len(uniq), 500):  # stay under SQLite's variable limit
-                chunk = uniq[start:start + 500]
-                marked = sql.replace(IN_LIST, "IN (" + ",".join("?" * len(chunk)) + ")")
-                found += self._conn.execute(marked, (*fixed, *chunk)).fetchall()
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "read failed") from exc
-        return found
+        return _fetch_in(self._conn, sql, fixed, values)
 
     async def bulk_insert(self, table: str, columns: Sequence[str],
                           rows: Sequence[Sequence[Any]]) -> None:
@@ -229,6 +236,12 @@ class SqliteDatabase(Database):
             return self._point.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StorageError(f"read failed: {exc}") from exc
+
+    async def read_in(self, sql: str, fixed: Sequence[Any], values: Sequence[Any],
+                      array_type: str) -> list[Row]:
+        if self._point is None:
+            raise StorageError("the SQLite store is not open")
+        return _fetch_in(self._point, sql, fixed, values)
 
     async def scan(self, sql: str, *params: Any) -> list[Row]:
         if self._bulk is None:

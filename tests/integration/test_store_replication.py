@@ -56,9 +56,9 @@ def _source(name: str = "upstream", uniqueid: str = "id-" + "x" * 41) -> Replica
                          publickey=KEY.public, created=WHEN)
 
 
-async def test_schema_version_is_3(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 3
-    assert sorted(MIGRATIONS) == [1, 2, 3]
+async def test_schema_version_is_4(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 4
+    assert sorted(MIGRATIONS) == [1, 2, 3, 4]
     store = await _store(tmp_path)
     try:
         assert await store.replication.sources() == []
@@ -333,8 +333,8 @@ async def test_migrate_a_version_1_database(tmp_path: Path) -> None:
             await conn.execute("INSERT INTO instances (name) VALUES ('')")
         finally:
             await conn.close()
-    assert await store.migrate() == (1, 3)
-    assert await store.migrate() == (3, 3)
+    assert await store.migrate() == (1, SCHEMA_VERSION)
+    assert await store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
     await store.close()
     await store.open()
     try:

@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chronicle.core.encoding import (
     atom,
@@ -139,3 +141,24 @@ def test_php_json_leaves_del_raw_but_not_escaped_text_that_looks_like_it() -> No
     assert php_json_string("\\\x7f") == '"\\\\\x7f"'          # a backslash, then DEL
     assert php_json_string("é😀\x7f") == '"\\u00e9\\ud83d\\ude00\x7f"'
     assert json.loads(php_json_string("x\x7f\\u007f")) == "x\x7f\\u007f"
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                               max_size=4)
+    | st.tuples(inner, inner),
+    max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES)
+def test_php_json_writes_what_json_dumps_writes(value: object) -> None:
+    """The fast pretty printer is ``json.dumps(indent=4)`` exactly (then PHP's escapes),
+    floats and all other values included (they take json.dumps's own path)."""
+    slow = json.dumps(value, indent=4, ensure_ascii=True).replace("/", "\\/")
+    assert php_json(value).replace("\x7f", "\\u007f") == slow.replace("\x7f", "\\u007f")
+
+
+def test_php_json_takes_json_dumps_path_for_non_string_keys() -> None:
+    assert php_json({1: "a/b", "k": 1.5}) == '{\n    "1": "a\\/b",\n    "k": 1.5\n}'
