@@ -37,7 +37,7 @@ from chronicle.core.errors import (
     StorageError,
 )
 from chronicle.core.leaf import LeafRecord
-from chronicle.core.note import Ed25519Signer, is_valid_key_name
+from chronicle.core.note import Ed25519Signer, is_valid_key_name, parse_note
 from chronicle.core.protocol import MSG_NO_HASH, tree_enabled_message
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 MSG_NO_TREE = "The Merkle tree is not enabled on this chain"
 MSG_KEY_UNAVAILABLE = "Checkpoints are unavailable: the checkpoint key cannot be read"
+WITNESSED = "tlog-witnessed:"
+"""``job_state`` key (plus the instance) of the newest checkpoint a quorum cosigned."""
 CHECKPOINT_MAX_AGE = 1.0
 """Seconds a served checkpoint may lag the committed tree."""
 FLUSH_HASHES = 200_000
@@ -220,6 +222,10 @@ def _decimal(text: str, what: str) -> int:
     return int(text)
 
 
+def _note_size(note: str) -> int:
+    return Checkpoint.parse(parse_note(note.encode("utf-8"))[0]).size
+
+
 def _b64_list(hashes: list[bytes]) -> list[str]:
     return [b64u_encode(h) for h in hashes]
 
@@ -246,6 +252,7 @@ class TreeLog:
         self._signer: Ed25519Signer | None = None
         self._served: dict[str, _Served] = {}
         self._enabled: dict[str, TreeRecord] = {}
+        self._witnessed: dict[str, tuple[float, str | None]] = {}
 
     async def tree(self, instance: str) -> TreeRecord:
         """The chain's active tree as committed now."""
@@ -300,6 +307,43 @@ class TreeLog:
                             exc.message)
         self._served[instance] = _Served(now, issued)
         return issued
+
+    async def witnessed(self, instance: str) -> str | None:
+        """The newest checkpoint with the cosignatures of a quorum of witnesses (as the
+        witnessing job published it), read at most once a second."""
+        now = self.monotonic()
+        cached = self._witnessed.get(instance)
+        if cached is not None and now - cached[0] < CHECKPOINT_MAX_AGE:
+            return cached[1]
+        note = await self.store.jobs.get(WITNESSED + instance)
+        self._witnessed[instance] = (now, note)
+        return note
+
+    async def publish_witnessed(self, instance: str, note: str) -> None:
+        """Serve ``note`` (a checkpoint with its witnesses' cosignature lines)."""
+        await self.store.jobs.set(WITNESSED + instance, note)
+        self._witnessed[instance] = (self.monotonic(), note)
+
+    async def served_note(self, instance: str, *, quorum: int) -> str:
+        """What ``GET checkpoint`` answers. Without a quorum: the current checkpoint, with
+        the witnesses' cosignatures once they have them. With one (``witness-quorum`` K >
+        0): only a checkpoint K witnesses cosigned, the newest, even if the tree is ahead
+        of it (clients that require witnesses see only what witnesses saw)."""
+        issued = await self.checkpoint(instance)
+        witnessed = await self.witnessed(instance)
+        if quorum > 0:
+            if witnessed is None:
+                raise ChronicleError(f"No checkpoint has been cosigned by {quorum} "
+                                     "witness(es) yet; retry later", status=503,
+                                     headers={"Retry-After": "10"})
+            return witnessed
+        if witnessed is not None and _note_size(witnessed) == issued.size:
+            return witnessed
+        return issued.note
+
+    def witnessing(self, instance: str) -> ChainCheckpoints:
+        """The chain's tree as the witnessing job sees it (its ``CheckpointLog``)."""
+        return ChainCheckpoints(self, instance)
 
     def _issue(self, tree: TreeRecord) -> IssuedCheckpoint:
         root = tree.state().root()
@@ -368,6 +412,14 @@ class TreeLog:
                 "proof": _b64_list(merkle.inclusion_proof(entry.index, size, path)),
                 "checkpoint": None if checkpoint is None else checkpoint.note}
 
+    async def consistency_hashes(self, instance: str, old: int, new: int) -> list[bytes]:
+        """The RFC 6962 consistency proof between committed sizes ``0 < old <= new``."""
+        tree = await self.tree(instance)
+        if not 0 < old <= new <= tree.size:
+            raise RequestError(f"No consistency proof from size {old} to size {new}")
+        (stored,) = await self._hashes(tree, merkle.consistency_indexes(old, new))
+        return merkle.consistency_proof(old, new, stored)
+
     async def consistency(self, instance: str, old_text: str, new_text: str
                           ) -> dict[str, Any]:
         """A consistency proof from tree size ``old`` to ``new`` (both committed)."""
@@ -403,3 +455,26 @@ class TreeLog:
                                "missing from the chain")
         return tile, merkle.encode_entry_bundle([LeafRecord.of(e).to_bytes()
                                                  for e in entries])
+
+
+@dataclass(frozen=True)
+class ChainCheckpoints:
+    """One chain's tree for the witnessing job (chronicle.replication.witnessing's
+    ``CheckpointLog``): its newest checkpoint (None while the tree is off or empty),
+    consistency proofs, and where a checkpoint with a quorum of cosignatures is served."""
+
+    tlog: TreeLog
+    instance: str
+
+    async def latest_checkpoint(self) -> bytes | None:
+        try:
+            issued = await self.tlog.checkpoint(self.instance)
+        except NotFoundError:
+            return None
+        return issued.note.encode("utf-8") if issued.size > 0 else None
+
+    async def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        return await self.tlog.consistency_hashes(self.instance, old, new)
+
+    async def publish_cosigned(self, note: bytes, quorum: object) -> None:
+        await self.tlog.publish_witnessed(self.instance, note.decode("utf-8"))

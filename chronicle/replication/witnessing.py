@@ -74,19 +74,21 @@ class SizeBook(Protocol):
 
 
 class JobSizes:
-    """A :class:`SizeBook` in the ledger's ``job_state`` table (``witness-size:NAME``)."""
+    """A :class:`SizeBook` in the ledger's ``job_state`` table (``witness-size:NAME`` for
+    the default chain's tree, ``witness-size:INSTANCE:NAME`` for another chain's)."""
 
     PREFIX = "witness-size:"
 
-    def __init__(self, jobs: JobStore) -> None:
+    def __init__(self, jobs: JobStore, instance: str = "") -> None:
         self._jobs = jobs
+        self._prefix = self.PREFIX + (f"{instance}:" if instance else "")
 
     async def get(self, witness: str) -> int | None:
-        value = await self._jobs.get(self.PREFIX + witness)
+        value = await self._jobs.get(self._prefix + witness)
         return int(value) if value is not None else None
 
     async def set(self, witness: str, size: int) -> None:
-        await self._jobs.set(self.PREFIX + witness, str(size))
+        await self._jobs.set(self._prefix + witness, str(size))
 
 
 @dataclass

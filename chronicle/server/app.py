@@ -26,7 +26,6 @@ from chronicle.server.keys import CTX, DOCS, LASTHASH, RESP, TLOG
 from chronicle.server.metrics import timing
 from chronicle.server.responses import Responder, signed_errors
 from chronicle.server.routing import instance_of, main_route, replica_route
-from chronicle.treelog import TreeLog
 
 INDEX_HTML = """<!DOCTYPE html>
 <html>
@@ -131,7 +130,7 @@ def build_app(ctx: ServerContext) -> web.Application:
     app[DOCS] = DocumentBuilder(ctx.key, ctx.data_dir.cache_dir,
                                 cache_exports=ctx.settings.export_cache)
     app[LASTHASH] = {}
-    app[TLOG] = TreeLog(ctx.store, ctx.data_dir.tlog_key_path(ctx.settings), ctx.clock)
+    app[TLOG] = ctx.tlog
     r = app.router
     r.add_get("/", root)
     r.add_get("/healthz", health.healthz)

@@ -15,6 +15,7 @@ from chronicle.server.admission import BodyLimits
 from chronicle.server.jobs import BackgroundJobs
 from chronicle.server.metrics import Metrics
 from chronicle.store import Client, Store
+from chronicle.treelog import TreeLog
 
 
 class ClientCache:
@@ -98,12 +99,14 @@ class ServerContext:
     failures: RateLimiter = field(init=False)
     body_limits: BodyLimits = field(init=False)
     metrics: Metrics = field(init=False)
+    tlog: TreeLog = field(init=False)
     jobs: BackgroundJobs | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientCache(self.store)
         s = self.settings
         self.metrics = Metrics()
+        self.tlog = TreeLog(self.store, self.data_dir.tlog_key_path(s), self.clock)
         self.limiter = RateLimiter(s.rate_limit)
         self.ip_limiter = RateLimiter(s.rate_limit_ip)
         self.failures = RateLimiter(s.auth_failures_per_ip)
@@ -129,7 +132,7 @@ class ServerContext:
                                    clock=self.clock,
                                    spool_dir=self.data_dir.replication_spool_dir,
                                    evidence_dir=self.data_dir.evidence_dir,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, tlog=self.tlog)
         await self.jobs.start()
 
     async def stop(self) -> None:

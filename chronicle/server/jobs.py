@@ -1,5 +1,6 @@
-"""Background jobs of ``chronicle serve``: the replica follower, cross-signing and the
-scheduled attestation — run by exactly one process of a deployment.
+"""Background jobs of ``chronicle serve``: the replica follower, cross-signing, the
+scheduled attestation and witnessing (checkpoints of the Merkle tree submitted to the
+configured witnesses) — run by exactly one process of a deployment.
 
 Every server process starts :class:`BackgroundJobs`; it tries to take the store's leader
 lock (SQLite: ``flock`` on a file in the data directory; PostgreSQL: an advisory lock on a
@@ -27,6 +28,8 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
+
 from chronicle.client.sigpool import SignaturePool
 from chronicle.config import Settings
 from chronicle.core.blakechain import Entry
@@ -38,12 +41,20 @@ from chronicle.replication.attest import attest
 from chronicle.replication.crosssign import PushResult, PushStatus, push
 from chronicle.replication.follower import Replicator, SyncResult, SyncStatus
 from chronicle.replication.upstream import SyncOptions
+from chronicle.replication.witnessing import (
+    JobSizes,
+    PassResult,
+    WitnessingState,
+    witness_pass,
+)
 from chronicle.server.metrics import Metrics
 from chronicle.store import LeaderLock, Store
+from chronicle.treelog import TreeLog
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 3600.0
+WITNESS_POLL = 5.0
 ATTESTATION_CHECK = 3600.0
 
 
@@ -62,6 +73,7 @@ class BackgroundJobs:
     def __init__(self, store: Store, key: SigningKey, settings: Settings,
                  ledger: Callable[[str], Ledger], *, clock: Clock, spool_dir: Path,
                  evidence_dir: Path, metrics: Metrics | None = None,
+                 tlog: TreeLog | None = None,
                  rand: Callable[[], float] = random.random) -> None:
         self.store = store
         self.key = key
@@ -71,7 +83,11 @@ class BackgroundJobs:
         self.spool_dir = spool_dir
         self.evidence_dir = evidence_dir
         self.metrics = metrics
+        self.tlog = tlog
         self.rand = rand
+        self.witnessing: dict[str, WitnessingState] = {}
+        self.witnessed: dict[str, PassResult] = {}
+        self._session: aiohttp.ClientSession | None = None
         self.is_leader = False
         self.results: dict[str, SyncResult] = {}
         self.pushes: dict[str, PushResult] = {}
@@ -87,8 +103,8 @@ class BackgroundJobs:
     @property
     def enabled(self) -> bool:
         s = self.settings
-        return not s.read_only and any(x is not None for x in (
-            s.replicate_interval, s.cross_sign_interval, s.scheduled_attestation))
+        return not s.read_only and (bool(s.witnesses) or any(x is not None for x in (
+            s.replicate_interval, s.cross_sign_interval, s.scheduled_attestation)))
 
     def options(self) -> SyncOptions:
         return SyncOptions(spool_dir=self.spool_dir, evidence_dir=self.evidence_dir,
@@ -106,6 +122,8 @@ class BackgroundJobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._pool.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def wake(self) -> None:
         """Run the follower now instead of at its next scheduled time."""
@@ -153,6 +171,8 @@ class BackgroundJobs:
             loops.append(self._loop("cross-sign", self._cross_sign_pass))
         if s.scheduled_attestation is not None:
             loops.append(self._loop("attestation", self._attestation_pass))
+        if s.witnesses and self.tlog is not None:
+            loops.append(self._loop("witnessing", self.witness_once))
         tasks = [asyncio.get_running_loop().create_task(loop) for loop in loops]
         try:
             while True:
@@ -254,3 +274,29 @@ class BackgroundJobs:
             if entry is not None:
                 entries.append(entry)
         return entries
+
+    async def witness_once(self) -> float:
+        """Submit each chain's newest checkpoint to the witnesses where due; publish it
+        once ``witness-quorum`` of them cosigned. Seconds until the next pass is due."""
+        s = self.settings
+        assert self.tlog is not None
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        delays = []
+        for instance in s.instances:
+            state = self.witnessing.setdefault(instance, WitnessingState())
+            result = await witness_pass(
+                self.tlog.witnessing(instance), s.witnesses, s.witness_policy(),
+                JobSizes(self.store.jobs, instance), state, session=self._session,
+                now=time.monotonic(), republish=_seconds(s.witness_republish),
+                rand=self.rand)
+            self.witnessed[instance] = result
+            if self.metrics is not None:
+                for submission in result.submissions:
+                    self.metrics.witness.labels(submission.witness, "cosigned").inc()
+                for name in result.errors:
+                    self.metrics.witness.labels(name, "error").inc()
+            delays.append(result.delay)
+        # The tree grows through every process of the deployment: look for a new
+        # checkpoint every few seconds (a pass with nothing due asks no witness).
+        return min([WITNESS_POLL, *delays])

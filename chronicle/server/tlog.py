@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from chronicle.core.errors import RequestError
-from chronicle.server.keys import RESP, TLOG
+from chronicle.server.keys import CTX, RESP, TLOG
 from chronicle.server.routing import instance_of
 
 NOTE_TYPE = "text/plain; charset=utf-8"
@@ -24,8 +24,10 @@ PARTIAL = "public, max-age=60"
 
 
 async def checkpoint(request: web.Request) -> web.StreamResponse:
-    issued = await request.app[TLOG].checkpoint(instance_of(request))
-    return request.app[RESP].raw(200, issued.note.encode("utf-8"), content_type=NOTE_TYPE,
+    """The checkpoint note; with witnesses configured, with their cosignatures."""
+    quorum = request.app[CTX].settings.witness_quorum
+    note = await request.app[TLOG].served_note(instance_of(request), quorum=quorum)
+    return request.app[RESP].raw(200, note.encode("utf-8"), content_type=NOTE_TYPE,
                                  headers={"Cache-Control": "no-cache"})
 
 
