@@ -26,9 +26,10 @@ from chronicle.cli.common import (
 from chronicle.client.http import ChronicleClient
 from chronicle.client.tlog import TreeClient, check_entry
 from chronicle.config import DataDir
+from chronicle.core.checkpoint import CosignatureVerifier, WitnessPolicy
 from chronicle.core.encoding import b64u_encode, decode_b64_field, utcnow
 from chronicle.core.errors import ChronicleError
-from chronicle.core.note import Ed25519Verifier
+from chronicle.core.note import Ed25519Verifier, parse_note
 from chronicle.treelog import check_origin
 from chronicle.treelog import enable as enable_tree
 
@@ -122,23 +123,43 @@ def _vkey(text: str) -> Ed25519Verifier:
         raise click.BadParameter(exc.message, param_hint="--checkpoint-key") from None
 
 
+def _witness_policy(vkeys: tuple[str, ...], quorum: int | None) -> WitnessPolicy | None:
+    if not vkeys:
+        if quorum is not None:
+            raise click.UsageError("--witness-quorum needs --witness keys")
+        return None
+    try:
+        verifiers = tuple(CosignatureVerifier.from_vkey(v.strip()) for v in vkeys)
+        return WitnessPolicy(verifiers, len(verifiers) if quorum is None else quorum)
+    except ChronicleError as exc:
+        raise click.BadParameter(exc.message, param_hint="--witness") from None
+
+
 @click.command("prove")
 @click.argument("entry")
 @click.option("--url", required=True, help="Server base URL, without /chronicle.")
 @click.option("--server-key", required=True, help="Pinned server public key.")
 @click.option("--checkpoint-key", required=True, metavar="VKEY",
               help="The tree's checkpoint key (vkey), as `tlog enable` printed it.")
+@click.option("--witness", "witnesses", multiple=True, metavar="VKEY",
+              help="A witness whose cosignature counts (its vkey). Repeatable.")
+@click.option("--witness-quorum", type=click.IntRange(min=1), default=None,
+              help="Cosignatures required of the --witness keys (default: all of them).")
 @json_option
 @handle_errors
-def prove(entry: str, url: str, server_key: str, checkpoint_key: str, as_json: bool) -> None:
+def prove(entry: str, url: str, server_key: str, checkpoint_key: str,
+          witnesses: tuple[str, ...], witness_quorum: int | None, as_json: bool) -> None:
     """Prove that ENTRY (a leaf index or a currhash) is in the server's signed tree.
 
     Fetches the checkpoint (signed by the server key and by the checkpoint key), an
     inclusion proof against it, and the entry itself; checks the proof, and that the
-    entry's body, key and signature are what the proven leaf binds.
+    entry's body, key and signature are what the proven leaf binds. With --witness, the
+    checkpoint must also carry the cosignatures of that many of those witnesses: then
+    the entry is in the history the witnesses saw, not just the one this server shows.
     """
     pinned = public_key(server_key, "--server-key")
     verifier = _vkey(checkpoint_key)
+    policy = _witness_policy(witnesses, witness_quorum)
     base = base_url(url)
     if not (entry.isascii() and entry.isdigit()) and decode_b64_field(entry, 32) is None:
         raise click.BadParameter("a leaf index or a currhash (base64url)", param_hint="ENTRY")
@@ -147,6 +168,15 @@ def prove(entry: str, url: str, server_key: str, checkpoint_key: str, as_json: b
         async with ChronicleClient(base, pinned) as client:
             tree = TreeClient(client, verifier)
             signed = await tree.checkpoint()
+            cosigners: tuple[str, ...] = ()
+            if policy is not None:
+                quorum = policy.check(signed.checkpoint,
+                                      parse_note(signed.to_bytes())[1])
+                if not quorum.satisfied:
+                    fail(f"the checkpoint (size {signed.checkpoint.size}) is cosigned by "
+                         f"{len(quorum.cosignatures)} of the {quorum.needed} witness(es) "
+                         f"required ({', '.join(quorum.cosigners) or 'none'})")
+                cosigners = quorum.cosigners
             proof = await tree.inclusion(entry, signed.checkpoint)
             found = [e async for e in client.lookup(b64u_encode(proof.leaf.currhash))]
             mine = [e for e in found if e.currhash == b64u_encode(proof.leaf.currhash)]
@@ -154,6 +184,7 @@ def prove(entry: str, url: str, server_key: str, checkpoint_key: str, as_json: b
                 fail("the server's lookup does not return the proven entry")
             check_entry(proof, mine[0])
             return {"ok": True, "origin": signed.checkpoint.origin, **proof.as_dict(),
+                    "witnesses": list(cosigners),
                     "checkpoint": signed.to_bytes().decode("utf-8")}
 
     result = run(go())
@@ -161,4 +192,5 @@ def prove(entry: str, url: str, server_key: str, checkpoint_key: str, as_json: b
         f"OK: entry {result['index']} (currhash {result['currhash']}) is in the tree of "
         f"{result['origin']} at size {result['tree-size']}\nroot: {result['root']}\n"
         f"created {result['created']} by {result['publickey']}; contents SHA-256 "
-        f"{result['contents-sha256']}")
+        f"{result['contents-sha256']}"
+        + (f"\ncosigned by {', '.join(result['witnesses'])}" if result["witnesses"] else ""))

@@ -10,14 +10,17 @@ log to it releases it.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from chronicle.cli.common import open_witness
-from chronicle.core.checkpoint import Checkpoint
+from chronicle.core.checkpoint import Checkpoint, Cosigner
 from chronicle.core.encoding import atom, utcnow
 from chronicle.core.note import Ed25519Verifier, open_note
+from chronicle.core.sapient import SigningKey
 from chronicle.treelog import enable
 from tests.helpers import Response, RunningServer, init_data_dir, start_server
+from tests.integration.test_tlog import acli
 from tests.witness_support import init_witness_dir, start_witness
 
 ORIGIN = "ledger.test/witnessed"
@@ -77,6 +80,21 @@ async def test_two_witnesses_cosign_what_the_ledger_serves(tmp_path: Path) -> No
             checkpoint = Checkpoint.parse(note.text)
             head = await srv.ctx.store.chain("").head()
             assert head is not None and checkpoint.size == head.index + 1
+            # A client proves an entry against the checkpoint the witnesses cosigned.
+            prove = ("prove", "2", "--url", srv.url, "--server-key", srv.key.public_b64,
+                     "--checkpoint-key", report.vkey, "--json")
+            code, stdout, stderr = await acli(*prove, "--witness", wa.verifier.vkey(),
+                                              "--witness", wb.verifier.vkey())
+            assert code == 0, stderr
+            proven = json.loads(stdout)
+            assert proven["witnesses"] == ["wa.example", "wb.example"]
+            assert proven["tree-size"] == checkpoint.size
+            stranger = Cosigner("stranger.example", SigningKey.generate()).verifier().vkey()
+            code, _, stderr = await acli(*prove, "--witness", stranger)
+            assert code == 1
+            assert stderr.strip().endswith(
+                f"the checkpoint (size {checkpoint.size}) is cosigned by 0 of the 1 "
+                "witness(es) required (none)")
             jobs = srv.ctx.jobs
             assert jobs is not None
             assert await jobs.store.jobs.get("witness-size:wa.example") == \
