@@ -56,14 +56,22 @@ def _pg_share(figs: dict[Key, dict[str, Any]], key: Key) -> float | None:
     return figs[key]["rps"] / sqlite["rps"] if sqlite and key[1] == "postgres" else None
 
 
-def _med(values: list[float | None]) -> str:
+def _cpu_ms(doc_warmup: int, r: dict[str, Any]) -> float:
+    """Server (and database) CPU per request, in ms, warm-up included as measured."""
+    return 1000 * (r["server_cpu_s"] + r.get("db_cpu_s", 0.0)) / (r["requests"] + doc_warmup)
+
+
+def _med(values: list[float | None], digits: int = 2) -> str:
     got = [v for v in values if v is not None]
-    return f"{statistics.median(got):.2f}" if got else ""
+    return f"{statistics.median(got):.{digits}f}" if got else ""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base", type=Path, required=True,
+    parser.add_argument("--summarize", type=Path, metavar="DIR",
+                        help="only print the summary of the runs saved in DIR (--out of an "
+                             "earlier call)")
+    parser.add_argument("--base", type=Path,
                         help="directory holding the chronicle package of side A")
     parser.add_argument("--other", type=Path,
                         help="directory holding the chronicle package of side B (default: "
@@ -73,10 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("passthrough", nargs=argparse.REMAINDER,
                         help="-- then the arguments of bench_publish.py")
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        runs = {side: [_figures(json.loads((args.summarize / f"{side}{n}.json").read_text()))
+                       for n in range(100)
+                       if (args.summarize / f"{side}{n}.json").exists()] for side in "AB"}
+        doc = json.loads(next(args.summarize.glob("A*.json")).read_text())
+        _summary(runs, int(doc["args"]["warmup"]), args.summarize)
+        return 0
+    if args.base is None:
+        parser.error("--base is required")
     for opt, where in (("--base", args.base), ("--other", args.other)):
         if where is not None and not (where / "chronicle" / "__init__.py").is_file():
             parser.error(f"{opt} {where}: no chronicle package there")
     passthrough = [a for a in args.passthrough if a != "--"]
+    warmup = int(passthrough[passthrough.index("--warmup") + 1]) \
+        if "--warmup" in passthrough else 200
     out = args.out or Path(tempfile.mkdtemp(prefix="chronicle-bench-ab-"))
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[Key, dict[str, Any]]]] = {"A": [], "B": []}
@@ -98,10 +117,16 @@ def main(argv: list[str] | None = None) -> int:
                       + f" others {r['other_share']:.0%}"
                       + (f" ERRORS/MISMATCH {r['errors']} {r.get('stored_problems')}"
                          if bad else ""), flush=True)
+    _summary(runs, warmup, out)
+    return 1 if failed else 0
+
+
+def _summary(runs: dict[str, list[dict[Key, dict[str, Any]]]], warmup: int, out: Path) -> None:
     print()
     print("| target | backend | processes | c | A req/s | B req/s | B/A (paired) | A p99 ms "
-          "| B p99 ms | A / ceiling | B / ceiling | A pg/sqlite | B pg/sqlite |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| B p99 ms | A / ceiling | B / ceiling | A pg/sqlite | B pg/sqlite "
+          "| A CPU ms/req | B CPU ms/req |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key in sorted(runs["A"][0]):
         a = [f[key] for f in runs["A"] if key in f]
         b = [f[key] for f in runs["B"] if key in f]
@@ -115,11 +140,12 @@ def main(argv: list[str] | None = None) -> int:
               f"| {_med([_share(f, key) for f in runs['A'] if key in f])} "
               f"| {_med([_share(f, key) for f in runs['B'] if key in f])} "
               f"| {_med([_pg_share(f, key) for f in runs['A'] if key in f])} "
-              f"| {_med([_pg_share(f, key) for f in runs['B'] if key in f])} |")
+              f"| {_med([_pg_share(f, key) for f in runs['B'] if key in f])} "
+              f"| {_med([_cpu_ms(warmup, r) for r in a], 3)} "
+              f"| {_med([_cpu_ms(warmup, r) for r in b], 3)} |")
     others = [r["other_share"] for side in runs.values() for f in side for r in f.values()]
     print(f"\nothers' share of the machine during the runs: median {_med(list(others))}, "
           f"max {max(others):.2f}; JSON under {out}")
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

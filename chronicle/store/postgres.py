@@ -13,6 +13,7 @@ the tables in that schema (created if missing), used by the test suite to isolat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -26,7 +27,16 @@ import asyncpg
 from chronicle.core.errors import CommitOutcomeUnknown, StorageDenied, StorageError
 from chronicle.store.base import Store
 from chronicle.store.schema import POSTGRES_TYPES
-from chronicle.store.sql import IN_LIST, Conflict, Database, Dialect, LeaderLock, Row, Session
+from chronicle.store.sql import (
+    IN_LIST,
+    Conflict,
+    Database,
+    Dialect,
+    LeaderLock,
+    Query,
+    Row,
+    Session,
+)
 
 DIALECT = Dialect("postgresql", POSTGRES_TYPES, "SELECT 1 WHERE to_regclass(?) IS NOT NULL",
                   lock_rows=" FOR UPDATE")
@@ -77,6 +87,16 @@ def _count(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+#: Up to this many rows a bulk insert is one pipelined INSERT (a publish batch); more: COPY.
+INLINE_ROWS = 256
+
+
+@functools.lru_cache(maxsize=32)
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
+
+
 def _any_array(sql: str, array_type: str) -> str:
     """``IN_LIST`` as one array parameter: ``= ANY(?::type[])``."""
     return sql.replace(IN_LIST, f"= ANY(?::{array_type}[])")
@@ -109,11 +129,34 @@ class _PgSession(Session):
         return await self.fetch(_any_array(sql, array_type), *fixed,
                                 list(dict.fromkeys(values)))
 
+    async def fetch_several(self, queries: Sequence[Query]) -> list[list[Row]]:
+        """All the reads as one statement, each an ``ARRAY(…)`` of its rows (anonymous
+        records, which asyncpg decodes as tuples): one round trip instead of one each."""
+        if len(queries) < 2:
+            return await super().fetch_several(queries)
+        parts: list[str] = []
+        params: list[Any] = []
+        for query in queries:
+            sql = query.sql
+            params += query.params
+            if query.in_values is not None:
+                sql = _any_array(sql, query.array_type)
+                params.append(list(dict.fromkeys(query.in_values)))
+            parts.append(f"ARRAY(SELECT t FROM ({sql}) AS t)")  # noqa: S608 (our SQL)
+        row = await self.fetchrow("SELECT " + ", ".join(parts), *params)
+        assert row is not None
+        return [list(found) for found in row]
+
     async def bulk_insert(self, table: str, columns: Sequence[str],
                           rows: Sequence[Sequence[Any]]) -> None:
         try:
-            await self._conn.copy_records_to_table(table, columns=list(columns),
-                                                   records=rows)
+            if len(rows) <= INLINE_ROWS:
+                # A group commit's few rows: one pipelined round trip (Bind/Execute per
+                # row, one Sync) with a cached prepared INSERT; COPY costs two.
+                await self._conn.executemany(_insert(table, tuple(columns)), rows)
+            else:
+                await self._conn.copy_records_to_table(table, columns=list(columns),
+                                                       records=rows)
         except DRIVER_ERRORS as exc:
             raise _storage_error(exc, "write failed") from exc
 
@@ -138,6 +181,10 @@ class PostgresDatabase(Database):
         self._min, self._max = min_size, max_size
         self._lock_timeout_ms = lock_timeout_ms
         self._pool: asyncpg.Pool | None = None
+        self._settings: dict[str, str] = {}
+        #: The dedicated connection of chain writes (:meth:`_on_writer`), opened on use.
+        self._writer: asyncpg.Connection | None = None
+        self._writer_lock = asyncio.Lock()
         self.where = "the PostgreSQL database" + (f" (schema {self.schema})"
                                                   if self.schema else "")
 
@@ -167,6 +214,7 @@ class PostgresDatabase(Database):
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 finally:
                     await conn.close()
+            self._settings = settings
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self._min,
                                                    max_size=self._max,
                                                    server_settings=settings,
@@ -175,6 +223,10 @@ class PostgresDatabase(Database):
             raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
 
     async def close(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(*DRIVER_ERRORS):
+                await self._writer.close(timeout=5)
+            self._writer = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -194,6 +246,10 @@ class PostgresDatabase(Database):
 
     @asynccontextmanager
     async def transaction(self, *, lock_chain: int | None = None) -> AsyncIterator[Session]:
+        if lock_chain is not None and not self._writer_lock.locked():
+            async with self._writer_lock, self._on_writer(lock_chain) as session:
+                yield session
+            return
         try:
             conn = await self.pool.acquire()
         except DRIVER_ERRORS as exc:
@@ -223,6 +279,64 @@ class PostgresDatabase(Database):
                 raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
         finally:
             await self.pool.release(conn)
+
+    @asynccontextmanager
+    async def _on_writer(self, lock_chain: int) -> AsyncIterator[Session]:
+        """A chain write on the dedicated writer connection (the group commit's path):
+        ``BEGIN`` and the head lock in one round trip, ``COMMIT`` in one, and no pool
+        reset afterwards. A connection left in doubt (an error during ``ROLLBACK``, a
+        cancellation) is closed, which ends its transaction, and opened anew next time."""
+        try:
+            if self._writer is None or self._writer.is_closed():
+                self._writer = await asyncpg.connect(
+                    self.dsn, server_settings=self._settings,
+                    statement_cache_size=self._statement_cache)
+            conn = self._writer
+        except DRIVER_ERRORS as exc:
+            raise StorageError(f"cannot reach PostgreSQL: {exc}") from exc
+        try:
+            # Simple-query protocol: both statements in one message; the id is an int.
+            await conn.execute("BEGIN; SELECT id FROM instances "  # noqa: S608 (an int)
+                               f"WHERE id = {int(lock_chain)} FOR UPDATE")
+        except DRIVER_ERRORS as exc:
+            await self._abandon(conn)
+            raise StorageError(f"cannot lock the chain for writing: {exc}") from exc
+        except BaseException:
+            self._drop_writer(conn)
+            raise
+        try:
+            yield _PgSession(conn)
+        except asyncio.CancelledError:
+            self._drop_writer(conn)
+            raise
+        except BaseException:
+            await self._abandon(conn)
+            raise
+        try:
+            status = await conn.execute("COMMIT")
+        except DRIVER_ERRORS as exc:
+            await self._abandon(conn)
+            raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
+        except BaseException:
+            self._drop_writer(conn)
+            raise
+        if status != "COMMIT":
+            # PostgreSQL answers COMMIT of a failed transaction with a ROLLBACK.
+            raise StorageError(f"the transaction was rolled back ({status})")
+
+    async def _abandon(self, conn: asyncpg.Connection) -> None:
+        """Roll the writer's transaction back, or close the connection if that fails."""
+        try:
+            await conn.execute("ROLLBACK")
+        except BaseException as exc:
+            self._drop_writer(conn)
+            if not isinstance(exc, DRIVER_ERRORS):
+                raise
+
+    def _drop_writer(self, conn: asyncpg.Connection) -> None:
+        conn.terminate()
+        if self._writer is conn:
+            self._writer = None
 
     def schema_lock(self) -> str | None:
         return "SELECT pg_advisory_xact_lock(7268017)"
