@@ -131,7 +131,7 @@ def _summary(runs: dict[str, list[dict[Key, dict[str, Any]]]], warmup: int, out:
         a = [f[key] for f in runs["A"] if key in f]
         b = [f[key] for f in runs["B"] if key in f]
         paired = [fb[key]["rps"] / fa[key]["rps"] for fa, fb in zip(runs["A"], runs["B"],
-                                                                   strict=True)
+                                                                   strict=False)
                   if key in fa and key in fb]
         print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} "
               f"| {_med([r['rps'] for r in a])} | {_med([r['rps'] for r in b])} "
