@@ -182,7 +182,7 @@ class PostgresDatabase(Database):
         self._lock_timeout_ms = lock_timeout_ms
         self._pool: asyncpg.Pool | None = None
         self._settings: dict[str, str] = {}
-        #: The dedicated connection of chain writes (:meth:`_on_writer`), opened on use.
+        #: The dedicated connection of chain writes (:meth:`transaction`), opened on use.
         self._writer: asyncpg.Connection | None = None
         self._writer_lock = asyncio.Lock()
         self.where = "the PostgreSQL database" + (f" (schema {self.schema})"
@@ -247,67 +247,52 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self, *, lock_chain: int | None = None) -> AsyncIterator[Session]:
         if lock_chain is not None and not self._writer_lock.locked():
-            async with self._writer_lock, self._on_writer(lock_chain) as session:
-                yield session
+            # The group commit's path: the dedicated writer connection (no pool acquire,
+            # no reset query on release). Chains written concurrently use the pool.
+            async with self._writer_lock:
+                try:
+                    if self._writer is None or self._writer.is_closed():
+                        self._writer = await asyncpg.connect(
+                            self.dsn, server_settings=self._settings,
+                            statement_cache_size=self._statement_cache)
+                except DRIVER_ERRORS as exc:
+                    raise StorageError(f"cannot reach PostgreSQL: {exc}") from exc
+                async with self._transaction_on(self._writer, lock_chain) as session:
+                    yield session
             return
         try:
             conn = await self.pool.acquire()
         except DRIVER_ERRORS as exc:
             raise StorageError(f"cannot reach PostgreSQL: {exc}") from exc
         try:
-            tx = conn.transaction()
-            try:
-                await tx.start()
-                if lock_chain is not None:
-                    await conn.execute("SELECT id FROM instances WHERE id = $1 FOR UPDATE",
-                                       lock_chain)
-            except DRIVER_ERRORS as exc:
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
-                raise StorageError(f"cannot lock the chain for writing: {exc}") from exc
-            try:
-                yield _PgSession(conn)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
-                raise
-            try:
-                await tx.commit()
-            except DRIVER_ERRORS as exc:
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
-                raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
+            async with self._transaction_on(conn, lock_chain) as session:
+                yield session
         finally:
             await self.pool.release(conn)
 
     @asynccontextmanager
-    async def _on_writer(self, lock_chain: int) -> AsyncIterator[Session]:
-        """A chain write on the dedicated writer connection (the group commit's path):
-        ``BEGIN`` and the head lock in one round trip, ``COMMIT`` in one, and no pool
-        reset afterwards. A connection left in doubt (an error during ``ROLLBACK``, a
-        cancellation) is closed, which ends its transaction, and opened anew next time."""
+    async def _transaction_on(self, conn: asyncpg.Connection, lock_chain: int | None
+                              ) -> AsyncIterator[Session]:
+        """``BEGIN`` (and the chain's head lock: one simple-protocol message, one round
+        trip), the caller's statements, ``COMMIT``, checked: PostgreSQL answers the
+        COMMIT of a transaction in which a statement failed with ``ROLLBACK``, even when
+        the caller caught that failure. A connection left in doubt (an error during
+        ``ROLLBACK``, a cancellation) is closed, which ends its transaction."""
+        begin = "BEGIN" if lock_chain is None else (
+            "BEGIN; SELECT id FROM instances "  # noqa: S608 (an int)
+            f"WHERE id = {int(lock_chain)} FOR UPDATE")
         try:
-            if self._writer is None or self._writer.is_closed():
-                self._writer = await asyncpg.connect(
-                    self.dsn, server_settings=self._settings,
-                    statement_cache_size=self._statement_cache)
-            conn = self._writer
-        except DRIVER_ERRORS as exc:
-            raise StorageError(f"cannot reach PostgreSQL: {exc}") from exc
-        try:
-            # Simple-query protocol: both statements in one message; the id is an int.
-            await conn.execute("BEGIN; SELECT id FROM instances "  # noqa: S608 (an int)
-                               f"WHERE id = {int(lock_chain)} FOR UPDATE")
+            await conn.execute(begin)
         except DRIVER_ERRORS as exc:
             await self._abandon(conn)
             raise StorageError(f"cannot lock the chain for writing: {exc}") from exc
         except BaseException:
-            self._drop_writer(conn)
+            self._drop(conn)
             raise
         try:
             yield _PgSession(conn)
         except asyncio.CancelledError:
-            self._drop_writer(conn)
+            self._drop(conn)
             raise
         except BaseException:
             await self._abandon(conn)
@@ -318,22 +303,23 @@ class PostgresDatabase(Database):
             await self._abandon(conn)
             raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
         except BaseException:
-            self._drop_writer(conn)
+            self._drop(conn)
             raise
         if status != "COMMIT":
-            # PostgreSQL answers COMMIT of a failed transaction with a ROLLBACK.
-            raise StorageError(f"the transaction was rolled back ({status})")
+            raise StorageError(f"the transaction was rolled back ({status}): a statement "
+                               "in it had failed")
 
     async def _abandon(self, conn: asyncpg.Connection) -> None:
-        """Roll the writer's transaction back, or close the connection if that fails."""
+        """Roll the transaction back, or close the connection if that fails."""
         try:
             await conn.execute("ROLLBACK")
         except BaseException as exc:
-            self._drop_writer(conn)
+            self._drop(conn)
             if not isinstance(exc, DRIVER_ERRORS):
                 raise
 
-    def _drop_writer(self, conn: asyncpg.Connection) -> None:
+    def _drop(self, conn: asyncpg.Connection) -> None:
+        """Close ``conn`` at once (the pool replaces a closed connection of its own)."""
         conn.terminate()
         if self._writer is conn:
             self._writer = None
