@@ -155,10 +155,9 @@ def _stale_check(state_dir: StateDir, max_age: str | None) -> dict[str, Any]:
 
 
 def _run_sync(state_dir: StateDir, wait: float) -> SyncReport:
-    report = asyncio.run(sync_state(state_dir, wait=wait))
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    return report
+    return asyncio.run(sync_state(
+        state_dir, wait=wait, on_warning=lambda text: click.echo(f"warning: {text}",
+                                                                  err=True)))
 
 
 def _sync_text(report: SyncReport) -> str:

@@ -192,11 +192,11 @@ class Checker:
         if update.emergency:
             where += " (core vendor, emergency action applied by policy)"
         if source is None:
-            return Result(update.vendor + "/" + update.name, update.version, "ok",
+            return Result(fail.package, fail.version, "ok",
                           f"{where}; no sources at hand, digest not checked",
                           {**info, "digest": "not-checked"})
         if meta.tree is None:
-            return Result(update.vendor + "/" + update.name, update.version, "warn",
+            return Result(fail.package, fail.version, "warn",
                           f"{where}; the release carries no tree digest (Herd-style "
                           "metadata): sources not checked", {**info, "digest": "none"})
         try:
@@ -219,7 +219,7 @@ class Checker:
             info["commit"] = commit
             if commit != meta.commit:
                 extra = f" (from commit {commit}, the release names {meta.commit})"
-        return Result(update.vendor + "/" + update.name, update.version, "ok",
+        return Result(fail.package, fail.version, "ok",
                       f"{where}; tree digest verified{extra}", {**info, "digest": "verified"})
 
 

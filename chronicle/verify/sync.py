@@ -73,8 +73,16 @@ class SyncReport:
     pending: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
 
+    on_warning: Callable[[str], None] | None = None
+
     def held(self) -> list[ReviewItem]:
         return [i for i in self.new_items if i.decision is None]
+
+    def warn(self, text: str) -> None:
+        """Record a warning, and show it at once (a fault may end the sync after it)."""
+        self.warnings.append(text)
+        if self.on_warning is not None:
+            self.on_warning(text)
 
     def as_dict(self) -> dict[str, Any]:
         return {"fetched": self.fetched, "verified": self.verified, "judged": self.judged,
@@ -164,10 +172,10 @@ class Judge:
         item = self._item("emergency", entry, verdict.op, text, vendor)
         if policy == "off":
             item.decision, item.by, item.decided_at = "skip", "policy off", self.now
-            self.report.warnings.append(text + ": ignored (core-vendor policy off)")
+            self.report.warn(text + ": ignored (core-vendor policy off)")
         elif policy == "auto":
             item.decision, item.by, item.decided_at = "accept", "policy auto", self.now
-            self.report.warnings.append(text + ": applied (core-vendor policy auto)")
+            self.report.warn(text + ": applied (core-vendor policy auto)")
 
 
 def held_fault(sync: SyncState) -> VerifyFault:
@@ -180,16 +188,17 @@ def held_fault(sync: SyncState) -> VerifyFault:
 
 
 async def sync_state(state_dir: StateDir, *, wait: float = 0.0,
-                     clock: Callable[[], datetime] = utcnow, request_timeout: float = 30.0
-                     ) -> SyncReport:
-    """One incremental sync of ``state_dir`` (see the module docstring)."""
+                     clock: Callable[[], datetime] = utcnow, request_timeout: float = 30.0,
+                     on_warning: Callable[[str], None] | None = None) -> SyncReport:
+    """One incremental sync of ``state_dir`` (see the module docstring); ``on_warning``
+    sees each warning as it happens."""
     config = state_dir.config()
     sync, release = state_dir.load(config.server_key)
     if sync.held():
         raise held_fault(sync)
     # A split view found earlier (sync.halt) stays until a sync passes the quorum: the
     # mirror fixed, or removed from config.json.
-    report = SyncReport()
+    report = SyncReport(on_warning=on_warning)
     judge = Judge(config, sync, release, report, atom(clock()))
     for entry in state_dir.pending(sync):
         judge.feed(entry)
@@ -309,7 +318,7 @@ async def _quorum(state_dir: StateDir, config: Config, sync: SyncState, report: 
     report.mirrors = [answers[m.url][0] for m in config.mirrors]
     for m in report.mirrors:
         if m.status in ("behind", "error"):
-            report.warnings.append(f"mirror {m.url}: {m.status}: {m.detail}")
+            report.warn(f"mirror {m.url}: {m.status}: {m.detail}")
     split = [m for m in report.mirrors if m.status == "split"]
     if split:
         stamp = atom(clock()).replace(":", "")

@@ -1,0 +1,364 @@
+"""``chronicle verify``: the installer's client against real loopback ledgers, both backends.
+
+The ledgers here are not gated (release-server is another branch): release messages are
+built with chronicle.release and published with the ordinary client, so a ledger can hold
+unauthorized messages, which is exactly the history-violation case. The enable entry is
+published by a client registered with the server's own key (what ``release enable`` writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from click.testing import CliRunner, Result
+
+from chronicle.cli import main
+from chronicle.client.http import ChronicleClient
+from chronicle.core import protocol
+from chronicle.core.blakechain import currhash
+from chronicle.core.encoding import b64u_decode, b64u_encode, utcnow
+from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey
+from chronicle.release.messages import (
+    AddKey,
+    Metadata,
+    RevokeKey,
+    RevokeUpdate,
+    Update,
+    enable_contents,
+    sign_message,
+)
+from chronicle.release.sources import digest_directory
+from tests.helpers import RunningServer, separate_database, serving
+from tests.release_support import CORE, NOW, key, pk
+
+CLEAN, HELD, UNKNOWN, REVOKED, UNTRUSTED, DIGEST, UNSIGNED = 0, 16, 10, 11, 12, 13, 14
+SPLIT, STALE, QUORUM = 15, 17, 18
+
+
+async def cli(*args: str) -> Result:
+    """The CLI in a thread (its asyncio.run must not block the servers' loop)."""
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args))
+
+
+def error_line(res: Result) -> str:
+    lines = [x for x in res.stderr.splitlines() if x.startswith("error: ")]
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    return lines[0]
+
+
+class Ledger:
+    """A loopback ledger and a publisher that signs release messages."""
+
+    def __init__(self, srv: RunningServer) -> None:
+        self.srv = srv
+
+    async def publish(self, contents: bytes, *, as_server: bool = False) -> str:
+        if as_server:   # what `release enable` appends: an entry signed by the server key
+            key_ = self.srv.key
+            entry = await self.srv.ctx.ledger("").append(contents, key_.public,
+                                                         key_.sign(contents))
+            return b64u_encode(entry.currhash)
+        ident = self.srv.identities["pub"]
+        async with ChronicleClient(self.srv.url, self.srv.key.public, client_id=ident.client_id,
+                                   key=ident.key) as client:
+            return (await client.publish(contents)).currhash
+
+    async def send(self, body: Any, signer: str) -> None:
+        await self.publish(sign_message(body, key(signer)))
+
+
+def tree(path: Path, text: str) -> Path:
+    (path / "src").mkdir(parents=True)
+    (path / "src" / "Lib.php").write_text(text)
+    (path / "composer.json").write_text('{"name": "acme/lib"}\n')
+    return path
+
+
+def zip_of(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest, "w") as zf:
+        for f in sorted(src.rglob("*")):
+            if f.is_file():
+                zf.write(f, "acme-lib-abc/" + f.relative_to(src).as_posix())
+    return dest
+
+
+def lock_file(path: Path, packages: list[tuple[str, str]], dist_url: str = "") -> Path:
+    doc = {"_readme": ["This file locks the dependencies of your project"],
+           "content-hash": "0" * 32,
+           "packages": [{"name": n, "version": v, "type": "library",
+                         "source": {"type": "git", "url": f"https://example.test/{n}.git",
+                                    "reference": "a" * 40},
+                         "dist": {"type": "zip", "url": dist_url or
+                                  f"https://example.test/{n}/{v}.zip",
+                                  "reference": "a" * 40, "shasum": ""}}
+                        for n, v in packages],
+           "packages-dev": [], "aliases": [], "minimum-stability": "stable",
+           "stability-flags": [], "prefer-stable": False, "prefer-lowest": False,
+           "platform": {}, "platform-dev": [], "plugin-api-version": "2.6.0"}
+    path.write_text(json.dumps(doc, indent=4))
+    return path
+
+
+def meta(tree_digest: str, n: int = 0) -> Metadata:
+    return Metadata(repo="https://example.test/acme/lib.git",
+                    commit=hashlib.sha1(f"c{n}".encode(), usedforsecurity=False).hexdigest(),
+                    tree=tree_digest)
+
+
+async def bootstrap(led: Ledger) -> None:
+    await led.publish(enable_contents(NOW, CORE, pk("core")), as_server=True)
+    await led.send(AddKey(vendor="acme", publickey=pk("acme1")), "core")
+
+
+async def init_state(state: Path, srv: RunningServer, *extra: str) -> None:
+    res = await cli("verify", "init", "--state", str(state), "--url", srv.url,
+                    "--server-key", srv.key.public_b64, *extra)
+    assert res.exit_code == CLEAN, res.stderr
+
+
+async def test_sync_lock_and_every_fault_class(tmp_path: Path) -> None:
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        good = tree(tmp_path / "src", "<?php // v1\n")
+        digest = digest_directory(good)
+        await bootstrap(led)
+        await led.send(Update(vendor="acme", name="lib", version="1.0.0", metadata=meta(digest)),
+                       "acme1")
+        await led.send(Update(vendor="acme", name="lib", version="1.1.0",
+                              metadata=meta(digest, 1)), "acme1")
+        await led.send(RevokeUpdate(vendor="acme", name="lib", version="1.1.0",
+                                    reason="CVE-2026-0001"), "acme1")
+        state = tmp_path / "state"
+        await init_state(state, srv, "--namespace-policy", "denied=deny")
+        S = ["--state", str(state)]
+
+        res = await cli("verify", "sync", *S, "--json")
+        assert res.exit_code == CLEAN, res.stderr
+        report = json.loads(res.stdout)
+        assert (report["fetched"], report["verified"], report["judged"]) == (5, 5, 5)
+        assert report["state"]["updates"] == 2
+
+        # incremental: one new release -> exactly one entry fetched, verified and judged
+        await led.send(Update(vendor="acme", name="lib", version="1.2.0",
+                              metadata=meta(digest, 2)), "acme1")
+        res = await cli("verify", "sync", *S, "--json")
+        report = json.loads(res.stdout)
+        assert (report["fetched"], report["verified"], report["judged"]) == (1, 1, 1)
+        assert report["head"]["index"] == 5
+
+        # lock: OK with the dist archive in Composer 2's cache layout; each fault class
+        url = "https://example.test/acme/lib/1.0.0.zip"
+        cache = tmp_path / "cache"
+        zip_of(good, cache / "files" / "acme/lib" /
+               f"{hashlib.sha1(url.encode(), usedforsecurity=False).hexdigest()}.zip")
+        lock = lock_file(tmp_path / "composer.lock", [("acme/lib", "v1.0.0")], url)
+        res = await cli("verify", "lock", str(lock), *S, "--dist-dir", str(cache))
+        assert res.exit_code == CLEAN, res.stderr
+        assert res.stdout.splitlines()[0].startswith("OK acme/lib v1.0.0: entry 2, key ")
+        assert "tree digest verified" in res.stdout
+
+        res = await cli("verify", "lock", str(lock_file(tmp_path / "l2.lock",
+                                                        [("acme/lib", "9.9.9")])), *S)
+        assert res.exit_code == UNKNOWN
+        assert error_line(res) == ("error: 1 package(s) failed verification (unknown-release)"
+                                   ": acme/lib 9.9.9: no release acme/lib 9.9.9 on the ledger "
+                                   "(vendor acme has 3 release(s) of lib)")
+        res = await cli("verify", "lock", str(lock_file(tmp_path / "l3.lock",
+                                                        [("acme/lib", "1.1.0")])), *S, "--json")
+        assert res.exit_code == REVOKED
+        assert json.loads(res.stdout)["packages"][0]["message"] == \
+            "revoked at entry 4: CVE-2026-0001"
+
+        bad = tree(tmp_path / "bad", "<?php // v1 with a backdoor\n")
+        tampered = zip_of(bad, tmp_path / "tampered.zip")
+        res = await cli("verify", "archive", str(tampered), "--package", "acme/lib",
+                        "--version", "1.0.0", *S)
+        assert res.exit_code == DIGEST
+        assert f"the release (entry 2) says {digest}" in error_line(res)
+
+        res = await cli("verify", "lock", str(lock_file(tmp_path / "l4.lock", [
+            ("denied/pkg", "1.0.0"), ("other/pkg", "2.0.0")])), *S)
+        assert res.exit_code == UNSIGNED
+        assert "WARN other/pkg 2.0.0: vendor other signs nothing on the ledger (unsigned " \
+               "policy warn)" in res.stdout
+        assert error_line(res).endswith("denied/pkg 1.0.0: vendor denied signs nothing on "
+                                        "the ledger (unsigned policy deny)")
+
+        # a history violation: a release signed by a key acme never had
+        await led.send(Update(vendor="acme", name="lib", version="2.0.0",
+                              metadata=meta(digest, 3)), "evil")
+        res = await cli("verify", "sync", *S)
+        assert res.exit_code == HELD
+        assert error_line(res) == (
+            f"error: 1 item(s) held for review, first #1: entry 6 breaks the release rules "
+            f"(key-not-trusted): key {pk('evil')} is not a trusted key of vendor acme "
+            "(decide with chronicle verify review)")
+        res = await cli("verify", "lock", str(lock), *S, "--offline")
+        assert res.exit_code == HELD
+        res = await cli("verify", "review", *S, "--json")
+        assert [i["id"] for i in json.loads(res.stdout)["items"]] == [1]
+        res = await cli("verify", "review", *S, "--skip", "1")
+        assert res.exit_code == CLEAN, res.stderr
+        res = await cli("verify", "lock", str(lock_file(tmp_path / "l5.lock",
+                                                        [("acme/lib", "2.0.0")])), *S)
+        assert res.exit_code == UNTRUSTED
+        assert error_line(res).endswith(
+            f"acme/lib 2.0.0: the release at entry 6 was refused by the rules "
+            f"(key-not-trusted): key {pk('evil')} is not a trusted key of vendor acme")
+
+        # a revoked key signs a release: refused at sync (held), then untrusted at lock
+        await led.send(AddKey(vendor="acme", publickey=pk("acme2"), name="ci"), "acme1")
+        await led.send(RevokeKey(vendor="acme", publickey=pk("acme2")), "acme1")
+        await led.send(Update(vendor="acme", name="lib", version="3.0.0",
+                              metadata=meta(digest, 4)), "acme2")
+        res = await cli("verify", "sync", *S)
+        assert res.exit_code == HELD
+        assert f"key {pk('acme2')} of vendor acme was revoked at entry 8" in error_line(res)
+        assert (await cli("verify", "review", *S, "--accept", "2")).exit_code == CLEAN
+        res = await cli("verify", "lock", str(lock_file(tmp_path / "l6.lock",
+                                                        [("acme/lib", "3.0.0")])), *S)
+        assert res.exit_code == UNTRUSTED
+        assert "(key-revoked)" in error_line(res)
+
+        # stale state offline: the last sync is older than --max-age
+        doc = json.loads((state / "state.json").read_text())
+        doc["synced-at"] = "2026-01-01T00:00:00+00:00"
+        (state / "state.json").write_text(json.dumps(doc))
+        res = await cli("verify", "lock", str(lock), *S, "--offline", "--max-age", "1h")
+        assert res.exit_code == STALE
+        assert error_line(res).startswith("error: --offline: the last sync was at "
+                                          "2026-01-01T00:00:00+00:00, ")
+        assert error_line(res).endswith("older than --max-age 3600 s")
+
+
+async def test_core_vendor_policies(tmp_path: Path) -> None:
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await bootstrap(led)
+        digest = digest_directory(tree(tmp_path / "src", "x"))
+        # the core vendor releases for acme: an emergency action
+        await led.send(Update(vendor="acme", name="lib", version="4.0.0",
+                              metadata=meta(digest)), "core")
+        lock = lock_file(tmp_path / "composer.lock", [("acme/lib", "4.0.0")])
+        outcome = {}
+        for policy in ("off", "review", "auto"):
+            state = tmp_path / policy
+            await init_state(state, srv, "--core-vendor", policy)
+            sync = await cli("verify", "sync", "--state", str(state))
+            check = await cli("verify", "lock", str(lock), "--state", str(state), "--offline")
+            outcome[policy] = (sync.exit_code, check.exit_code)
+            text = "entry 2: the core vendor's key acted for vendor acme (update)"
+            if policy == "off":
+                assert f"warning: {text}, an emergency action: ignored" in sync.stderr
+                assert "an emergency action the core-vendor policy ignores" in \
+                    error_line(check)
+            if policy == "review":
+                assert error_line(sync).startswith(f"error: 1 item(s) held for review, first "
+                                                   f"#1: {text}, an emergency action")
+                assert (await cli("verify", "review", "--state", str(state), "--accept",
+                                  "1")).exit_code == CLEAN
+                again = await cli("verify", "lock", str(lock), "--state", str(state))
+                assert again.exit_code == CLEAN, again.stderr
+            if policy == "auto":
+                assert f"warning: {text}, an emergency action: applied" in sync.stderr
+                assert "(core vendor, emergency action applied by policy)" in check.stdout
+        assert outcome == {"off": (CLEAN, UNTRUSTED), "review": (HELD, HELD),
+                           "auto": (CLEAN, CLEAN)}
+
+
+async def lying_mirror(tmp: Path, honest: RunningServer, liar: SigningKey) -> web.AppRunner:
+    """A mirror that answers lookups of our head with another entry (same summaryhash)."""
+
+    async def lookup(request: web.Request) -> web.Response:
+        async with ChronicleClient(honest.url, honest.key.public) as client:
+            found = [e async for e in client.lookup(request.match_info["h"])]
+        entry = found[0]
+        author = SigningKey.generate()
+        contents = b"another history"
+        sig = author.sign(contents)
+        cur = currhash(b64u_decode(entry.prevhash, 32) if entry.prevhash else None,
+                       entry.created, author.public, sig, contents)
+        row = {"contents": contents.decode(), "prevhash": entry.prevhash,
+               "currhash": b64u_encode(cur), "summaryhash": entry.summaryhash,
+               "created": entry.created, "publickey": author.public_b64,
+               "signature": b64u_encode(sig)}
+        body = protocol.render(protocol.ok_envelope(utcnow(), [row]))
+        return web.Response(body=body, content_type="application/json",
+                            headers={SIGNATURE_HEADER: liar.sign_b64(body)})
+
+    app = web.Application()
+    app.router.add_get("/chronicle/lookup/{h}", lookup)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+async def test_mirrors_split_view_behind_and_quorum(tmp_path: Path) -> None:
+    async with serving(tmp_path / "ledger", "pub") as srv, \
+            serving(tmp_path / "empty", database=separate_database("m")) as empty:
+        await bootstrap(Ledger(srv))
+        liar_key = SigningKey.generate()
+        runner = await lying_mirror(tmp_path, srv, liar_key)
+        try:
+            port = runner.addresses[0][1]
+            behind = f"{empty.url}#{empty.key.public_b64}"
+            # a mirror that is behind: warned about; with --quorum 1 the sync fails
+            state = tmp_path / "q"
+            await init_state(state, srv, "--mirror", behind, "--quorum", "1")
+            res = await cli("verify", "sync", "--state", str(state))
+            assert res.exit_code == QUORUM
+            assert f"warning: mirror {empty.url}: behind: does not have our head yet" \
+                in res.stderr
+            assert error_line(res) == ("error: only 0 of 1 mirrors confirm our head "
+                                       "(quorum 1); nothing was saved")
+            # a mirror with another currhash for our head: split view, evidence kept
+            state = tmp_path / "split"
+            await init_state(state, srv, "--mirror",
+                             f"http://127.0.0.1:{port}#{liar_key.public_b64}")
+            res = await cli("verify", "sync", "--state", str(state), "--json")
+            assert res.exit_code == SPLIT
+            err = json.loads(res.stdout)
+            assert err["class"] == "split-view"
+            evidence = json.loads(Path(err["evidence"]).read_text())
+            assert evidence["mirrors"][0]["answer"]["signature"]
+            assert error_line(res).startswith(f"error: split view: mirror http://127.0.0.1:"
+                                              f"{port} answers currhash ")
+            lock = lock_file(tmp_path / "composer.lock", [("acme/lib", "1.0.0")])
+            res = await cli("verify", "lock", str(lock), "--state", str(state), "--offline")
+            assert res.exit_code in (SPLIT, STALE)
+        finally:
+            await runner.cleanup()
+
+
+async def test_lock_of_200_packages(tmp_path: Path) -> None:
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await bootstrap(led)
+        digest = digest_directory(tree(tmp_path / "src", "x"))
+        packages = [(f"acme/pkg{i:03d}", f"1.{i}.0") for i in range(200)]
+        for i, (name, version) in enumerate(packages):
+            await led.send(Update(vendor="acme", name=name.split("/")[1], version=version,
+                                  metadata=meta(digest, i)), "acme1")
+        state = tmp_path / "state"
+        await init_state(state, srv)
+        lock = lock_file(tmp_path / "composer.lock", packages)
+        res = await cli("verify", "lock", str(lock), "--state", str(state), "--json")
+        assert res.exit_code == CLEAN, res.stderr
+        doc = json.loads(res.stdout)
+        assert doc["summary"] == {"packages": 200, "ok": 200, "warnings": 0, "failed": 0}
+        res = await cli("verify", "lock", str(lock_file(tmp_path / "bad.lock",
+                                                        [*packages, ("acme/pkg999", "1.0.0")])),
+                        "--state", str(state), "--offline")
+        assert res.exit_code == UNKNOWN
+        assert len([x for x in res.stdout.splitlines() if x.startswith("OK ")]) == 200
+        assert res.stdout.splitlines()[-1] == ("201 package(s): 200 OK, 0 warning(s), "
+                                               "1 failed")
