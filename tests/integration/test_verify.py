@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -362,3 +363,32 @@ async def test_lock_of_200_packages(tmp_path: Path) -> None:
         assert len([x for x in res.stdout.splitlines() if x.startswith("OK ")]) == 200
         assert res.stdout.splitlines()[-1] == ("201 package(s): 200 OK, 0 warning(s), "
                                                "1 failed")
+
+
+async def test_composer_script_hook_and_ci_example(tmp_path: Path) -> None:
+    """config/composer: the script the hook runs, as Composer would run it (a shell in the
+    project directory), against a composer.lock the test writes; no network but loopback."""
+    repo = Path(__file__).resolve().parents[2]
+    hook = json.loads((repo / "config/composer/composer.json").read_text())["scripts"]
+    assert hook["pre-install-cmd"] == ["@verify-lock"]
+    ci = (repo / "config/composer/verify-lock.yml").read_text()
+    assert "chronicle verify lock composer.lock --state .chronicle-verify" in ci
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await bootstrap(led)
+        digest = digest_directory(tree(tmp_path / "src", "x"))
+        await led.send(Update(vendor="acme", name="lib", version="1.0.0", metadata=meta(digest)),
+                       "acme1")
+        project = tmp_path / "project"
+        project.mkdir()
+        await init_state(project / ".chronicle-verify", srv)
+        command = hook["verify-lock"].replace("chronicle ", f"{sys.executable} -m chronicle ", 1)
+        for packages, code in (([("acme/lib", "1.0.0")], CLEAN),
+                               ([("acme/lib", "1.0.1")], UNKNOWN)):
+            lock_file(project / "composer.lock", packages)
+            proc = await asyncio.create_subprocess_shell(
+                command, cwd=project, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == code, err.decode()
+        assert out.decode().startswith("FAIL acme/lib 1.0.1: no release acme/lib 1.0.1")
