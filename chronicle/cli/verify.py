@@ -39,6 +39,7 @@ from chronicle.verify.statedir import (
     Config,
     Mirror,
     StateDir,
+    SyncState,
     UsageError,
     parse_duration,
 )
@@ -120,17 +121,21 @@ def verify() -> None:
               help="--unsigned for one vendor namespace (allow|warn|deny); repeatable.")
 @click.option("--max-age", default=None, metavar="DURATION",
               help="How old the last sync may be for --offline checks (default 24h).")
+@click.option("--tlog", default=None, metavar="VKEY",
+              help="The ledger's checkpoint key (its Merkle tree): every sync holds the "
+              "entries to its signed checkpoint and checks consistency with the last one.")
 @json_option
 @verify_errors
 def init_cmd(state: Path, url: str, server_key: str, mirrors: tuple[str, ...], quorum: int,
              core_vendor: str, unsigned: str, namespace_policy: tuple[str, ...],
-             max_age: str | None, as_json: bool) -> None:
+             max_age: str | None, tlog: str | None, as_json: bool) -> None:
     """Create a state directory pinning the ledger's key, mirrors and policy."""
     config = Config(url=url.strip(), server_key=server_key.strip(),
                     mirrors=tuple(Mirror.parse(m) for m in mirrors), quorum=quorum,
                     core_vendor=core_vendor, unsigned=unsigned,
                     namespace_policy=Config.parse_namespace_policy(namespace_policy),
-                    max_age=DEFAULT_MAX_AGE if max_age is None else parse_duration(max_age))
+                    max_age=DEFAULT_MAX_AGE if max_age is None else parse_duration(max_age),
+                    tlog=None if tlog is None else tlog.strip())
     StateDir(state).create(config)
     out(as_json, {"state": str(state), **config.as_dict()},
         f"verify state in {state}: ledger {config.url}, {len(config.mirrors)} mirror(s), "
@@ -140,9 +145,10 @@ def init_cmd(state: Path, url: str, server_key: str, mirrors: tuple[str, ...], q
 
 # --- sync ---------------------------------------------------------------------------------
 
-def _stale_check(state_dir: StateDir, max_age: str | None) -> dict[str, Any]:
+def _stale_check(state_dir: StateDir, max_age: str | None, sync: SyncState
+                 ) -> dict[str, Any]:
+    """--offline: the last sync's age, or the stale fault if it is older than the limit."""
     config = state_dir.config()
-    sync, _ = state_dir.load(config.server_key)
     limit = config.max_age if max_age is None else parse_duration(max_age)
     age = sync.age(utcnow())
     if age is None:
@@ -167,6 +173,9 @@ def _sync_text(report: SyncReport) -> str:
                                   f"{head['index']} {head['summaryhash']}")]
     lines += [f"mirror {m.url}: {m.status}" + (f" ({m.detail})" if m.detail else "")
               for m in report.mirrors]
+    if report.tlog is not None:
+        lines.append(f"tlog: the entries match the signed checkpoint of "
+                     f"{report.tlog['origin']} at size {report.tlog['tree-size']}")
     s = report.summary
     lines.append(f"{s.get('vendors', 0)} vendor(s), {s.get('updates', 0)} release(s), "
                  f"{s.get('violations', 0)} violation(s), "
@@ -185,7 +194,8 @@ def sync_cmd(state: Path, offline: bool, max_age: str | None, wait: float,
     """Fetch and verify the new entries, rebuild the release state, ask the mirrors."""
     state_dir = StateDir(state)
     if offline:
-        info = _stale_check(state_dir, max_age)
+        info = _stale_check(state_dir, max_age, state_dir.load_sync(
+            state_dir.config().server_key))
         out(as_json, {"ok": True, "offline": True, **info},
             f"offline: last sync at {info['synced-at']} ({info['age']} s ago)")
         return
@@ -216,7 +226,7 @@ def review_cmd(state: Path, accept: tuple[int, ...], skip: tuple[int, ...], show
     """List the items a sync held for review, or decide them."""
     state_dir = StateDir(state)
     config = state_dir.config()
-    sync, _ = state_dir.load(config.server_key)
+    sync = state_dir.load_sync(config.server_key)
     both = set(accept) & set(skip)
     if both:
         raise UsageError(f"item {min(both)} cannot be both accepted and skipped")
@@ -243,11 +253,11 @@ def review_cmd(state: Path, accept: tuple[int, ...], skip: tuple[int, ...], show
 
 def _checker(state: Path, offline: bool, max_age: str | None, wait: float) -> Checker:
     state_dir = StateDir(state)
+    config = state_dir.config()
     if offline:
-        _stale_check(state_dir, max_age)
+        _stale_check(state_dir, max_age, state_dir.load_sync(config.server_key))
     else:
         _run_sync(state_dir, wait)
-    config = state_dir.config()
     sync, release = state_dir.load(config.server_key)
     return Checker(config, sync, release)
 

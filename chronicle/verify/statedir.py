@@ -37,6 +37,7 @@ from chronicle.core.encoding import (
     parse_timestamp,
 )
 from chronicle.core.errors import ChronicleError, EncodingError
+from chronicle.core.note import Ed25519Verifier
 from chronicle.core.verify import ChainState
 from chronicle.release.state import ChainEntry, ReleaseState
 from chronicle.verify.codec import StateFileError, load_release_state
@@ -100,6 +101,7 @@ class Config:
     unsigned: str = "warn"
     namespace_policy: tuple[tuple[str, str], ...] = ()
     max_age: int = DEFAULT_MAX_AGE
+    tlog: str | None = None
 
     def __post_init__(self) -> None:
         if decode_b64_field(self.server_key, 32) is None:
@@ -121,6 +123,11 @@ class Config:
                              f"mirrors ({len(self.mirrors)})")
         if self.max_age <= 0:
             raise UsageError("max-age must be positive")
+        if self.tlog is not None:
+            try:
+                Ed25519Verifier.from_vkey(self.tlog)
+            except ChronicleError as exc:
+                raise UsageError(f"--tlog: {exc.message}") from None
 
     @property
     def server_key_raw(self) -> bytes:
@@ -145,7 +152,7 @@ class Config:
                 "mirrors": [{"url": m.url, "public-key": m.public_key} for m in self.mirrors],
                 "quorum": self.quorum, "core-vendor": self.core_vendor,
                 "unsigned": self.unsigned, "namespace-policy": dict(self.namespace_policy),
-                "max-age": self.max_age}
+                "max-age": self.max_age, "tlog": self.tlog}
 
     @classmethod
     def from_dict(cls, doc: Any) -> Config:
@@ -159,7 +166,8 @@ class Config:
                        unsigned=str(doc["unsigned"]),
                        namespace_policy=tuple(sorted((str(k), str(v)) for k, v in
                                                      dict(doc["namespace-policy"]).items())),
-                       max_age=int(doc["max-age"]))
+                       max_age=int(doc["max-age"]),
+                       tlog=None if doc.get("tlog") is None else str(doc["tlog"]))
         except (KeyError, TypeError, ValueError, UsageError) as exc:
             raise StateFileError(f"config.json is damaged: {exc}") from None
 
@@ -212,6 +220,10 @@ class SyncState:
     refused_releases: dict[str, dict[str, Any]] = field(default_factory=dict)
     generation: int = 0
     pending_count: int = 0
+    tree: str | None = None
+    checkpoint: str | None = None
+    """With ``--tlog``: the Merkle tree over the verified entries (base64url of
+    :meth:`TreeState.to_bytes`) and the last signed checkpoint note the sync held them to."""
 
     def held(self) -> list[ReviewItem]:
         return [r for r in self.reviews if r.decision is None]
@@ -276,8 +288,18 @@ class StateDir:
 
     # -- state
     def load(self, server_key: str) -> tuple[SyncState, ReleaseState]:
+        """``state.json`` and the release state it names."""
+        sync = self.load_sync(server_key)
+        if sync.generation == 0:    # never saved (or only a split view recorded)
+            return sync, ReleaseState(server_key=server_key)
+        release = load_release_state(_read_json(self._release_path(sync.generation)),
+                                     server_key)
+        return sync, release
+
+    def load_sync(self, server_key: str) -> SyncState:
+        """``state.json`` alone (cheap: no release state)."""
         if not self.state_path.exists():
-            return SyncState(), ReleaseState(server_key=server_key)
+            return SyncState()
         doc = _read_json(self.state_path)
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             raise StateFileError(f"state.json is not a {STATE_FORMAT} file")
@@ -289,14 +311,11 @@ class StateDir:
                 synced_at=doc.get("synced-at"),
                 reviews=[ReviewItem.from_dict(r) for r in doc["reviews"]],
                 halt=doc.get("halt"), refused_releases=dict(doc["refused-releases"]),
-                generation=int(doc["generation"]), pending_count=int(doc["pending"]))
+                generation=int(doc["generation"]), pending_count=int(doc["pending"]),
+                tree=doc.get("tree"), checkpoint=doc.get("checkpoint"))
         except (KeyError, TypeError, ValueError, ChronicleError) as exc:
             raise StateFileError(f"state.json is damaged: {exc}") from None
-        if sync.generation == 0:    # a split view recorded before the first save
-            return sync, ReleaseState(server_key=server_key)
-        release = load_release_state(_read_json(self._release_path(sync.generation)),
-                                     server_key)
-        return sync, release
+        return sync
 
     def pending(self, sync: SyncState) -> list[ChainEntry]:
         """The entries verified but not yet judged, in chain order."""
@@ -333,7 +352,8 @@ class StateDir:
                "synced-at": sync.synced_at, "generation": sync.generation,
                "pending": sync.pending_count,
                "reviews": [r.as_dict() for r in sync.reviews], "halt": sync.halt,
-               "refused-releases": sync.refused_releases}
+               "refused-releases": sync.refused_releases, "tree": sync.tree,
+               "checkpoint": sync.checkpoint}
         self._write(self.state_path, _dumps(doc))
 
     def write_evidence(self, name: str, doc: dict[str, Any]) -> Path:

@@ -24,11 +24,24 @@ from urllib.parse import quote
 
 import aiohttp
 
+from chronicle.audit.engine import TreeCheck
 from chronicle.client.errors import RecordNotFound
 from chronicle.client.http import ChronicleClient
+from chronicle.client.tlog import TreeClient, open_checkpoint_with
+from chronicle.core.checkpoint import SignedCheckpoint
 from chronicle.core.encoding import atom, b64u_decode, b64u_encode, utcnow
-from chronicle.core.errors import ChronicleError
-from chronicle.core.verify import EXPORT_KEYS, ROW_KEYS, ChainVerifier, verify_row
+from chronicle.core.errors import ChronicleError, IntegrityError
+from chronicle.core.leaf import LeafRecord
+from chronicle.core.merkle import TreeState
+from chronicle.core.note import Ed25519Verifier
+from chronicle.core.verify import (
+    EXPORT_KEYS,
+    ROW_KEYS,
+    ChainFault,
+    ChainVerifier,
+    SignedContents,
+    verify_row,
+)
 from chronicle.release.messages import (
     OP_UPDATE,
     MalformedMessage,
@@ -42,6 +55,7 @@ from chronicle.release.state import (
     ReleaseState,
     Violation,
 )
+from chronicle.verify.codec import StateFileError
 from chronicle.verify.faults import VerifyFault
 from chronicle.verify.statedir import Config, Mirror, ReviewItem, StateDir, SyncState
 
@@ -72,6 +86,7 @@ class SyncReport:
     warnings: list[str] = field(default_factory=list)
     pending: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
+    tlog: dict[str, Any] | None = None
 
     on_warning: Callable[[str], None] | None = None
 
@@ -89,7 +104,7 @@ class SyncReport:
                 "head": self.head, "mirrors": [m.as_dict() for m in self.mirrors],
                 "review-items": [i.as_dict() for i in self.new_items],
                 "held": len(self.held()), "unjudged": self.pending,
-                "warnings": self.warnings, "state": self.summary}
+                "warnings": self.warnings, "tlog": self.tlog, "state": self.summary}
 
 
 def _message(contents: bytes) -> ReleaseMessage | None:
@@ -116,6 +131,84 @@ def summarize(release: ReleaseState, sync: SyncState) -> dict[str, Any]:
             "emergency-actions": len(release.emergency_actions()),
             "violations": len(release.rejected()), "skipped": release.skipped(),
             "held": len(sync.held()), "synced-at": sync.synced_at}
+
+
+class TreeSync:
+    """``--tlog``: the verified entries held to the ledger's signed checkpoint.
+
+    The checkpoint is fetched before the walk, so the walk reaches its size; the Merkle tree
+    over the entries (kept in the state) must have its root there, and a newer checkpoint
+    must be consistent with the one the previous sync held (the ledger's own proof that its
+    log only grew). Either failing is a split view: the ledger signed another history than
+    the one it serves. The tree cannot make the sync cheaper: rebuilding the release state
+    reads every entry anyway.
+    """
+
+    def __init__(self, vkey: str, sync: SyncState) -> None:
+        self.verifier = Ed25519Verifier.from_vkey(vkey)
+        self.sync = sync
+        self.check: TreeCheck | None = None
+        self.signed: SignedCheckpoint | None = None
+        self.resumed = TreeState.empty()
+
+    def _resumed(self) -> TreeState | None:
+        if not self.sync.chain.count:
+            return None
+        if self.sync.tree is None:
+            raise StateFileError("state.json has no Merkle tree of its entries")
+        return TreeState.from_bytes(b64u_decode(self.sync.tree), size=self.sync.chain.count)
+
+    async def start(self, client: ChronicleClient) -> None:
+        tree = TreeClient(client, self.verifier)
+        self.signed = await tree.checkpoint()
+        new = self.signed.checkpoint
+        if self.sync.checkpoint is not None:
+            old = open_checkpoint_with(self.sync.checkpoint.encode(), self.verifier).checkpoint
+            if new.size < old.size or (new.size == old.size and new.root != old.root):
+                raise VerifyFault("split-view", f"the ledger's signed checkpoint (size "
+                                  f"{new.size}) does not extend the one it signed before "
+                                  f"(size {old.size})")
+            if new.size > old.size:
+                try:
+                    await tree.consistency(old, new)
+                except IntegrityError as exc:
+                    raise VerifyFault("split-view", "the ledger's checkpoint of size "
+                                      f"{new.size} is not consistent with the one of size "
+                                      f"{old.size}: {exc.message}") from None
+        resumed = self._resumed()
+        if resumed is not None and resumed.size > new.size:
+            # A checkpoint that lags our verified head proves nothing new: keep the tree.
+            self.resumed = resumed
+            return
+        self.check = TreeCheck(new, resumed)
+
+    def add(self, verifier: ChainVerifier, signed: SignedContents) -> None:
+        if self.check is not None:
+            self.check.add(verifier, signed)
+        else:
+            self.resumed = self.resumed.append(_leaf(verifier, signed))[0]
+
+    def finish(self, report: SyncReport) -> None:
+        if self.check is None:
+            self.sync.tree = b64u_encode(self.resumed.to_bytes())
+            return
+        try:
+            proven = self.check.finish()
+        except ChainFault as exc:
+            raise VerifyFault("split-view", "the entries the ledger served do not match its "
+                              f"signed checkpoint: {exc.message}") from None
+        assert self.signed is not None
+        self.sync.tree = b64u_encode(self.check.state.to_bytes())
+        self.sync.checkpoint = self.signed.to_bytes().decode("utf-8")
+        report.tlog = proven
+
+
+def _leaf(verifier: ChainVerifier, signed: SignedContents) -> bytes:
+    created, currhash = verifier.last_created, verifier.last_currhash
+    assert created is not None
+    assert currhash is not None
+    return LeafRecord.build(created, signed.publickey, signed.signature, signed.contents,
+                            currhash).leaf_hash()
 
 
 class Judge:
@@ -228,6 +321,9 @@ async def _fetch(state_dir: StateDir, config: Config, sync: SyncState, judge: Ju
                  request_timeout: float) -> ChainVerifier:
     async with ChronicleClient(config.url, config.server_key_raw, session=session,
                                timeout=request_timeout) as client:
+        tree = None if config.tlog is None else TreeSync(config.tlog, sync)
+        if tree is not None:
+            await tree.start(client)
         head = await client.head()
         start = sync.chain
         if start.count == 0:
@@ -246,6 +342,8 @@ async def _fetch(state_dir: StateDir, config: Config, sync: SyncState, judge: Ju
             async for row, signed in client.walk(path, verifier, fresh=fresh):
                 report.fetched += 1
                 report.verified += 1
+                if tree is not None:
+                    tree.add(verifier, signed)
                 judge.feed(ChainEntry(
                     index=signed.index, currhash=str(row[verifier.keys.curr]),
                     created=str(row["created"]), publickey=str(row["publickey"]),
@@ -263,6 +361,8 @@ async def _fetch(state_dir: StateDir, config: Config, sync: SyncState, judge: Ju
         if head is None and start.count:
             raise VerifyFault("split-view", "the ledger says its chain is empty, but we "
                               f"verified {start.count} entries of it")
+        if tree is not None:
+            tree.finish(report)
         return verifier
 
 
@@ -341,6 +441,6 @@ async def _quorum(state_dir: StateDir, config: Config, sync: SyncState, report: 
 def _halt(state_dir: StateDir, sync: SyncState, config: Config, fault: VerifyFault,
           evidence: str | None) -> None:
     """Record the split view in the saved state (the entries fetched now are not saved)."""
-    saved, _ = state_dir.load(config.server_key)
+    saved = state_dir.load_sync(config.server_key)
     saved.halt = {"kind": fault.kind, "message": fault.message, "evidence": evidence}
     state_dir.save_sync(saved, config.server_key)

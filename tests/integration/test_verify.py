@@ -24,6 +24,7 @@ from chronicle.client.http import ChronicleClient
 from chronicle.core import protocol
 from chronicle.core.blakechain import currhash
 from chronicle.core.encoding import b64u_decode, b64u_encode, utcnow
+from chronicle.core.note import Ed25519Signer
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey
 from chronicle.release.messages import (
     AddKey,
@@ -35,6 +36,8 @@ from chronicle.release.messages import (
     sign_message,
 )
 from chronicle.release.sources import digest_directory
+from chronicle.server.keys import TLOG
+from chronicle.treelog import enable
 from tests.helpers import RunningServer, separate_database, serving
 from tests.release_support import CORE, NOW, key, pk
 
@@ -335,7 +338,10 @@ async def test_mirrors_split_view_behind_and_quorum(tmp_path: Path) -> None:
                                               f"{port} answers currhash ")
             lock = lock_file(tmp_path / "composer.lock", [("acme/lib", "1.0.0")])
             res = await cli("verify", "lock", str(lock), "--state", str(state), "--offline")
-            assert res.exit_code in (SPLIT, STALE)
+            assert res.exit_code == STALE      # never synced: nothing to use offline
+            assert error_line(res) == "error: --offline: this state was never synced"
+            res = await cli("verify", "lock", str(lock), "--state", str(state))
+            assert res.exit_code == SPLIT      # online: the sync finds the split view again
         finally:
             await runner.cleanup()
 
@@ -392,3 +398,38 @@ async def test_composer_script_hook_and_ci_example(tmp_path: Path) -> None:
             out, err = await proc.communicate()
             assert proc.returncode == code, err.decode()
         assert out.decode().startswith("FAIL acme/lib 1.0.1: no release acme/lib 1.0.1")
+
+
+async def test_sync_holds_the_entries_to_the_tree_checkpoint(tmp_path: Path) -> None:
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await bootstrap(led)
+        report = await enable(srv.ctx.store, srv.ctx.ledger(""), srv.key,
+                              srv.ctx.data_dir.tlog_key_path(srv.ctx.settings),
+                              "verify.test/log", clock=utcnow)
+        state = tmp_path / "state"
+        await init_state(state, srv, "--tlog", report.vkey)
+        res = await cli("verify", "sync", "--state", str(state), "--json")
+        assert res.exit_code == CLEAN, res.stderr
+        first = json.loads(res.stdout)["tlog"]
+        assert first["status"] == "matches"
+        # a new release and a newer checkpoint: consistent with the one held before
+        digest = digest_directory(tree(tmp_path / "src", "x"))
+        await led.send(Update(vendor="acme", name="lib", version="1.0.0", metadata=meta(digest)),
+                       "acme1")
+        treelog = srv.runner.app[TLOG]
+        now = treelog.monotonic()
+        treelog.monotonic = lambda: now + 5.0
+        res = await cli("verify", "sync", "--state", str(state), "--json")
+        assert res.exit_code == CLEAN, res.stderr
+        doc = json.loads(res.stdout)
+        assert doc["fetched"] == 1
+        assert doc["tlog"]["tree-size"] == first["tree-size"] + 1
+        # a checkpoint key that did not sign the ledger's checkpoints: refused
+        other = Ed25519Signer.generate("verify.test/log").vkey()
+        await init_state(tmp_path / "other", srv, "--tlog", other)
+        res = await cli("verify", "sync", "--state", str(tmp_path / "other"))
+        assert res.exit_code == 1
+        assert error_line(res) == (f"error: the checkpoint is not signed by the checkpoint key "
+                                   f"{other.split('+')[0]}+{other.split('+')[1]}; field "
+                                   "checkpoint")
