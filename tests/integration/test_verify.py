@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -35,7 +36,7 @@ from chronicle.release.messages import (
     enable_contents,
     sign_message,
 )
-from chronicle.release.sources import digest_directory
+from chronicle.release.sources import digest_directory, digest_git, resolve_commit
 from chronicle.server.keys import TLOG
 from chronicle.treelog import enable
 from tests.helpers import RunningServer, separate_database, serving
@@ -433,3 +434,100 @@ async def test_sync_holds_the_entries_to_the_tree_checkpoint(tmp_path: Path) -> 
         assert error_line(res) == (f"error: the checkpoint is not signed by the checkpoint key "
                                    f"{other.split('+')[0]}+{other.split('+')[1]}; field "
                                    "checkpoint")
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.test",
+           "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True, env=env).stdout.strip()
+
+
+async def test_reproduce_from_git_archive_and_vendor_dir(tmp_path: Path) -> None:
+    repo = tree(tmp_path / "repo", "<?php // 1.0\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "1.0")
+    git(repo, "tag", "v1.0.0")
+    commit = resolve_commit(repo, "v1.0.0")
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await bootstrap(led)
+        await led.send(Update(vendor="acme", name="lib", version="1.0.0", metadata=Metadata(
+            repo="https://example.test/acme/lib.git", commit=commit,
+            tree=digest_git(repo, "v1.0.0"))), "acme1")
+        state = tmp_path / "state"
+        await init_state(state, srv)
+        S = ["--state", str(state)]
+        (repo / "src" / "Lib.php").write_text("<?php // changed after the tag\n")
+        git(repo, "commit", "-qam", "later")
+        # default ref: the commit the release names
+        res = await cli("verify", "reproduce", "--git", str(repo), "--package", "acme/lib",
+                        "--version", "1.0.0", *S, "--json")
+        assert res.exit_code == CLEAN, res.stderr
+        doc = json.loads(res.stdout)
+        assert doc["packages"][0]["digest"] == "verified"
+        assert doc["packages"][0]["commit"] == commit
+        res = await cli("verify", "reproduce", "--git", str(repo), "--ref", "HEAD",
+                        "--package", "acme/lib", "--version", "1.0.0", *S, "--offline")
+        assert res.exit_code == DIGEST
+        assert error_line(res).startswith(f"error: 1 package(s) failed verification "
+                                          f"(digest-mismatch): acme/lib 1.0.0: the tree "
+                                          f"digest of {repo} at HEAD is b3t1:")
+        # the archive of the tag and an installed vendor/ folder of it are OK
+        git(repo, "archive", "--prefix=acme-lib/", "-o", str(tmp_path / "lib.zip"), "v1.0.0")
+        res = await cli("verify", "archive", str(tmp_path / "lib.zip"), "--package",
+                        "acme/lib", "--version", "v1.0", *S, "--offline")
+        assert res.exit_code == CLEAN, res.stderr
+        assert res.stdout.startswith("OK acme/lib v1.0: entry 2, key ")
+        vendor = tmp_path / "vendor" / "acme" / "lib"
+        with zipfile.ZipFile(tmp_path / "lib.zip") as zf:
+            zf.extractall(tmp_path / "unpacked")
+        vendor.parent.mkdir(parents=True)
+        (tmp_path / "unpacked" / "acme-lib").rename(vendor)
+        lock = lock_file(tmp_path / "composer.lock", [("acme/lib", "1.0.0")])
+        res = await cli("verify", "lock", str(lock), *S, "--offline", "--vendor-dir",
+                        str(tmp_path / "vendor"))
+        assert res.exit_code == CLEAN, res.stderr
+        assert "tree digest verified" in res.stdout
+        (vendor / "src" / "Lib.php").write_text("<?php // patched in place\n")
+        res = await cli("verify", "lock", str(lock), *S, "--offline", "--vendor-dir",
+                        str(tmp_path / "vendor"), "--json")
+        assert res.exit_code == DIGEST
+        doc = json.loads(res.stdout)
+        assert (doc["fault"], doc["exit-code"], doc["summary"]["failed"]) == \
+            ("digest-mismatch", DIGEST, 1)
+
+
+async def test_usage_and_state_errors(tmp_path: Path) -> None:
+    pk_ = pk("server")
+    res = await cli("verify", "init", "--state", str(tmp_path / "s"), "--url", "http://x",
+                    "--server-key", pk_, "--mirror", "http://m#nokey")
+    assert res.exit_code == 2
+    assert error_line(res) == ("error: mirror 'http://m#nokey': the key after '#' is not a "
+                               "base64url Ed25519 public key")
+    res = await cli("verify", "init", "--state", str(tmp_path / "s"), "--url", "http://x",
+                    "--server-key", pk_, "--quorum", "2", "--json")
+    assert res.exit_code == 2
+    assert json.loads(res.stdout)["message"] == ("quorum 2: must be between 0 and the number "
+                                                 "of mirrors (0)")
+    res = await cli("verify", "sync", "--state", str(tmp_path / "none"))
+    assert res.exit_code == 3
+    assert "is not a verify state directory (no config.json" in error_line(res)
+    await asyncio.to_thread(CliRunner().invoke, main, [
+        "verify", "init", "--state", str(tmp_path / "s"), "--url", "http://127.0.0.1:9",
+        "--server-key", pk_])
+    res = await cli("verify", "sync", "--state", str(tmp_path / "s"))
+    assert res.exit_code == 3          # the ledger cannot be reached
+    res = await cli("verify", "review", "--state", str(tmp_path / "s"), "--skip", "7")
+    assert res.exit_code == 2
+    assert error_line(res) == "error: there is no review item 7"
+    (tmp_path / "bad.lock").write_text('{"name": "not a lock"}')
+    res = await cli("verify", "lock", str(tmp_path / "bad.lock"), "--state", str(tmp_path / "s"))
+    assert res.exit_code == 2
+    assert error_line(res) == f'error: {tmp_path / "bad.lock"}: not a composer.lock (no ' \
+                              '"packages" list)'
+    res = await cli("verify", "lock", str(tmp_path / "missing.lock"), "--state",
+                    str(tmp_path / "s"))
+    assert res.exit_code == 3
