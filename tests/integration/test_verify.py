@@ -531,3 +531,41 @@ async def test_usage_and_state_errors(tmp_path: Path) -> None:
     res = await cli("verify", "lock", str(tmp_path / "missing.lock"), "--state",
                     str(tmp_path / "s"))
     assert res.exit_code == 3
+
+
+async def test_herd_vectors_through_sync_and_review(tmp_path: Path) -> None:
+    """The 15 Herd vectors on a non-gated ledger: every entry Herd v0.1.0 refused stops the
+    sync until reviewed; after the reviews the trusted keys and releases are Herd's."""
+    vectors = json.loads((Path(__file__).parents[1] / "vectors" / "herd" /
+                          "herd-v0.1.0-entries.json").read_text())
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await led.publish(enable_contents(NOW, "paragonie", vectors["keys"]["core1"]),
+                          as_server=True)
+        for row in vectors["entries"]:
+            await led.publish(row["contents"].encode("utf-8"))
+        state = tmp_path / "state"
+        await init_state(state, srv, "--core-vendor", "auto")
+        codes = []
+        for _ in range(20):
+            res = await cli("verify", "sync", "--state", str(state), "--json")
+            if res.exit_code == CLEAN:
+                break
+            assert res.exit_code == HELD, res.stderr
+            held = [i for i in json.loads(res.stdout)["review-items"] if i["decision"] is None]
+            codes.append(held[0]["code"])
+            assert (await cli("verify", "review", "--state", str(state), "--skip",
+                              str(held[0]["id"]))).exit_code == CLEAN
+        assert codes == ["key-exists", "malformed", "key-revoked", "self-revocation",
+                         "key-not-trusted", "first-key-not-vouched", "bad-signature"]
+        names = {value: name for name, value in vectors["keys"].items()}
+        saved = json.loads(next(state.glob("release-state.*.json")).read_text())
+        trusted = {names[k["publickey"]] for v in saved["vendors"] for k in v["keys"]
+                   if k["revoked"] is None}
+        assert trusted == {"core1", "acme2", "acme3", "acme4"}
+        final = vectors["herd_final_state"]
+        updates: dict[str, list[str]] = {}
+        for u in saved["updates"]:
+            updates.setdefault(f"{u['vendor']}/{u['name']}", []).append(u["version"])
+        assert updates == {p: [v.split(" ")[0] for v in versions]
+                           for p, versions in final["updates"].items()}
