@@ -295,18 +295,24 @@ async def sync_state(state_dir: StateDir, *, wait: float = 0.0,
     judge = Judge(config, sync, release, report, atom(clock()))
     for entry in state_dir.pending(sync):
         judge.feed(entry)
-    async with aiohttp.ClientSession() as session:
-        verifier = await _fetch(state_dir, config, sync, judge, report, session,
-                                request_timeout)
-        head = verifier.state()
-        if head.count:
-            assert head.currhash is not None
-            assert head.summaryhash is not None
-            report.head = {"index": head.count - 1, "currhash": b64u_encode(head.currhash),
-                           "summaryhash": b64u_encode(head.summaryhash)}
-            await _quorum(state_dir, config, sync, report, session, head.summaryhash,
-                          head.currhash, wait=wait, request_timeout=request_timeout,
-                          clock=clock)
+    try:
+        async with aiohttp.ClientSession() as session:
+            verifier = await _fetch(state_dir, config, sync, judge, report, session,
+                                    request_timeout)
+            head = verifier.state()
+            if head.count:
+                assert head.currhash is not None
+                assert head.summaryhash is not None
+                report.head = {"index": head.count - 1,
+                               "currhash": b64u_encode(head.currhash),
+                               "summaryhash": b64u_encode(head.summaryhash)}
+                await _quorum(state_dir, config, report, session, head.summaryhash,
+                              head.currhash, wait=wait, request_timeout=request_timeout,
+                              clock=clock)
+    except VerifyFault as fault:
+        if fault.kind == "split-view":
+            _halt(state_dir, config, fault, report, clock)
+        raise
     sync.chain = head
     sync.halt = None
     sync.synced_at = atom(clock())
@@ -353,7 +359,6 @@ async def _fetch(state_dir: StateDir, config: Config, sync: SyncState, judge: Ju
                 "split-view", f"the ledger no longer holds the entry we last verified "
                 f"(index {start.count - 1}, summaryhash {b64u_encode(start.summaryhash or b'')}"
                 "): its history was rewritten")
-            _halt(state_dir, sync, config, fault, None)
             raise fault from None
         if head is not None and verifier.anchors and not verifier.anchors_seen:
             raise VerifyFault("split-view", "the ledger's answers end before its own signed "
@@ -394,7 +399,7 @@ async def _ask_mirror(mirror: Mirror, summary: str, currhash: str,
         return MirrorReport(mirror.url, "error", exc.diagnostics()), None
 
 
-async def _quorum(state_dir: StateDir, config: Config, sync: SyncState, report: SyncReport,
+async def _quorum(state_dir: StateDir, config: Config, report: SyncReport,
                   session: aiohttp.ClientSession, summary_raw: bytes, currhash_raw: bytes,
                   *, wait: float, request_timeout: float,
                   clock: Callable[[], datetime]) -> None:
@@ -429,7 +434,6 @@ async def _quorum(state_dir: StateDir, config: Config, sync: SyncState, report: 
         fault = VerifyFault("split-view", f"split view: mirror {split[0].url} answers "
                             f"{split[0].detail}; evidence in {path}",
                             evidence=str(path), mirrors=[m.as_dict() for m in report.mirrors])
-        _halt(state_dir, sync, config, fault, str(path))
         raise fault
     agreed = sum(1 for m in report.mirrors if m.status == "agree")
     if agreed < config.quorum:
@@ -438,9 +442,17 @@ async def _quorum(state_dir: StateDir, config: Config, sync: SyncState, report: 
                           mirrors=[m.as_dict() for m in report.mirrors])
 
 
-def _halt(state_dir: StateDir, sync: SyncState, config: Config, fault: VerifyFault,
-          evidence: str | None) -> None:
-    """Record the split view in the saved state (the entries fetched now are not saved)."""
+def _halt(state_dir: StateDir, config: Config, fault: VerifyFault, report: SyncReport,
+          clock: Callable[[], datetime]) -> None:
+    """Keep the evidence of a split view and record it in the saved state (nothing fetched
+    now is saved): every check refuses until a sync passes again."""
+    evidence = fault.details.get("evidence")
+    if evidence is None:
+        stamp = atom(clock()).replace(":", "")
+        evidence = str(state_dir.write_evidence(f"split-view-{stamp}.json", {
+            "ledger": config.url, "head": report.head, "message": fault.message,
+            "checkpoint-held": state_dir.load_sync(config.server_key).checkpoint}))
+        fault.details["evidence"] = evidence
     saved = state_dir.load_sync(config.server_key)
     saved.halt = {"kind": fault.kind, "message": fault.message, "evidence": evidence}
     state_dir.save_sync(saved, config.server_key)

@@ -39,7 +39,13 @@ from chronicle.release.messages import (
 from chronicle.release.sources import digest_directory, digest_git, resolve_commit
 from chronicle.server.keys import TLOG
 from chronicle.treelog import enable
-from tests.helpers import RunningServer, separate_database, serving
+from tests.helpers import (
+    RunningServer,
+    init_data_dir,
+    separate_database,
+    serving,
+    start_server,
+)
 from tests.release_support import CORE, NOW, key, pk
 
 CLEAN, HELD, UNKNOWN, REVOKED, UNTRUSTED, DIGEST, UNSIGNED = 0, 16, 10, 11, 12, 13, 14
@@ -569,3 +575,36 @@ async def test_herd_vectors_through_sync_and_review(tmp_path: Path) -> None:
             updates.setdefault(f"{u['vendor']}/{u['name']}", []).append(u["version"])
         assert updates == {p: [v.split(" ")[0] for v in versions]
                            for p, versions in final["updates"].items()}
+
+
+async def test_a_rewritten_history_halts_every_check(tmp_path: Path) -> None:
+    """The ledger at the pinned URL and key no longer holds the entry we verified last (a
+    second ledger with the same key, another history): split view, evidence, halt."""
+    async with serving(tmp_path / "a", "pub") as srv:
+        await bootstrap(Ledger(srv))
+        state = tmp_path / "state"
+        await init_state(state, srv)
+        assert (await cli("verify", "sync", "--state", str(state))).exit_code == CLEAN
+        # the same pinned key, another history
+        other = await start_server(await init_data_dir(tmp_path / "b", srv.key,
+                                                       database=separate_database("b")))
+        try:
+            await other.add_client("pub")
+            led = Ledger(other)
+            await led.publish(b"a different first entry")
+            config = json.loads((state / "config.json").read_text())
+            config["url"] = other.url
+            (state / "config.json").write_text(json.dumps(config))
+            res = await cli("verify", "sync", "--state", str(state), "--json")
+        finally:
+            await other.close()
+        assert res.exit_code == SPLIT, res.stderr
+        assert error_line(res).startswith("error: the ledger no longer holds the entry we "
+                                          "last verified (index 1, summaryhash ")
+        evidence = json.loads(Path(json.loads(res.stdout)["evidence"]).read_text())
+        assert evidence["message"].endswith("its history was rewritten")
+        lock = lock_file(tmp_path / "composer.lock", [("acme/lib", "1.0.0")])
+        res = await cli("verify", "lock", str(lock), "--state", str(state), "--offline")
+        assert res.exit_code == SPLIT
+        assert error_line(res).startswith("error: the last sync stopped on a split view: the "
+                                          "ledger no longer holds the entry")
