@@ -30,7 +30,6 @@ from chronicle.cli.common import (
 )
 from chronicle.core.encoding import atom, utcnow
 from chronicle.verify.check import Checker, Result, Source, check_lock, read_lock
-from chronicle.verify.codec import StateFileError
 from chronicle.verify.faults import FAULT_CLASSES, FAULT_CODES, VerifyFault
 from chronicle.verify.statedir import (
     CORE_VENDOR_POLICIES,
@@ -39,6 +38,7 @@ from chronicle.verify.statedir import (
     Config,
     Mirror,
     StateDir,
+    StateFileError,
     SyncState,
     UsageError,
     parse_duration,
@@ -145,6 +145,13 @@ def init_cmd(state: Path, url: str, server_key: str, mirrors: tuple[str, ...], q
 
 # --- sync ---------------------------------------------------------------------------------
 
+def _open(state: Path) -> StateDir:
+    """The state directory, its database closed when the command ends."""
+    state_dir = StateDir(state)
+    click.get_current_context().call_on_close(state_dir.close)
+    return state_dir
+
+
 def _stale_check(state_dir: StateDir, max_age: str | None, sync: SyncState
                  ) -> dict[str, Any]:
     """--offline: the last sync's age, or the stale fault if it is older than the limit."""
@@ -192,7 +199,7 @@ def _sync_text(report: SyncReport) -> str:
 def sync_cmd(state: Path, offline: bool, max_age: str | None, wait: float,
              as_json: bool) -> None:
     """Fetch and verify the new entries, rebuild the release state, ask the mirrors."""
-    state_dir = StateDir(state)
+    state_dir = _open(state)
     if offline:
         info = _stale_check(state_dir, max_age, state_dir.load_sync(
             state_dir.config().server_key))
@@ -224,7 +231,7 @@ def sync_cmd(state: Path, offline: bool, max_age: str | None, wait: float,
 def review_cmd(state: Path, accept: tuple[int, ...], skip: tuple[int, ...], show_all: bool,
                as_json: bool) -> None:
     """List the items a sync held for review, or decide them."""
-    state_dir = StateDir(state)
+    state_dir = _open(state)
     config = state_dir.config()
     sync = state_dir.load_sync(config.server_key)
     both = set(accept) & set(skip)
@@ -252,14 +259,14 @@ def review_cmd(state: Path, accept: tuple[int, ...], skip: tuple[int, ...], show
 # --- checks -------------------------------------------------------------------------------
 
 def _checker(state: Path, offline: bool, max_age: str | None, wait: float) -> Checker:
-    state_dir = StateDir(state)
+    state_dir = _open(state)
     config = state_dir.config()
     if offline:
         _stale_check(state_dir, max_age, state_dir.load_sync(config.server_key))
     else:
         _run_sync(state_dir, wait)
-    sync, release = state_dir.load(config.server_key)
-    return Checker(config, sync, release)
+    return Checker(config, state_dir.load_sync(config.server_key),
+                   state_dir.db(config.server_key))
 
 
 def _finish(results: list[Result], worst_kind: str | None, as_json: bool) -> None:

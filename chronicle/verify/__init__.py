@@ -7,5 +7,6 @@
 - :mod:`~chronicle.verify.check`: a package version, an archive, a git checkout or a
   ``composer.lock`` against the synced state and the policy
 - :mod:`~chronicle.verify.faults`: the fault classes and their exit codes
-- :mod:`~chronicle.verify.codec`: the saved release state, loaded back exactly
+- :mod:`~chronicle.verify.db`: the release state as SQLite rows, judged by the gate's
+  pure :func:`~chronicle.release.state.judge`
 """

@@ -21,8 +21,9 @@ from typing import Any
 
 from chronicle.release.messages import normalize_version
 from chronicle.release.sources import digest_archive, digest_directory, digest_git, resolve_commit
-from chronicle.release.state import KeyRecord, ReleaseState, UpdateKey, UpdateRecord
+from chronicle.release.state import KeyRecord, UpdateKey, UpdateRecord
 from chronicle.release.treedigest import TreeDigestError
+from chronicle.verify.db import ReleaseDB
 from chronicle.verify.faults import VerifyFault, worst
 from chronicle.verify.statedir import Config, SyncState, UsageError
 from chronicle.verify.sync import held_fault
@@ -76,7 +77,7 @@ class Result:
 class Checker:
     """Checks against one synced state and one policy."""
 
-    def __init__(self, config: Config, sync: SyncState, release: ReleaseState) -> None:
+    def __init__(self, config: Config, sync: SyncState, release: ReleaseDB) -> None:
         if sync.halt is not None:
             raise VerifyFault("split-view", f"the last sync stopped on a split view: "
                               f"{sync.halt.get('message')}", evidence=sync.halt.get("evidence"))
@@ -142,7 +143,7 @@ class Checker:
         return None if update is None else update.metadata.commit
 
     def _count(self, vendor: str, name: str) -> int:
-        return sum(1 for u in self.release.updates() if u.vendor == vendor and u.name == name)
+        return self.release.releases_of(vendor, name)
 
     def _unsigned(self, package: str, version: str, vendor: str) -> Result:
         policy = self.config.unsigned_policy(vendor)

@@ -4,17 +4,14 @@ Layout (docs/verify.md):
 
 - ``config.json``: what ``verify init`` pinned: the ledger's URL and key, the mirrors
   (URL and key each), the quorum, the policies, ``max-age``.
-- ``state.json``: where the sync stands: the verified chain position (with its summary
-  hash state, so the next sync continues from it), how many of those entries the release
-  state has judged, when the last sync finished, the review items, a halt (split view),
-  the releases a violation refused, and the name of the release state file.
-- ``release-state.N.json``: :meth:`ReleaseState.to_json` after the judged entries.
-- ``pending.N.jsonl``: entries verified on the chain but not yet judged (the sync
-  stopped at an item held for review), in chain order.
-- ``evidence/``: what a split view left: both signed answers, verbatim.
-
-Every write goes to a new file renamed into place; ``state.json`` is renamed last and names
-the generation it belongs to, so an interrupted sync leaves the previous state intact.
+- ``state.db`` (SQLite, :mod:`chronicle.verify.db`): the release state as rows; the
+  entries verified on the chain but not yet judged (the sync stopped at an item held for
+  review); and in ``meta`` where the sync stands: the verified chain position (with its
+  summary hash state, so the next sync continues from it), how many entries were judged,
+  when the last sync finished, the review items, a halt (split view), the releases a
+  violation refused, the Merkle tree and checkpoint (``--tlog``). One transaction per sync:
+  an interrupted sync leaves the previous state intact.
+- ``evidence/``: what a split view left: the signed answers, verbatim.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,7 +29,6 @@ from typing import Any, Final
 from chronicle.config import ConfigError
 from chronicle.core.encoding import (
     b64u_decode,
-    b64u_encode,
     decode_b64_field,
     parse_interval,
     parse_timestamp,
@@ -39,8 +36,8 @@ from chronicle.core.encoding import (
 from chronicle.core.errors import ChronicleError, EncodingError
 from chronicle.core.note import Ed25519Verifier
 from chronicle.core.verify import ChainState
-from chronicle.release.state import ChainEntry, ReleaseState
-from chronicle.verify.codec import StateFileError, load_release_state
+from chronicle.release.state import ChainEntry
+from chronicle.verify.db import ReleaseDB
 
 CONFIG_FORMAT: Final = "chronicle-verify/1"
 STATE_FORMAT: Final = "chronicle-verify-state/1"
@@ -48,6 +45,10 @@ CORE_VENDOR_POLICIES: Final = ("off", "review", "auto")
 UNSIGNED_POLICIES: Final = ("allow", "warn", "deny")
 DEFAULT_MAX_AGE: Final = 24 * 3600
 _VENDOR_RE: Final = re.compile(r"[a-z0-9]+(?:[_.-][a-z0-9]+)*")
+
+
+class StateFileError(ChronicleError):
+    """A state directory that does not read back: damaged, or made for another ledger."""
 
 
 class UsageError(ChronicleError):
@@ -218,8 +219,6 @@ class SyncState:
     reviews: list[ReviewItem] = field(default_factory=list)
     halt: dict[str, Any] | None = None
     refused_releases: dict[str, dict[str, Any]] = field(default_factory=dict)
-    generation: int = 0
-    pending_count: int = 0
     tree: str | None = None
     checkpoint: str | None = None
     """With ``--tlog``: the Merkle tree over the verified entries (base64url of
@@ -237,33 +236,20 @@ class SyncState:
         return None if self.synced_at is None else now - parse_timestamp(self.synced_at)
 
 
-def _entry_line(entry: ChainEntry) -> bytes:
-    return json.dumps({"index": entry.index, "currhash": entry.currhash,
-                       "created": entry.created, "publickey": entry.publickey,
-                       "contents": b64u_encode(entry.contents)},
-                      separators=(",", ":")).encode("ascii") + b"\n"
-
-
-def _entry_from(line: bytes) -> ChainEntry:
-    d = json.loads(line)
-    return ChainEntry(index=int(d["index"]), currhash=str(d["currhash"]),
-                      created=str(d["created"]), publickey=str(d["publickey"]),
-                      contents=b64u_decode(str(d["contents"])))
-
-
 class StateDir:
     """One verifying client's directory (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._db: ReleaseDB | None = None
 
     @property
     def config_path(self) -> Path:
         return self.path / "config.json"
 
     @property
-    def state_path(self) -> Path:
-        return self.path / "state.json"
+    def db_path(self) -> Path:
+        return self.path / "state.db"
 
     @property
     def evidence_dir(self) -> Path:
@@ -287,86 +273,74 @@ class StateDir:
         return Config.from_dict(_read_json(self.config_path))
 
     # -- state
-    def load(self, server_key: str) -> tuple[SyncState, ReleaseState]:
-        """``state.json`` and the release state it names."""
-        sync = self.load_sync(server_key)
-        if sync.generation == 0:    # never saved (or only a split view recorded)
-            return sync, ReleaseState(server_key=server_key)
-        release = load_release_state(_read_json(self._release_path(sync.generation)),
-                                     server_key)
-        return sync, release
+    def db(self, server_key: str) -> ReleaseDB:
+        """``state.db``, opened once (its rows are the release state)."""
+        if self._db is None:
+            try:
+                self._db = ReleaseDB(self.db_path, server_key)
+            except sqlite3.Error as exc:
+                raise StateFileError(f"{self.db_path}: {exc}") from None
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def load_sync(self, server_key: str) -> SyncState:
-        """``state.json`` alone (cheap: no release state)."""
-        if not self.state_path.exists():
+        """Where the sync stands (the ``sync`` row of ``meta``)."""
+        db = self.db(server_key)
+        doc = db.get_meta("sync")
+        if doc is None:
             return SyncState()
-        doc = _read_json(self.state_path)
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-            raise StateFileError(f"state.json is not a {STATE_FORMAT} file")
+            raise StateFileError(f"state.db: the sync position is not {STATE_FORMAT}")
         if doc.get("server-key") != server_key:
-            raise StateFileError("state.json was made for another server key")
+            raise StateFileError("state.db was made for another server key")
         try:
-            sync = SyncState(
+            return SyncState(
                 chain=ChainState.from_dict(doc["chain"]), judged=int(doc["judged"]),
                 synced_at=doc.get("synced-at"),
                 reviews=[ReviewItem.from_dict(r) for r in doc["reviews"]],
                 halt=doc.get("halt"), refused_releases=dict(doc["refused-releases"]),
-                generation=int(doc["generation"]), pending_count=int(doc["pending"]),
                 tree=doc.get("tree"), checkpoint=doc.get("checkpoint"))
         except (KeyError, TypeError, ValueError, ChronicleError) as exc:
-            raise StateFileError(f"state.json is damaged: {exc}") from None
-        return sync
+            raise StateFileError(f"state.db: the sync position is damaged: {exc}") from None
 
-    def pending(self, sync: SyncState) -> list[ChainEntry]:
-        """The entries verified but not yet judged, in chain order."""
-        if not sync.pending_count:
-            return []
-        path = self._pending_path(sync.generation)
-        try:
-            entries = [_entry_from(line) for line in path.read_bytes().splitlines() if line]
-        except (ValueError, KeyError, TypeError, ChronicleError) as exc:
-            raise StateFileError(f"{path.name} is damaged: {exc}") from None
-        if len(entries) != sync.pending_count:
-            raise StateFileError(f"{path.name} holds {len(entries)} entries, state.json "
-                                 f"says {sync.pending_count}")
-        return entries
+    def load(self, server_key: str) -> tuple[SyncState, ReleaseDB]:
+        """A sync's start: a write transaction on ``state.db``, the position, the rows."""
+        db = self.db(server_key)
+        db.begin()
+        return self.load_sync(server_key), db
 
-    def save(self, sync: SyncState, release: ReleaseState, server_key: str,
+    def save(self, sync: SyncState, db: ReleaseDB, server_key: str,
              pending: list[ChainEntry]) -> None:
-        """Write a new generation, then ``state.json`` naming it, then drop the old one."""
-        old = sync.generation
-        sync.generation = old + 1
-        sync.pending_count = len(pending)
-        self._write(self._release_path(sync.generation), release.to_json())
-        if pending:
-            self._write(self._pending_path(sync.generation),
-                        b"".join(_entry_line(e) for e in pending))
-        self.save_sync(sync, server_key)
-        for stale in (self._release_path(old), self._pending_path(old)):
-            stale.unlink(missing_ok=True)
+        """Commit the sync: the position, the unjudged entries and the rows, together."""
+        db.set_pending(pending)
+        self._put_sync(db, sync, server_key)
+        db.commit()
 
     def save_sync(self, sync: SyncState, server_key: str) -> None:
-        """Rewrite ``state.json`` alone (same generation): reviews, halt."""
-        doc = {"format": STATE_FORMAT, "server-key": server_key,
-               "chain": sync.chain.as_dict(), "judged": sync.judged,
-               "synced-at": sync.synced_at, "generation": sync.generation,
-               "pending": sync.pending_count,
-               "reviews": [r.as_dict() for r in sync.reviews], "halt": sync.halt,
-               "refused-releases": sync.refused_releases, "tree": sync.tree,
-               "checkpoint": sync.checkpoint}
-        self._write(self.state_path, _dumps(doc))
+        """Rewrite the position alone (reviews, halt), in its own transaction."""
+        db = self.db(server_key)
+        db.rollback()
+        db.begin()
+        self._put_sync(db, sync, server_key)
+        db.commit()
+
+    def _put_sync(self, db: ReleaseDB, sync: SyncState, server_key: str) -> None:
+        db.set_meta("sync", {
+            "format": STATE_FORMAT, "server-key": server_key, "chain": sync.chain.as_dict(),
+            "judged": sync.judged, "synced-at": sync.synced_at,
+            "reviews": [r.as_dict() for r in sync.reviews], "halt": sync.halt,
+            "refused-releases": sync.refused_releases, "tree": sync.tree,
+            "checkpoint": sync.checkpoint})
 
     def write_evidence(self, name: str, doc: dict[str, Any]) -> Path:
         self.evidence_dir.mkdir(parents=True, exist_ok=True)
         path = self.evidence_dir / name
         self._write(path, _dumps(doc))
         return path
-
-    def _release_path(self, generation: int) -> Path:
-        return self.path / f"release-state.{generation}.json"
-
-    def _pending_path(self, generation: int) -> Path:
-        return self.path / f"pending.{generation}.jsonl"
 
     def _write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")

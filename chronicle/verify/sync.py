@@ -4,7 +4,8 @@ with the gate's own rules, and compare our head with the mirrors.
 Every entry is checked like ``chronicle audit`` checks it (the answer's signature by the
 pinned key, the entry's signature, its link, currhash and summaryhash, from the saved hash
 state); the walk must reach the ledger's fresh signed head. The release state is then
-advanced with :meth:`ReleaseState.ingest`, the pure code the ledger's gate runs. An entry
+advanced with :func:`~chronicle.release.state.judge`, the pure code the ledger's gate runs,
+on the rows of ``state.db`` (:mod:`chronicle.verify.db`). An entry
 the rules refuse (a ledger that stored it anyway) or, under the ``review`` policy, a core
 vendor's emergency action stops the judging there: what follows is kept verified but
 unjudged until ``verify review`` decides. Mirrors are asked for ``lookup/{our head's
@@ -52,12 +53,18 @@ from chronicle.release.messages import (
 from chronicle.release.state import (
     Accepted,
     ChainEntry,
-    ReleaseState,
     Violation,
 )
-from chronicle.verify.codec import StateFileError
+from chronicle.verify.db import ReleaseDB
 from chronicle.verify.faults import VerifyFault
-from chronicle.verify.statedir import Config, Mirror, ReviewItem, StateDir, SyncState
+from chronicle.verify.statedir import (
+    Config,
+    Mirror,
+    ReviewItem,
+    StateDir,
+    StateFileError,
+    SyncState,
+)
 
 
 @dataclass
@@ -121,15 +128,15 @@ def release_key(ref: UpdateRef) -> str:
     return f"{ref.vendor}/{ref.name} {ref.version_key}"
 
 
-def summarize(release: ReleaseState, sync: SyncState) -> dict[str, Any]:
+def summarize(release: ReleaseDB, sync: SyncState) -> dict[str, Any]:
     ledger = release.ledger()
     return {"entries": sync.chain.count, "judged": sync.judged,
             "release-ledger": ledger is not None,
             "core-vendor": None if ledger is None else ledger.core_vendor,
-            "vendors": len(release.vendors()), "updates": len(release.updates()),
-            "attestations": len(release.attestations()),
-            "emergency-actions": len(release.emergency_actions()),
-            "violations": len(release.rejected()), "skipped": release.skipped(),
+            "vendors": len(release.vendors()), "updates": release.count("updates"),
+            "attestations": release.count("attestations"),
+            "emergency-actions": release.count("emergency"),
+            "violations": release.count("rejected"), "skipped": dict(release.skipped()),
             "held": len(sync.held()), "synced-at": sync.synced_at}
 
 
@@ -214,7 +221,7 @@ def _leaf(verifier: ChainVerifier, signed: SignedContents) -> bytes:
 class Judge:
     """Feeds verified entries to the release rules until an item is held for review."""
 
-    def __init__(self, config: Config, sync: SyncState, release: ReleaseState,
+    def __init__(self, config: Config, sync: SyncState, release: ReleaseDB,
                  report: SyncReport, now: str) -> None:
         self.config, self.sync, self.release, self.report = config, sync, release, report
         self.now = now
@@ -287,13 +294,23 @@ async def sync_state(state_dir: StateDir, *, wait: float = 0.0,
     sees each warning as it happens."""
     config = state_dir.config()
     sync, release = state_dir.load(config.server_key)
+    try:
+        return await _sync(state_dir, config, sync, release, wait=wait, clock=clock,
+                           request_timeout=request_timeout, on_warning=on_warning)
+    finally:
+        release.rollback()      # nothing to undo after a commit
+
+
+async def _sync(state_dir: StateDir, config: Config, sync: SyncState, release: ReleaseDB, *,
+                wait: float, clock: Callable[[], datetime], request_timeout: float,
+                on_warning: Callable[[str], None] | None) -> SyncReport:
     if sync.held():
         raise held_fault(sync)
     # A split view found earlier (sync.halt) stays until a sync passes the quorum: the
     # mirror fixed, or removed from config.json.
     report = SyncReport(on_warning=on_warning)
     judge = Judge(config, sync, release, report, atom(clock()))
-    for entry in state_dir.pending(sync):
+    for entry in release.pending():
         judge.feed(entry)
     try:
         async with aiohttp.ClientSession() as session:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -39,6 +40,7 @@ from chronicle.release.messages import (
 from chronicle.release.sources import digest_directory, digest_git, resolve_commit
 from chronicle.server.keys import TLOG
 from chronicle.treelog import enable
+from chronicle.verify.db import ReleaseDB
 from tests.helpers import (
     RunningServer,
     init_data_dir,
@@ -240,9 +242,12 @@ async def test_sync_lock_and_every_fault_class(tmp_path: Path) -> None:
         assert "(key-revoked)" in error_line(res)
 
         # stale state offline: the last sync is older than --max-age
-        doc = json.loads((state / "state.json").read_text())
-        doc["synced-at"] = "2026-01-01T00:00:00+00:00"
-        (state / "state.json").write_text(json.dumps(doc))
+        with sqlite3.connect(state / "state.db") as db:
+            doc = json.loads(db.execute("SELECT value FROM meta WHERE key = 'sync'")
+                             .fetchone()[0])
+            doc["synced-at"] = "2026-01-01T00:00:00+00:00"
+            db.execute("UPDATE meta SET value = ? WHERE key = 'sync'", (json.dumps(doc),))
+        db.close()
         res = await cli("verify", "lock", str(lock), *S, "--offline", "--max-age", "1h")
         assert res.exit_code == STALE
         assert error_line(res).startswith("error: --offline: the last sync was at "
@@ -565,7 +570,9 @@ async def test_herd_vectors_through_sync_and_review(tmp_path: Path) -> None:
         assert codes == ["key-exists", "malformed", "key-revoked", "self-revocation",
                          "key-not-trusted", "first-key-not-vouched", "bad-signature"]
         names = {value: name for name, value in vectors["keys"].items()}
-        saved = json.loads(next(state.glob("release-state.*.json")).read_text())
+        db = ReleaseDB(state / "state.db", srv.key.public_b64)
+        saved = json.loads(db.to_state().to_json())
+        db.close()
         trusted = {names[k["publickey"]] for v in saved["vendors"] for k in v["keys"]
                    if k["revoked"] is None}
         assert trusted == {"core1", "acme2", "acme3", "acme4"}
