@@ -1,7 +1,8 @@
 """Benchmark ``chronicle verify``: a sync from scratch of a ledger of N releases, then a
 ``verify lock`` of 200 packages (issue 13). The ledger is a loopback server on SQLite in a
 temporary directory (entries appended through its sequencer, as publishes would be); the
-verifier runs as ``python -m chronicle verify …`` subprocesses, timed, with their peak RSS.
+verifier runs as ``python -m chronicle verify …`` subprocesses, timed, with their peak RSS;
+then one more release and an incremental sync (one entry fetched).
 
     python scripts/bench_verify.py [--releases 10000]
 """
@@ -66,6 +67,11 @@ async def bench(releases: int) -> None:
             sync_s, out = await asyncio.to_thread(run, "verify", "sync", "--state",
                                                   str(state), "--json")
             fetched = json.loads(out)["fetched"]
+            await append(sign_message(Update(vendor="acme", name="one-more", version="1.0.0",
+                                             metadata=meta(releases)), acme))
+            again_s, out = await asyncio.to_thread(run, "verify", "sync", "--state",
+                                                   str(state), "--json")
+            assert json.loads(out)["fetched"] == 1
             lock_s, out = await asyncio.to_thread(run, "verify", "lock", str(lock),
                                                   "--state", str(state), "--offline",
                                                   "--json")
@@ -73,6 +79,7 @@ async def bench(releases: int) -> None:
             rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
             print(json.dumps({"releases": releases, "entries-fetched": fetched,
                               "sync-s": round(sync_s, 2), "lock-200-s": round(lock_s, 2),
+                              "incremental-sync-1-s": round(again_s, 2),
                               "total-s": round(sync_s + lock_s, 2),
                               "peak-rss-mb": round(rss, 1)}))
 

@@ -211,7 +211,7 @@ class ReviewItem:
 
 @dataclass(slots=True)
 class SyncState:
-    """Where the sync stands (``state.json``) plus the release state it names."""
+    """Where the sync stands (the ``sync`` row of ``state.db``'s ``meta``)."""
 
     chain: ChainState = field(default_factory=lambda: ChainState(0))
     judged: int = 0

@@ -162,7 +162,7 @@ class TreeSync:
         if not self.sync.chain.count:
             return None
         if self.sync.tree is None:
-            raise StateFileError("state.json has no Merkle tree of its entries")
+            raise StateFileError("state.db has no Merkle tree of its entries")
         return TreeState.from_bytes(b64u_decode(self.sync.tree), size=self.sync.chain.count)
 
     async def start(self, client: ChronicleClient) -> None:
