@@ -9,6 +9,7 @@ held), lock (a composer.lock), archive and reproduce (one artifact). Exit codes:
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -30,6 +31,7 @@ from chronicle.cli.common import (
 )
 from chronicle.core.encoding import atom, utcnow
 from chronicle.verify.check import Checker, Result, Source, check_lock, read_lock
+from chronicle.verify.db import BusyError
 from chronicle.verify.faults import FAULT_CLASSES, FAULT_CODES, VerifyFault
 from chronicle.verify.statedir import (
     CORE_VENDOR_POLICIES,
@@ -65,9 +67,12 @@ def verify_errors(command: F) -> F:
         except UsageError as exc:
             _json_error(kwargs, {})
             fail(exc.message, EXIT_USAGE)
-        except StateFileError as exc:
+        except (StateFileError, BusyError) as exc:
             _json_error(kwargs, {})
             fail(exc.message, EXIT_IO)
+        except sqlite3.Error as exc:
+            _json_error(kwargs, {})
+            fail(f"{kwargs.get('state')}/state.db: {exc}", EXIT_IO)
 
     return handle_errors(wrapper)  # type: ignore[return-value]
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from chronicle.core.errors import ChronicleError
 from chronicle.release.messages import (
     OP_ADD_KEY,
     OP_REVOKE_KEY,
@@ -87,6 +88,10 @@ _UPDATE_COLS: Final = ("vendor, name, version, version_key, at_index, at_currhas
                        "revoked_by, revoke_reason, revoked_emergency")
 
 
+class BusyError(ChronicleError):
+    """Another process holds the state directory's write transaction."""
+
+
 def _pos(index: int | None, currhash: str | None) -> Position | None:
     return None if index is None or currhash is None else Position(index, currhash)
 
@@ -94,9 +99,9 @@ def _pos(index: int | None, currhash: str | None) -> Position | None:
 class ReleaseDB:
     """``state.db``: the release state as rows, the sync position, the unjudged entries."""
 
-    def __init__(self, path: Path, server_key: str) -> None:
+    def __init__(self, path: Path, server_key: str, *, busy_timeout: float = 5.0) -> None:
         self.server_key = server_key
-        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(SCHEMA)
@@ -109,7 +114,12 @@ class ReleaseDB:
 
     # -- transactions
     def begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """Start the one write transaction of a sync; refused while another holds it."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise BusyError(f"state.db is busy: another chronicle verify is syncing it "
+                            f"({exc})") from None
         self._ledger_loaded = False
         self._skipped = None
 

@@ -15,7 +15,7 @@ from chronicle.release.messages import (
     sign_message,
 )
 from chronicle.release.state import ChainEntry, replay
-from chronicle.verify.db import ReleaseDB
+from chronicle.verify.db import BusyError, ReleaseDB
 from chronicle.verify.statedir import Config, UsageError, parse_duration
 from tests.release_support import SERVER, Chain, key, meta, pk
 
@@ -72,6 +72,20 @@ def test_a_rolled_back_sync_leaves_nothing(tmp_path: Path) -> None:
     db.rollback()
     assert db.to_state().to_json() == replay([], server_key=SERVER.public_b64).to_json()
     db.close()
+
+
+def test_one_sync_at_a_time(tmp_path: Path) -> None:
+    first = ReleaseDB(tmp_path / "state.db", SERVER.public_b64)
+    second = ReleaseDB(tmp_path / "state.db", SERVER.public_b64, busy_timeout=0.05)
+    first.begin()
+    with pytest.raises(BusyError, match=r"state\.db is busy: another chronicle verify is "
+                                        r"syncing it"):
+        second.begin()
+    first.rollback()
+    second.begin()
+    second.rollback()
+    first.close()
+    second.close()
 
 
 def test_policy_values() -> None:
