@@ -615,3 +615,40 @@ async def test_a_rewritten_history_halts_every_check(tmp_path: Path) -> None:
         assert res.exit_code == SPLIT
         assert error_line(res).startswith("error: the last sync stopped on a split view: the "
                                           "ledger no longer holds the entry")
+
+
+async def test_a_replica_as_mirror(tmp_path: Path) -> None:
+    """--mirror with a replica path (…/chronicle/replica/ID): it agrees once it has copied
+    our head, and is behind (quorum not reached) until then."""
+    quiet = {"replicate_interval": "", "cross_sign_interval": "", "scheduled_attestation": ""}
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await bootstrap(led)
+        replica = await init_data_dir(tmp_path / "replica", database=separate_database("r"),
+                                      **quiet)
+        served = await start_server(replica)
+        try:
+            res = await cli("replica", "add", "--data-dir", str(replica.path), "--url",
+                            srv.url, "--server-key", srv.key.public_b64, "--name", "up",
+                            "--json")
+            assert res.exit_code == CLEAN, res.stderr
+            mirror = (f"{served.url}/chronicle/replica/{json.loads(res.stdout)['id']}"
+                      f"#{served.key.public_b64}")
+            sync_replica = ("replica", "sync", "--data-dir", str(replica.path))
+            assert (await cli(*sync_replica)).exit_code == CLEAN
+            state = tmp_path / "state"
+            await init_state(state, srv, "--mirror", mirror, "--quorum", "1")
+            res = await cli("verify", "sync", "--state", str(state), "--json")
+            assert res.exit_code == CLEAN, res.stderr
+            assert [m["status"] for m in json.loads(res.stdout)["mirrors"]] == ["agree"]
+            await led.send(Update(vendor="acme", name="lib", version="1.0.0",
+                                  metadata=meta(digest_directory(tree(tmp_path / "s", "x")))),
+                           "acme1")
+            res = await cli("verify", "sync", "--state", str(state))
+            assert res.exit_code == QUORUM
+            assert (await cli(*sync_replica)).exit_code == CLEAN
+            res = await cli("verify", "sync", "--state", str(state), "--json")
+            assert res.exit_code == CLEAN, res.stderr
+            assert json.loads(res.stdout)["fetched"] == 1
+        finally:
+            await served.close()
