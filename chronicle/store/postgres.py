@@ -87,7 +87,8 @@ def _count(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-#: Up to this many rows a bulk insert is one pipelined INSERT (a publish batch); more: COPY.
+#: Up to this many rows a bulk insert is one ``INSERT … SELECT FROM unnest(…)`` (a group
+#: commit's rows); more go through COPY.
 INLINE_ROWS = 256
 
 
@@ -97,13 +98,21 @@ def _insert(table: str, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
 
 
+def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:
+    """All rows in one statement: one array parameter per column."""
+    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 (our names)
+            f"SELECT * FROM unnest({arrays})")
+
+
 def _any_array(sql: str, array_type: str) -> str:
     """``IN_LIST`` as one array parameter: ``= ANY(?::type[])``."""
     return sql.replace(IN_LIST, f"= ANY(?::{array_type}[])")
 
 
 class _PgSession(Session):
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, db: PostgresDatabase, conn: asyncpg.Connection) -> None:
+        self._db = db
         self._conn = conn
 
     async def fetch(self, sql: str, *params: Any) -> list[Row]:
@@ -150,10 +159,13 @@ class _PgSession(Session):
     async def bulk_insert(self, table: str, columns: Sequence[str],
                           rows: Sequence[Sequence[Any]]) -> None:
         try:
+            if not rows:
+                return
             if len(rows) <= INLINE_ROWS:
-                # A group commit's few rows: one pipelined round trip (Bind/Execute per
-                # row, one Sync) with a cached prepared INSERT; COPY costs two.
-                await self._conn.executemany(_insert(table, tuple(columns)), rows)
+                # A group commit's few rows: one statement and one round trip (COPY costs
+                # two; executemany executes once per row).
+                sql = await self._db.unnest_insert(self._conn, table, tuple(columns))
+                await self._conn.execute(sql, *(list(c) for c in zip(*rows, strict=True)))
             else:
                 await self._conn.copy_records_to_table(table, columns=list(columns),
                                                        records=rows)
@@ -185,6 +197,7 @@ class PostgresDatabase(Database):
         #: The dedicated connection of chain writes (:meth:`transaction`), opened on use.
         self._writer: asyncpg.Connection | None = None
         self._writer_lock = asyncio.Lock()
+        self._unnest: dict[tuple[str, tuple[str, ...]], str] = {}
         self.where = "the PostgreSQL database" + (f" (schema {self.schema})"
                                                   if self.schema else "")
 
@@ -290,7 +303,7 @@ class PostgresDatabase(Database):
             self._drop(conn)
             raise
         try:
-            yield _PgSession(conn)
+            yield _PgSession(self, conn)
         except asyncio.CancelledError:
             self._drop(conn)
             raise
@@ -323,6 +336,18 @@ class PostgresDatabase(Database):
         conn.terminate()
         if self._writer is conn:
             self._writer = None
+
+    async def unnest_insert(self, conn: asyncpg.Connection, table: str,
+                            columns: tuple[str, ...]) -> str:
+        """The ``unnest`` INSERT of ``columns`` of ``table``, with the column types
+        PostgreSQL itself gives the parameters of a plain INSERT (asked once)."""
+        sql = self._unnest.get((table, columns))
+        if sql is None:
+            stmt = await conn.prepare(_insert(table, columns))
+            types = [t.name if t.schema == "pg_catalog" else f'"{t.schema}"."{t.name}"'
+                     for t in stmt.get_parameters()]
+            sql = self._unnest[(table, columns)] = _unnest_insert(table, columns, types)
+        return sql
 
     def schema_lock(self) -> str | None:
         return "SELECT pg_advisory_xact_lock(7268017)"
