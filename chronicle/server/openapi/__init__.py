@@ -72,7 +72,7 @@ def _merge_map(into: dict[str, Any], extra: dict[str, Any], where: str, name: st
 def merge(base: dict[str, Any], fragments: list[tuple[str, dict[str, Any]]]
           ) -> dict[str, Any]:
     """``base`` with every fragment's paths, components, tags and fallbacks added."""
-    spec = json.loads(json.dumps(base))
+    spec: dict[str, Any] = json.loads(json.dumps(base))
     paths = spec.setdefault("paths", {})
     components = spec.setdefault("components", {})
     tags = spec.setdefault("tags", [])
