@@ -148,15 +148,17 @@ def build_app(ctx: ServerContext) -> web.Application:
     r.add_get("/chronicle/replica", replicas.index)
     r.add_get("/chronicle/replica/{source}", replicas.subindex)
     r.add_get("/chronicle/replica/{source}/lasthash", replicas.lasthash)
+    # Page numbers are ASCII digits ([0-9], as the description says): \d would also take
+    # any other script's digits ("/export/٣" served as page 3).
     for prefix, resolve in (("/chronicle", main_route),
                             ("/chronicle/replica/{source}", replica_route)):
         r.add_get(prefix + "/lookup/{hash}", reads.serving(reads.lookup, resolve))
         since = reads.serving(reads.since, resolve)
         r.add_get(prefix + "/since/{hash}", since)
-        r.add_get(prefix + r"/since/{hash}/{page:\d+}", since)
+        r.add_get(prefix + r"/since/{hash}/{page:[0-9]+}", since)
         export = reads.serving(reads.export, resolve)
         r.add_get(prefix + "/export", export)
-        r.add_get(prefix + r"/export/{page:\d+}", export)
+        r.add_get(prefix + r"/export/{page:[0-9]+}", export)
     r.add_get("/chronicle/replica/{tail:.+}", replicas.unknown)
     tlog.add_routes(r)
 

@@ -140,6 +140,16 @@ async def test_paginated_documents_answer_as_described(tmp_path: Path) -> None:
             await call(srv, "GET", f"/chronicle/since/{first}{page}", status=200)
 
 
+async def test_page_numbers_are_ascii_digits_only(tmp_path: Path) -> None:
+    """A page in another script's digits is no page (aiohttp's \\d took "٣" as 3)."""
+    async with serving(tmp_path / "l", "alice", paginate_export=2) as srv:
+        first = (await srv.publish("alice", "entry")).json["results"]["currhash"]
+        for path in ("/chronicle/export/\u0663", f"/chronicle/since/{first}/\u0663",
+                     "/chronicle/export/\uff11"):
+            undescribed_error(await srv.request("GET", path), 404, "Not found")
+        await call(srv, "GET", "/chronicle/export/1", status=200)
+
+
 async def test_tlog_routes_answer_as_described(tmp_path: Path) -> None:
     async with serving(tmp_path / "l", "alice") as srv:
         for i in range(3):
