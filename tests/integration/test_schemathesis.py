@@ -202,4 +202,3 @@ def test_schemathesis_finds_no_server_error_and_no_unsigned_answer(live: Live) -
     # Signed writes went through: the chain grew past the 6 entries it started with.
     after = plain.get(f"{live.url}/chronicle/since/{live.known['hash']}", timeout=60).json()
     assert after["total"] > 4, after
-    print("DEBUG", sorted(statuses.items()), after["total"])
