@@ -4,6 +4,7 @@ content type, and the JSON body against the operation's schema — success and e
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from chronicle.server import openapi
 from chronicle.store import Mirror, schema
 from chronicle.treelog import enable
 from tests.helpers import Response, RunningServer, serving, signed_headers, start_server
-from tests.integration.test_replication import QUIET, add_source, ledger, sync
+from tests.integration.test_replication import QUIET, add_source, database_for, ledger, sync
 from tests.openapi_support import check_response, validate_schema
 
 ERROR = "/components/schemas/Error"
@@ -138,6 +139,34 @@ async def test_paginated_documents_answer_as_described(tmp_path: Path) -> None:
         for page in ("", "/1", "/2", "/3", "/99"):
             await call(srv, "GET", f"/chronicle/export{page}", status=200)
             await call(srv, "GET", f"/chronicle/since/{first}{page}", status=200)
+
+
+async def test_refusals_to_retry_later_answer_as_described(tmp_path: Path) -> None:
+    """413 (body over the limit), 429 (rate limited) and 503 (read-only), each signed and
+    as described (429 and 503 with Retry-After)."""
+    # One publish per 1000 s: the second one is refused whatever the machine's speed.
+    async with serving(tmp_path / "l", "alice", max_body_size=1048576,
+                       rate_limit=0.001) as srv:
+        await call(srv, "POST", "/chronicle/publish", b"first", status=200,
+                   headers=signed_headers(srv.identities["alice"], b"first"))
+        limited = await call(srv, "POST", "/chronicle/publish", b"second", status=429,
+                             headers=signed_headers(srv.identities["alice"], b"second"))
+        assert int(limited.headers["Retry-After"]) > 1
+        big = b"x" * 1048577
+        async with srv.session.post(srv.url + "/chronicle/publish", data=io.BytesIO(big),
+                                    headers=signed_headers(srv.identities["alice"], big)
+                                    ) as answer:
+            assert answer.status == 413
+            check_response("POST", "/chronicle/publish", 413, answer.headers,
+                           await answer.read())
+    async with serving(tmp_path / "frozen", "alice", admins=("admin",), read_only=True,
+                       database=database_for("frozen")) as srv:
+        await call(srv, "POST", "/chronicle/publish", b"x", status=503,
+                   headers=signed_headers(srv.identities["alice"], b"x"))
+        await post(srv, "/chronicle/register", {"publickey": srv.key.public_b64,
+                                                "request-time": atom(utcnow())},
+                   "admin", status=503)
+        await call(srv, "GET", "/chronicle/export", status=200)
 
 
 async def test_page_numbers_are_ascii_digits_only(tmp_path: Path) -> None:
