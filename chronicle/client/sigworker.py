@@ -3,8 +3,10 @@
 Reads batches on stdin, answers on stdout, until stdin closes. The framing is plain bytes
 (no pickle: nothing executable crosses the pipe):
 
-- request: 8-byte big-endian length, then per item ``publickey(32) ‖ signature(64) ‖
-  len(message) (4, big-endian) ‖ message``;
+- request: 8-byte big-endian length, then per item ``publickey(32) ‖ len(message) (4,
+  big-endian) ‖ signature(64) ‖ message``: signature and message are adjacent, as
+  libsodium's ``crypto_sign_open`` takes them, so the worker checks each item in place in
+  the request buffer (:func:`verify_frames`), without copying or slicing it;
 - answer: 4-byte count, then that many 4-byte positions whose signature fails.
 
 A separate interpreter, started with the same ``sys.executable``, so it never shares the
@@ -18,31 +20,61 @@ import sys
 from collections.abc import Sequence
 from typing import IO
 
-from chronicle.core.verify import verify_batch
+from nacl._sodium import ffi, lib
 
 Item = tuple[bytes, bytes, bytes]
 
+_NO_KEY, _NO_SIGNATURE = bytes(32), bytes(64)
+
 
 def encode(items: Sequence[Item]) -> bytes:
-    parts = []
+    """One request: its 8-byte length, then each item framed as the module docstring says."""
+    parts: list[bytes] = [b""]
+    add = parts.extend
     for publickey, signature, message in items:
         if len(publickey) != 32 or len(signature) != 64:
-            # Malformed keys or signatures never verify; keep the framing fixed-size.
-            publickey, signature = bytes(32), bytes(64)
-        parts.append(publickey + signature + len(message).to_bytes(4, "big") + message)
-    body = b"".join(parts)
-    return len(body).to_bytes(8, "big") + body
+            # Malformed keys or signatures never verify (an all-zero key is small-order,
+            # which libsodium refuses); keep the framing fixed-size.
+            publickey, signature = _NO_KEY, _NO_SIGNATURE
+        add((publickey, len(message).to_bytes(4, "big"), signature, message))
+    size = sum(map(len, parts))
+    parts[0] = size.to_bytes(8, "big")
+    return b"".join(parts)
 
 
 def decode(body: bytes) -> list[Item]:
+    """The items of a request body (the inverse of :func:`encode` after its length)."""
     items: list[Item] = []
     pos, end = 0, len(body)
     while pos < end:
-        size = int.from_bytes(body[pos + 96:pos + 100], "big")
-        items.append((body[pos:pos + 32], body[pos + 32:pos + 96],
+        size = int.from_bytes(body[pos + 32:pos + 36], "big")
+        items.append((body[pos:pos + 32], body[pos + 36:pos + 100],
                       body[pos + 100:pos + 100 + size]))
         pos += 100 + size
     return items
+
+
+def verify_frames(body: bytes) -> list[int]:
+    """Positions of the items in a request body whose signature fails, checked in place:
+    libsodium's ``crypto_sign_open`` (what :func:`~chronicle.core.verify.verify_batch`
+    calls) on pointers into ``body``. A body that does not end on an item boundary is
+    refused (ValueError) rather than read past its end."""
+    end = len(body)
+    buf = ffi.from_buffer(body)
+    open_, null, from_bytes = lib.crypto_sign_open, ffi.NULL, int.from_bytes
+    bad: list[int] = []
+    pos = position = 0
+    while pos < end:
+        if pos + 100 > end:
+            raise ValueError("truncated signature request")
+        size = from_bytes(body[pos + 32:pos + 36], "big")
+        if pos + 100 + size > end:
+            raise ValueError("truncated signature request")
+        if open_(null, null, buf + pos + 36, 64 + size, buf + pos) != 0:
+            bad.append(position)
+        pos += 100 + size
+        position += 1
+    return bad
 
 
 def encode_answer(bad: Sequence[int]) -> bytes:
@@ -65,7 +97,7 @@ def main() -> None:
         if len(head) < 8:
             return
         body = stdin.read(int.from_bytes(head, "big"))
-        stdout.write(encode_answer(verify_batch(decode(body))))
+        stdout.write(encode_answer(verify_frames(body)))
         stdout.flush()
 
 
