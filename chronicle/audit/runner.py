@@ -233,6 +233,7 @@ def audit_export(path: Path, signature: bytes | None, options: AuditOptions) -> 
     tree = _tree_check(options, None)
     with SignaturePool(workers=options.workers, mode=options.mode) as pool, \
             path.open("rb") as fh:
+        pool.expect_bytes(size)
         auditor = ChainAuditor(InOrder(pool), remembered=remembered, anchors=anchors,
                                track_hashstate=options.state_file is not None, tree=tree)
 

@@ -117,6 +117,7 @@ class Ingest:
     async def document(self, doc: FetchedDocument, verifier: ReplicaVerifier) -> Ingested:
         """Verify and store every row of ``doc`` in order; raise the first fault."""
         parser = DocumentParser()
+        self.pool.expect_bytes(doc.size)
         rows = await self.rows(_document_rows(parser, doc.chunks()), verifier)
         return Ingested(parser.header, rows, parser.results_is_list)
 

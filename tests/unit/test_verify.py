@@ -19,7 +19,8 @@ import pytest
 from nacl import bindings as sodium
 
 from chronicle.audit.engine import ChainAuditor
-from chronicle.client.sigpool import InOrder, SignaturePool
+from chronicle.client import sigworker
+from chronicle.client.sigpool import ROW_BYTES, InOrder, SignaturePool
 from chronicle.core.blakechain import ChainBuilder
 from chronicle.core.document import DocumentParser
 from chronicle.core.encoding import b64u_decode, b64u_encode
@@ -376,13 +377,16 @@ def test_parser_memory_is_bounded_by_the_largest_row() -> None:
 
 # --- the engine: first fault by index, whatever the scheduling ----------------------------------
 
-def make_chain(count: int) -> list[dict[str, Any]]:
+def make_chain(count: int, forged: int | None = None) -> list[dict[str, Any]]:
+    """A valid chain; with ``forged``, that entry's signature covers other contents while
+    every hash is computed over it as stored (only the signature check can tell)."""
     builder = ChainBuilder(None)
     key = SigningKey.from_seed(bytes(32))
     rows = []
     for i in range(count):
         body = b"entry %d" % i
-        entry = builder.append(body, key.public, key.sign(body), "2026-01-01T00:00:00+00:00")
+        signature = key.sign(b"forged" if i == forged else body)
+        entry = builder.append(body, key.public, signature, "2026-01-01T00:00:00+00:00")
         rows.append({"contents": body.decode(),
                      "prev": b64u_encode(entry.prevhash) if entry.prevhash else None,
                      "hash": b64u_encode(entry.currhash),
@@ -464,3 +468,59 @@ def test_load_object_never_raises_anything_but_malformed() -> None:
         with pytest.raises(MalformedError, match=match):
             load_object(data, what="the answer", limit=1000)
     assert load_object(b'{"a": 1}', what="x") == {"a": 1}
+
+
+# --- signature worker framing and the pool's start --------------------------------------------
+
+def _signed_items(count: int, bad: set[int]) -> list[tuple[bytes, bytes, bytes]]:
+    key = SigningKey.generate()
+    return [(key.public, key.sign(b"other" if i in bad else b"m%d" % i), b"m%d" % i)
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("bad", [set(), {0}, {5}, {11}, {0, 6, 11}])
+def test_worker_frames_are_checked_in_place_like_verify_batch(bad: set[int]) -> None:
+    items = _signed_items(12, bad)
+    items[3] = (items[3][0], items[3][1], b"")  # an empty message keeps its place
+    items[3] = (items[3][0], SigningKey.generate().sign(b""), b"")
+    items[8] = (b"short key", items[8][1], items[8][2])  # malformed: sent as all zeroes
+    body = sigworker.encode(items)
+    assert int.from_bytes(body[:8], "big") == len(body) - 8
+    want = verify_batch(items)
+    assert want == sorted(bad | {3, 8})
+    assert sigworker.verify_frames(body[8:]) == want
+    decoded = sigworker.decode(body[8:])
+    assert [m for _, _, m in decoded] == [m for _, _, m in items]
+    assert decoded[8][:2] == (bytes(32), bytes(64))
+
+
+def test_worker_refuses_a_truncated_request() -> None:
+    body = sigworker.encode(_signed_items(3, set()))[8:]
+    for cut in (1, 50, 99, 101):
+        with pytest.raises(ValueError, match="truncated"):
+            sigworker.verify_frames(body[:-cut])
+
+
+@pytest.mark.parametrize(("size", "processes"), [(0, False), (16384 * ROW_BYTES - 1, False),
+                                                 (16384 * ROW_BYTES, True)])
+def test_pool_starts_workers_at_once_for_a_large_document(size: int, processes: bool) -> None:
+    with SignaturePool(mode="auto", workers=2) as pool:
+        pool.expect_bytes(size)
+        assert pool.submit(_signed_items(4, {2})).result() == [2]
+        assert (len(pool._procs) == 2) is processes
+        assert (pool._thread is None) is processes
+
+
+@pytest.mark.parametrize("bad", [0, 6, 7, 13, 20, 27, 34, 55])
+def test_auditor_reports_the_bad_entry_whichever_worker_checks_it(bad: int) -> None:
+    rows = make_chain(56, forged=bad)
+    with SignaturePool(mode="auto", workers=2, threshold=1) as pool:
+        pool.expect_bytes(ROW_BYTES)
+        # Batches of 7 alternate between the two worker processes.
+        auditor = ChainAuditor(InOrder(pool, batch_size=7), keys=EXPORT_KEYS)
+        with pytest.raises(ChainFault) as info:
+            auditor.feed(rows)
+            auditor.finish()
+        assert len(pool._procs) == 2
+    assert (type(info.value), info.value.index, info.value.field) == \
+        (EntrySignatureError, bad, "signature")
