@@ -8,6 +8,8 @@
 - ``logs``: text or JSON log lines, with request ids
 - ``witness``: run our own tlog witness (its own directory and database)
 - ``tlog``: the Merkle tree (``tlog enable|status``, ``prove``)
+- ``digest``, ``vendor``, ``registry``: the release ledger's source tree digest, a vendor's
+  and the registry's (core vendor's) commands; ``release_profile`` is what they share
 - ``common``: exit codes, the error handler, ``open_store``, shared options, output
 
 The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imports it.
@@ -27,10 +29,13 @@ from chronicle.cli.audit import audit
 from chronicle.cli.clients import client, mirror
 from chronicle.cli.common import EXIT_OK, EXIT_REFUSED, exit_with_error
 from chronicle.cli.crosssign import cross_sign
+from chronicle.cli.digest import digest
 from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serve
 from chronicle.cli.publish import keygen, publish
+from chronicle.cli.registry import registry
 from chronicle.cli.replica import replica
 from chronicle.cli.tlog import prove, tlog
+from chronicle.cli.vendor import vendor
 from chronicle.cli.witness import witness
 
 __all__ = ["main"]
@@ -67,5 +72,6 @@ def main(debug: bool, log_format: str) -> None:
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign, witness, tlog, prove):
+                publish, audit, replica, cross_sign, witness, tlog, prove,
+                digest, vendor, registry):
     main.add_command(command)
