@@ -150,7 +150,7 @@ async def test_vendor_and_registry_workflow(tmp_path: Path) -> None:
                   "--public-key", acme_pk, "--name", "acme main")
         assert done["op"] == "add-key" and done["signer"] == core_pk
         assert done["message"] == f"add-key {acme_pk} to acme"
-        assert set(done["receipt"]) == {"currhash", "summaryhash", "created"}  # type: ignore
+        assert set(done["receipt"]) == {"currhash", "summaryhash", "created"}
         await ok("registry", "vouch", "--profile", str(registry), "--vendor", "beta",
            "--public-key", beta_pk)
 
