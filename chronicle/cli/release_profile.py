@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,10 +195,18 @@ def unseal_file(path: Path, data: bytes) -> SigningKey:
         fail(f"{path}: {exc.message}")
 
 
+def interactive() -> bool:
+    """Whether a passphrase can be asked for: stdin is a terminal."""
+    return sys.stdin.isatty()
+
+
 def passphrase(*, confirm: bool) -> bytes:
     """``$CHRONICLE_KEY_PASSPHRASE``, or asked for on the terminal (twice when ``confirm``)."""
     text = os.environ.get(PASSPHRASE_ENV)
     if text is None:
+        if not interactive():
+            fail(f"no passphrase given (set ${PASSPHRASE_ENV}, or run in a terminal)",
+                 EXIT_USAGE)
         text = click.prompt("passphrase", hide_input=True, confirmation_prompt=confirm,
                             err=True)
     if not text:

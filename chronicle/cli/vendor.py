@@ -44,6 +44,7 @@ from chronicle.cli.release_profile import (
     submit,
 )
 from chronicle.client import ChronicleClient
+from chronicle.client.errors import RecordNotFound
 from chronicle.client.http import VerifiedEntry
 from chronicle.config import write_secret_file
 from chronicle.core.errors import ChronicleError
@@ -539,7 +540,12 @@ def monitor(profile_path: Path, records: tuple[Path, ...], acknowledge: bool, fm
                     continue   # the registry vouching for (or restoring) our own key
                 state.findings.append(_finding(entry, index, message))
 
-    run(follow())
+    try:
+        run(follow())
+    except RecordNotFound:
+        fail(f"the entry monitor stopped at (index {state.index}, currhash {state.currhash}) "
+             "is not on the ledger any more: its history was rewritten (or the profile names "
+             f"another ledger); {profile.monitor_path} was kept")
     state.save(profile)
     findings = state.findings
     payload = {"ok": not findings, "vendor": profile.vendor, "checked": checked_count,

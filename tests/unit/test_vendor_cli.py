@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from chronicle.cli import main
+from chronicle.cli import main, release_profile
 from chronicle.config import write_secret_file
 from chronicle.core.sapient import SigningKey
+from chronicle.release.keystore import unseal
 from chronicle.release.messages import ReleaseMessage, Update, classify
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
@@ -151,7 +152,8 @@ def test_digest_refusals_are_one_precise_line(tmp_path: Path) -> None:
 
 # --- keys and profiles -------------------------------------------------------------------------
 
-def test_keygen_seals_the_key_mode_0600_and_adopts_the_first(tmp_path: Path) -> None:
+def test_keygen_seals_the_key_mode_0600_and_adopts_the_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = profile(tmp_path, keygen=False)
     res = cli("vendor", "keygen", "--profile", str(path), "--kdf-strength", "interactive",
               "--json")
@@ -163,12 +165,14 @@ def test_keygen_seals_the_key_mode_0600_and_adopts_the_first(tmp_path: Path) -> 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert json.loads(key_file.read_text())["public-key"] == made["public-key"]
     # a second key (for CI) is written, not adopted; prompted passphrase, asked twice
+    monkeypatch.setattr(release_profile, "interactive", lambda: True)
     ci = tmp_path / "ci.key"
     res = CliRunner(env={"CHRONICLE_KEY_PASSPHRASE": None}).invoke(
         main, ["vendor", "keygen", "--profile", str(path), "--out", str(ci),
                "--kdf-strength", "interactive"], input="ci pass\nci pass\n")
     assert res.exit_code == EXIT_OK, res.stderr
     assert "(the profile's signing key now)" not in res.stdout
+    assert unseal(ci.read_bytes(), b"ci pass").public_b64 in res.stdout
     assert f"key-file = \"{key_file}\"" in path.read_text()
     res = cli("vendor", "keygen", "--profile", str(path), "--out", str(ci))
     assert res.exit_code == EXIT_IO
@@ -273,3 +277,28 @@ def test_profile_errors(tmp_path: Path) -> None:
     assert res.exit_code == EXIT_USAGE
     assert error_line(res) == ("error: Invalid value for --mirror: mirror 'http://m' is not "
                                "URL#PUBLIC-KEY")
+
+
+def test_no_passphrase_without_a_terminal(tmp_path: Path) -> None:
+    path = profile(tmp_path)
+    res = CliRunner(env={"CHRONICLE_KEY_PASSPHRASE": None}).invoke(
+        main, ["vendor", "sign", "key-revoke", "--profile", str(path), "--public-key",
+               SigningKey.generate().public_b64, "--out", str(tmp_path / "m.json")], input="")
+    assert res.exit_code == EXIT_USAGE
+    assert error_line(res) == ("error: no passphrase given (set $CHRONICLE_KEY_PASSPHRASE, "
+                               "or run in a terminal)")
+
+
+def test_monitor_refuses_the_state_of_another_ledger(tmp_path: Path) -> None:
+    path = profile(tmp_path)
+    state = tmp_path / "acme.monitor.json"
+    state.write_text(json.dumps({"url": "http://elsewhere", "instance": "", "server-key": "x",
+                                 "index": 3, "currhash": "y", "findings": []}))
+    res = cli("vendor", "monitor", "--profile", str(path))
+    assert res.exit_code == EXIT_USAGE
+    assert error_line(res) == (f"error: {state} belongs to another ledger than the "
+                               "profile's (remove it to start over)")
+    (tmp_path / "acme.signed.jsonl").write_text("not a record\n")
+    res = cli("vendor", "monitor", "--profile", str(path))
+    assert res.exit_code == EXIT_USAGE
+    assert error_line(res) == f"error: {tmp_path / 'acme.signed.jsonl'}: line 1 is not a record"
