@@ -123,6 +123,10 @@ def _key_add(profile: Profile, pk: str, label: str | None, limited: bool
 
 def _key_revoke(profile: Profile, pk: str) -> tuple[Body, dict[str, Any]]:
     public_key(pk)
+    if pk.strip() == sealed_public_key(profile.sealed_key_path().read_bytes()):
+        raise click.BadParameter("that is this profile's own signing key: a key cannot "
+                                 "revoke itself (use another full key of the vendor)",
+                                 param_hint="--public-key")
     return checked(RevokeKey(vendor=profile.vendor, publickey=pk.strip())), {}
 
 
@@ -149,7 +153,7 @@ def _release(profile: Profile, package: str, version: str, git_dir: Path | None,
             if commit is not None and commit != resolved:
                 fail(f"--commit {commit} is not what {ref} names in {git_dir}: {resolved}")
             commit = resolved
-            tree = tree_digest(read_git(git_dir, ref))
+            tree = tree_digest(read_git(git_dir, resolved))
         else:
             assert archive is not None
             if ref is not None:

@@ -249,6 +249,16 @@ def test_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: lis
     assert error_line(res).startswith(message)
 
 
+def test_a_key_cannot_revoke_itself(tmp_path: Path) -> None:
+    path = profile(tmp_path)
+    own = json.loads((tmp_path / "acme.key").read_text())["public-key"]
+    res = cli("vendor", "key", "revoke", "--profile", str(path), "--public-key", own)
+    assert res.exit_code == EXIT_USAGE
+    assert error_line(res) == ("error: Invalid value for --public-key: that is this "
+                               "profile's own signing key: a key cannot revoke itself (use "
+                               "another full key of the vendor)")
+
+
 def test_profile_errors(tmp_path: Path) -> None:
     res = cli("vendor", "monitor", "--profile", str(tmp_path / "none.toml"))
     assert res.exit_code == EXIT_IO
