@@ -242,9 +242,9 @@ def _payload(message: ReleaseMessage, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def publish_signed(profile: Profile, contents: bytes, extra: dict[str, Any], *, how: str,
-                   as_json: bool, mirror_wait: float) -> None:
+                   as_json: bool, mirror_wait: float, where: str = "message") -> None:
     """Record, submit and verify one signed message; print the outcome."""
-    message = parse_signed(contents, "message")
+    message = parse_signed(contents, where)
     record(profile, message, how)
     done = submit(profile, contents, mirror_wait=mirror_wait)
     payload = {**_payload(message, extra), "receipt": done.receipt.as_dict(),
@@ -428,7 +428,7 @@ def submit_cmd(profile_path: Path, file: Path, mirror_wait: float, fmt: str,
     """Publish a message signed earlier (`vendor sign`) exactly as it is, and verify it."""
     profile = Profile.load(profile_path)
     contents = file.read_bytes().rstrip(b"\n")
-    publish_signed(profile, contents, {}, how=f"submitted from {file}",
+    publish_signed(profile, contents, {}, how=f"submitted from {file}", where=str(file),
                    mirror_wait=mirror_wait, as_json=as_json or fmt == "json")
 
 

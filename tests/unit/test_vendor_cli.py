@@ -249,6 +249,36 @@ def test_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: lis
     assert error_line(res).startswith(message)
 
 
+def test_submit_refuses_what_is_not_a_signed_release_message(tmp_path: Path) -> None:
+    path = profile(tmp_path)
+    note = tmp_path / "note.json"
+    note.write_text('{"hello": "world"}')
+    res = cli("vendor", "submit", "--profile", str(path), str(note))
+    assert res.exit_code == EXIT_REFUSED
+    assert error_line(res) == f"error: {note}: not a release message"
+    signed = tmp_path / "signed.json"
+    res = cli("vendor", "sign", "key-add", "--profile", str(path), "--public-key",
+              SigningKey.generate().public_b64, "--out", str(signed))
+    assert res.exit_code == EXIT_OK, res.stderr
+    doc = json.loads(signed.read_text())
+    doc["op-body"] = doc["op-body"].replace('"acme"', '"evil"')
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    res = cli("vendor", "submit", "--profile", str(path), str(forged))
+    assert res.exit_code == EXIT_REFUSED
+    assert error_line(res) == (f"error: {forged}: op-sig does not verify over op-body with "
+                               f"op-public-key {doc['op-public-key']}")
+    doc["op-body"] = "{"
+    forged.write_text(json.dumps(doc))
+    res = cli("vendor", "submit", "--profile", str(path), str(forged))
+    assert res.exit_code == EXIT_REFUSED
+    assert error_line(res) == (f"error: {forged}: malformed release message: op-body of "
+                               "add-key is not valid JSON")
+    res = cli("vendor", "submit", "--profile", str(path), str(tmp_path / "gone.json"))
+    assert res.exit_code == EXIT_IO
+    error_line(res)
+
+
 def test_a_key_cannot_revoke_itself(tmp_path: Path) -> None:
     path = profile(tmp_path)
     own = json.loads((tmp_path / "acme.key").read_text())["public-key"]
