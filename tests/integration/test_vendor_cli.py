@@ -4,8 +4,10 @@ The registry vouches for two vendors; acme adds a limited CI key, its CI profile
 from a git tag (a mirror checked), acme releases from an archive and revokes it, beta
 attests, acme signs offline and submits later; `monitor` passes while every action under
 acme is its profiles' own, catches a release made with a stolen key (directly, not through
-the profile) and an emergency override by the registry. The chain is then replayed with
-the release rules: every action was authorised, the override recorded as emergency.
+the profile) and an emergency override by the registry. On a plain ledger and on a
+release ledger (bootstrap entry naming the registry's key): the chain holds exactly the
+messages made; on the release ledger, replayed with the rules, every action was
+authorised and the override is recorded as an emergency.
 """
 
 from __future__ import annotations
@@ -20,13 +22,21 @@ import pytest
 from click.testing import CliRunner, Result
 
 from chronicle.cli import main
+from chronicle.cli.release_profile import describe
 from chronicle.client import ChronicleClient
 from chronicle.config import DataDir, write_secret_file
 from chronicle.core.encoding import utcnow
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Ledger
 from chronicle.release.keystore import unseal
-from chronicle.release.messages import Metadata, Update, enable_contents, sign_message
+from chronicle.release.messages import (
+    Metadata,
+    ReleaseMessage,
+    Update,
+    classify,
+    enable_contents,
+    sign_message,
+)
 from chronicle.release.state import ChainEntry, ReleaseState
 from chronicle.store import open_store
 from tests.helpers import (
@@ -104,7 +114,8 @@ async def enable_release(data_dir: DataDir, server_key: SigningKey, core_key: st
         await store.close()
 
 
-async def test_vendor_and_registry_workflow(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["plain", "release"])
+async def test_vendor_and_registry_workflow(tmp_path: Path, mode: str) -> None:
     server_key = SigningKey.generate()
     data_dir = await init_data_dir(tmp_path / "ledger", server_key)
     clients = {}
@@ -135,7 +146,8 @@ async def test_vendor_and_registry_workflow(tmp_path: Path) -> None:
     beta_pk = await keygen(profiles["beta"])
     ci_key_file = tmp_path / "ci.key"
     ci_pk = await keygen(profiles["acme"], "--out", str(ci_key_file))
-    await enable_release(data_dir, server_key, core_pk)
+    if mode == "release":
+        await enable_release(data_dir, server_key, core_pk)
     try:
         url = await sp.start()
         for path in profiles.values():   # the server's port is known now
@@ -253,11 +265,24 @@ async def test_vendor_and_registry_workflow(tmp_path: Path) -> None:
         assert res.exit_code == EXIT_IO
         error_line(res)
 
-        # the chain, replayed with the release rules: all authorised, the override emergency
+        # the chain holds exactly these release messages, in this order
         async with ChronicleClient(url, server_key.public) as api:
             entries = [ChainEntry(index=e.index or 0, currhash=e.currhash, created=e.created,
                                   publickey=e.publickey, contents=e.contents)
                        async for e in api.export()]
+        messages = [m for m in map(classify, (e.contents for e in entries))
+                    if isinstance(m, ReleaseMessage)]
+        assert [(describe(m.body), m.op_public_key) for m in messages] == [
+            (f"add-key {acme_pk} to acme", core_pk), (f"add-key {beta_pk} to beta", core_pk),
+            (f"add-key {ci_pk} to acme (limited)", acme_pk),
+            ("update acme/widget 1.0.0", ci_pk), ("update acme/widget 1.1.0", acme_pk),
+            ("revoke-update acme/widget 1.1.0", acme_pk),
+            ("attest-update acme/widget 1.0.0 (reproduced by beta)", beta_pk),
+            ("update acme/widget 1.0.1", acme_pk), ("update acme/widget 6.6.6", acme_pk),
+            ("update acme/widget 1.0.2", ci_pk), (f"revoke-key {ci_pk} of acme", core_pk)]
+        if mode == "plain":
+            return
+        # replayed with the release rules: all authorised, the override an emergency
         state = ReleaseState(server_key=server_key.public_b64)
         for entry in entries:
             state.ingest(entry)
