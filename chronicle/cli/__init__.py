@@ -10,6 +10,7 @@
 - ``tlog``: the Merkle tree (``tlog enable|status``, ``prove``)
 - ``digest``, ``vendor``, ``registry``: the release ledger's source tree digest, a vendor's
   and the registry's (core vendor's) commands; ``release_profile`` is what they share
+- ``verify``: the verifying client for package users (``verify init|sync|review|lock|…``)
 - ``common``: exit codes, the error handler, ``open_store``, shared options, output
 
 The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imports it.
@@ -36,6 +37,7 @@ from chronicle.cli.registry import registry
 from chronicle.cli.replica import replica
 from chronicle.cli.tlog import prove, tlog
 from chronicle.cli.vendor import vendor
+from chronicle.cli.verify import verify
 from chronicle.cli.witness import witness
 
 __all__ = ["main"]
@@ -72,6 +74,6 @@ def main(debug: bool, log_format: str) -> None:
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign, witness, tlog, prove,
+                publish, audit, replica, cross_sign, witness, tlog, prove, verify,
                 digest, vendor, registry):
     main.add_command(command)
