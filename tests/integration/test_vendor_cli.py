@@ -195,6 +195,17 @@ async def test_vendor_and_registry_workflow(tmp_path: Path, mode: str) -> None:
                   "--kind", "reproduced", "--details", "rebuilt from v1.0.0")
         assert done["message"] == "attest-update acme/widget 1.0.0 (reproduced by beta)"
 
+        if mode == "release":
+            # what the vendors published verifies with the package users' client
+            state_dir = tmp_path / "verify-state"
+            await ok("verify", "init", "--state", str(state_dir), "--url", url,
+                     "--server-key", server_key.public_b64)
+            await ok("verify", "reproduce", "--state", str(state_dir), "--git", str(repo),
+                     "--package", "acme/widget", "--version", "1.0.0")
+            res = await cli("verify", "archive", str(archive), "--state", str(state_dir),
+                            "--package", "acme/widget", "--version", "1.1.0")
+            assert res.exit_code == 11, res.stderr   # revoked-release
+
         # offline sign, submit later (exact bytes)
         signed = tmp_path / "widget-1.0.1.json"
         git(repo, "tag", "v1.0.1", "v1.0.0")
