@@ -24,7 +24,14 @@ from chronicle.cli.vendor import (
     sign_with_profile,
     split_package,
 )
-from chronicle.release.messages import AddKey, Body, RevokeKey, RevokeUpdate, valid_vendor
+from chronicle.release.messages import (
+    AddKey,
+    Body,
+    RevokeKey,
+    RevokeUpdate,
+    key_name,
+    valid_vendor,
+)
 
 
 def _other_vendor(profile: Profile, name: str) -> str:
@@ -68,7 +75,7 @@ def vouch(profile_path: Path, vendor_name: str, pk: str, label: str | None,
     """
     public_key(pk)
     _act(profile_path, lambda p: AddKey(vendor=_other_vendor(p, vendor_name),
-                                        publickey=pk.strip(), name=label),
+                                        publickey=pk.strip(), name=key_name(pk, label)),
          fmt, as_json, mirror_wait, {"vouched": vendor_name})
 
 
@@ -91,7 +98,8 @@ def override_add_key(profile_path: Path, vendor_name: str, pk: str, label: str |
     """Add a key to a vendor that already has keys (e.g. after it lost all of them)."""
     public_key(pk)
     _act(profile_path, lambda p: AddKey(vendor=_other_vendor(p, vendor_name),
-                                        publickey=pk.strip(), name=label, limited=limited),
+                                        publickey=pk.strip(), name=key_name(pk, label),
+                                        limited=limited),
          fmt, as_json, mirror_wait, {"emergency": True})
 
 

@@ -63,6 +63,7 @@ from chronicle.release.messages import (
     Update,
     canonical_body,
     classify,
+    key_name,
     parse_body,
     sign_message,
     valid_vendor,
@@ -117,8 +118,8 @@ class Action:
 def _key_add(profile: Profile, pk: str, label: str | None, limited: bool
              ) -> tuple[Body, dict[str, Any]]:
     public_key(pk)
-    return checked(AddKey(vendor=profile.vendor, publickey=pk.strip(), name=label,
-                          limited=limited)), {}
+    return checked(AddKey(vendor=profile.vendor, publickey=pk.strip(),
+                          name=key_name(pk, label), limited=limited)), {}
 
 
 def _key_revoke(profile: Profile, pk: str) -> tuple[Body, dict[str, Any]]:

@@ -342,3 +342,22 @@ def test_monitor_refuses_the_state_of_another_ledger(tmp_path: Path) -> None:
     res = cli("vendor", "monitor", "--profile", str(path))
     assert res.exit_code == EXIT_USAGE
     assert error_line(res) == f"error: {tmp_path / 'acme.signed.jsonl'}: line 1 is not a record"
+
+
+def test_an_added_key_is_named_so_its_revocation_signs_differently(tmp_path: Path) -> None:
+    """`op` is not signed: an unnamed add-key would carry the op-sig of the key's
+    revoke-key by the same signer, and the ledger's replay rule would refuse the revoke."""
+    path = profile(tmp_path)
+    pk = SigningKey.generate().public_b64
+    sigs = []
+    for action in ("key-add", "key-revoke"):
+        out_file = tmp_path / f"{action}.json"
+        res = cli("vendor", "sign", action, "--profile", str(path), "--public-key", pk,
+                  "--out", str(out_file))
+        assert res.exit_code == EXIT_OK, res.stderr
+        message = classify(out_file.read_bytes().rstrip(b"\n"))
+        assert isinstance(message, ReleaseMessage) and message.signature_valid()
+        sigs.append(message.op_sig)
+        if action == "key-add":
+            assert json.loads(message.body_text)["name"] == f"key {pk[:8]}"
+    assert sigs[0] != sigs[1]
