@@ -8,6 +8,7 @@
 - ``logs``: text or JSON log lines, with request ids
 - ``witness``: run our own tlog witness (its own directory and database)
 - ``tlog``: the Merkle tree (``tlog enable|status``, ``prove``)
+- ``release``: the release ledger's operator side (``release enable|status``)
 - ``common``: exit codes, the error handler, ``open_store``, shared options, output
 
 The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imports it.
@@ -29,6 +30,7 @@ from chronicle.cli.common import EXIT_OK, EXIT_REFUSED, exit_with_error
 from chronicle.cli.crosssign import cross_sign
 from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serve
 from chronicle.cli.publish import keygen, publish
+from chronicle.cli.release import release
 from chronicle.cli.replica import replica
 from chronicle.cli.tlog import prove, tlog
 from chronicle.cli.witness import witness
@@ -67,5 +69,5 @@ def main(debug: bool, log_format: str) -> None:
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign, witness, tlog, prove):
+                publish, audit, replica, cross_sign, witness, tlog, prove, release):
     main.add_command(command)

@@ -633,6 +633,34 @@ class ReleaseState:
         state._op_sigs.update(op_sigs or {})
         return state
 
+    @classmethod
+    def restore(cls, server_key: str, *, ledger: EnableEffect | None,
+                keys: Iterable[KeyRecord], updates: Iterable[UpdateRecord],
+                attestations: Iterable[Attestation], op_sigs: Mapping[str, int],
+                skipped: Mapping[str, int]) -> ReleaseState:
+        """The full state from the rows a gate persisted (every row, not a prefetch): the
+        emergency actions are read off the records' flags. Serialised, it equals a replay
+        of the same chain (:meth:`to_json`)."""
+        state = cls(server_key=server_key, _ledger=ledger, _op_sigs=dict(op_sigs),
+                    _skipped={k: v for k, v in skipped.items() if v})
+        for record in sorted(keys, key=lambda k: k.added.index):
+            state._keys.setdefault(record.vendor, []).append(record)
+            state._note_emergency(record.added_emergency, record.added, OP_ADD_KEY,
+                                  record.vendor, record.added_by)
+            if record.revoked is not None and record.revoked_by is not None:
+                state._note_emergency(record.revoked_emergency, record.revoked, OP_REVOKE_KEY,
+                                      record.vendor, record.revoked_by)
+        for update in sorted(updates, key=lambda u: u.at.index):
+            state._updates[update.key] = update
+            state._note_emergency(update.emergency, update.at, OP_UPDATE, update.vendor,
+                                  update.signer)
+            if update.revoked is not None and update.revoked_by is not None:
+                state._note_emergency(update.revoked_emergency, update.revoked,
+                                      OP_REVOKE_UPDATE, update.vendor, update.revoked_by)
+        state._attestations = sorted(attestations, key=lambda a: a.at.index)
+        state._emergency.sort(key=lambda e: e.at.index)
+        return state
+
     def __repr__(self) -> str:
         return (f"ReleaseState(vendors={len(self._keys)}, updates={len(self._updates)}, "
                 f"attestations={len(self._attestations)}, partial={self._scope is not None})")

@@ -4,7 +4,8 @@ that belong to no group (root page, index, ``lasthash``, mirrors).
 Handlers are thin: parse the request, call the store / ledger / core, answer signed JSON.
 The chain reads live in :mod:`~chronicle.server.reads` (one implementation for our chains
 and replicas), the writes in :mod:`~chronicle.server.writes`, what only replicas have in
-:mod:`~chronicle.server.replicas`, the Merkle tree's in :mod:`~chronicle.server.tlog`.
+:mod:`~chronicle.server.replicas`, the Merkle tree's in :mod:`~chronicle.server.tlog`, the
+release ledger's in :mod:`~chronicle.server.release`.
 Any :class:`ChronicleError` becomes Chronicle's signed JSON error with its status
 (:func:`~chronicle.server.responses.signed_errors`).
 """
@@ -17,12 +18,13 @@ from aiohttp.typedefs import Handler
 from chronicle.core import protocol
 from chronicle.core.encoding import atom
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
-from chronicle.server import health, reads, replicas, tlog, writes
+from chronicle.releaselog import ReleaseReads
+from chronicle.server import health, reads, release, replicas, tlog, writes
 from chronicle.server.admission import holding, real_client
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
 from chronicle.server.health import with_request_id
-from chronicle.server.keys import CTX, DOCS, LASTHASH, RESP, TLOG
+from chronicle.server.keys import CTX, DOCS, LASTHASH, RELEASE, RESP, TLOG
 from chronicle.server.metrics import timing
 from chronicle.server.responses import Responder, signed_errors
 from chronicle.server.routing import instance_of, main_route, replica_route
@@ -131,6 +133,7 @@ def build_app(ctx: ServerContext) -> web.Application:
                                 cache_exports=ctx.settings.export_cache)
     app[LASTHASH] = {}
     app[TLOG] = ctx.tlog
+    app[RELEASE] = ReleaseReads(ctx.store)
     r = app.router
     r.add_get("/", root)
     r.add_get("/healthz", health.healthz)
@@ -157,6 +160,7 @@ def build_app(ctx: ServerContext) -> web.Application:
         r.add_get(prefix + r"/export/{page:\d+}", export)
     r.add_get("/chronicle/replica/{tail:.+}", replicas.unknown)
     tlog.add_routes(r)
+    release.add_routes(r)
 
     async def on_startup(_: web.Application) -> None:
         await ctx.start()
