@@ -355,12 +355,22 @@ def _update_key(body: UpdateRef) -> UpdateKey:
     return UpdateKey(body.vendor, body.name, body.version_key)
 
 
-def needs(contents: bytes) -> Needs:
-    """Exactly the rows :func:`judge` may read for these contents (enable row aside)."""
+Classified = ReleaseMessage | EnableLedger | NotRelease | MalformedMessage
+"""What an entry's contents are (:func:`classify`), a parse error included: the gate parses
+each body once and hands the result to :func:`needs` and :func:`judge`."""
+
+
+def classified(contents: bytes) -> Classified:
+    """:func:`classify`, with a malformed message returned instead of raised."""
     try:
-        message = classify(contents)
-    except MalformedMessage:
-        return Needs()
+        return classify(contents)
+    except MalformedMessage as exc:
+        return exc
+
+
+def needs(contents: bytes | Classified) -> Needs:
+    """Exactly the rows :func:`judge` may read for these contents (enable row aside)."""
+    message = classified(contents) if isinstance(contents, bytes) else contents
     if not isinstance(message, ReleaseMessage):
         return Needs()
     body = message.body
@@ -535,16 +545,18 @@ def _judge_enable(view: ReleaseView, entry: ChainEntry, enable: EnableLedger,
     ))
 
 
-def judge(view: ReleaseView, entry: ChainEntry, *, server_key: str) -> Verdict:
+def judge(view: ReleaseView, entry: ChainEntry, *, server_key: str,
+          message: Classified | None = None) -> Verdict:
     """Judge one chain entry against ``view`` (the state after every earlier entry).
 
     Order of checks: parse (``malformed``), ledger enabled, ``op-sig`` (``bad-signature``),
-    ``replay``, then the op's rules, authorisation before content.
+    ``replay``, then the op's rules, authorisation before content. ``message``: the
+    entry's contents already classified (:func:`classified`), else they are parsed here.
     """
-    try:
-        message = classify(entry.contents)
-    except MalformedMessage as exc:
-        return violation("malformed", detail=exc.message)
+    if message is None:
+        message = classified(entry.contents)
+    if isinstance(message, MalformedMessage):
+        return violation("malformed", detail=message.message)
     if isinstance(message, NotRelease):
         return Skipped(message.kind)
     if isinstance(message, EnableLedger):
@@ -687,8 +699,8 @@ class ReleaseState:
         return self._op_sigs.get(op_sig)
 
     # -- judging and applying
-    def judge(self, entry: ChainEntry) -> Verdict:
-        return judge(self, entry, server_key=self.server_key)
+    def judge(self, entry: ChainEntry, message: Classified | None = None) -> Verdict:
+        return judge(self, entry, server_key=self.server_key, message=message)
 
     def apply(self, effects: Iterable[Effect]) -> None:
         """Apply an accepted message's effects (what the gate persists, row by row)."""

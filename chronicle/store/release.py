@@ -37,6 +37,7 @@ from chronicle.release.state import (
     Attestation,
     AttestationEffect,
     ChainEntry,
+    Classified,
     Effect,
     EnableEffect,
     KeyRecord,
@@ -50,6 +51,7 @@ from chronicle.release.state import (
     UpdateKey,
     UpdateRecord,
     Violation,
+    classified,
     needs,
 )
 from chronicle.store.chains import Candidate, ChainHook, HookBatch, WriteTx
@@ -135,6 +137,7 @@ class ReleaseBatch(HookBatch):
 
     instance_id: int
     state: ReleaseState
+    parsed: dict[bytes, Classified]
     admitted: dict[int, Accepted | Skipped] = field(default_factory=dict)
     effects: list[Effect] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
@@ -143,7 +146,7 @@ class ReleaseBatch(HookBatch):
         verdict = self.state.judge(ChainEntry(
             index=candidate.index, currhash=b64u_encode(candidate.currhash),
             created=candidate.created, publickey=b64u_encode(candidate.publickey),
-            contents=candidate.contents))
+            contents=candidate.contents), self.parsed.get(candidate.contents))
         if isinstance(verdict, Violation):
             return verdict.error()
         self.admitted[candidate.index] = verdict
@@ -242,9 +245,12 @@ class ReleaseHook(ChainHook):
         if row is None:
             return None
         ledger = _ledger(tx.instance_id, row)
-        scope = Needs()
-        for body in contents:
-            scope = scope.union(needs(body))
+        parsed = {body: classified(body) for body in contents}
+        each = [needs(message) for message in parsed.values()]
+        scope = Needs(vendors=frozenset().union(*(n.vendors for n in each)),
+                      core_keys=any(n.core_keys for n in each),
+                      updates=frozenset().union(*(n.updates for n in each)),
+                      op_sigs=frozenset().union(*(n.op_sigs for n in each)))
         vendors = set(scope.vendors)
         if scope.core_keys and ledger.enable is not None:
             vendors.add(ledger.enable.core_vendor)
@@ -258,7 +264,7 @@ class ReleaseHook(ChainHook):
             _OP_SIGS_OF, (iid,), sorted(scope.op_sigs), "text")} if scope.op_sigs else {}
         return ReleaseBatch(iid, ReleaseState.partial(
             ledger.server_key, scope, ledger=ledger.enable, keys=keys, updates=updates,
-            op_sigs=sigs))
+            op_sigs=sigs), parsed)
 
 
 # --- the store concern --------------------------------------------------------------------------

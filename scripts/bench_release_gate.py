@@ -1,0 +1,168 @@
+"""Publishing through the release gate vs plain publishing (issue 12: goal >= 0.70).
+
+    python scripts/bench_release_gate.py                      # 5 pairs, c=16, 5000 each
+    python scripts/bench_release_gate.py --runs 7 -n 10000 --levels 16 64
+
+``--runs`` interleaved pairs of fresh ledgers (``chronicle serve``, SQLite; the order
+flipped every run so drift hits both alike):
+
+- ``plain``: a ledger without the gate, loaded with ``-n`` publishes of random bodies as
+  long as a release message;
+- ``gate``: ``chronicle release enable`` on a fresh ledger, the registry's vouching for one
+  vendor published, then ``-n`` publishes of that vendor's signed ``update`` messages
+  (each a new version, so every one is judged, accepted and its state rows written).
+
+Every request is signed before the run (Sapient and, for releases, op-sig); the generator
+(scripts/loadgen.py) checks every answer's signature and receipt. Reports each run's
+req/s, the medians, and their ratio. Afterwards the gated ledger's state must hold exactly
+the releases acknowledged (``release status``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import benchutil
+import loadgen
+import uvloop
+from loadgen import LoadResult, Request
+
+from chronicle.core.encoding import b64u_decode, b64u_encode
+from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey
+from chronicle.release.messages import AddKey, Metadata, Update, sign_message
+
+CORE = SigningKey.from_seed(hashlib.sha256(b"bench-core").digest())
+VENDOR = SigningKey.from_seed(hashlib.sha256(b"bench-vendor").digest())
+
+
+def _release(n: int) -> bytes:
+    meta = Metadata(repo="https://github.com/acme/widget",
+                    commit=hashlib.sha1(str(n).encode(), usedforsecurity=False).hexdigest(),
+                    tree="b3t1:" + b64u_encode(hashlib.sha256(str(n).encode()).digest()))
+    return sign_message(Update("acme", f"pkg{n % 50}", f"{n // 50}.{n % 7}.{n % 3}", meta),
+                        VENDOR)
+
+
+def _signed(client: SigningKey, client_id: str, body: bytes) -> Request:
+    return Request("POST", "/chronicle/publish", body, {
+        CLIENT_HEADER: client_id, SIGNATURE_HEADER: client.sign_b64(body),
+        "Content-Type": "application/json"})
+
+
+def _run(args: argparse.Namespace, base: Path, gate: bool, level: int,
+         run_no: int) -> dict[str, Any]:
+    data_dir = base / f"run-{run_no}-{'gate' if gate else 'plain'}-c{level}"
+    server_key = benchutil.init_data_dir(data_dir, {"publish-new-clients": "false"})
+    client = SigningKey.generate()
+    client_id = benchutil.add_client(data_dir, client.public_b64)
+    if gate:
+        benchutil.chronicle_cli("release", "enable", "--data-dir", str(data_dir),
+                                "--core-vendor", "registry", "--core-key", CORE.public_b64)
+    server = benchutil.chronicle_server(data_dir)
+    server.start()
+    checker = loadgen.publish_checker(b64u_decode(server_key, 32))
+    size = len(_release(0))
+    try:
+        if gate:
+            vouch = [_signed(client, client_id,
+                             sign_message(AddKey("acme", VENDOR.public_b64), CORE))]
+            setup = uvloop.run(loadgen.run_load(server.url, vouch, 1, checker, label="vouch"))
+            assert setup.errors == 0, setup.error_kinds
+        made = [0]   # releases signed so far: a measurement attempt repeated sends new ones
+
+        def prepare() -> list[Request]:
+            total = args.requests + args.warmup
+            bodies = [_release(made[0] + i) for i in range(total)] if gate else \
+                loadgen.random_bodies(total, size)
+            made[0] += total
+            return [_signed(client, client_id, b) for b in bodies]
+
+        def run(reqs: list[Request]) -> LoadResult:
+            return uvloop.run(loadgen.run_load(server.url, reqs[args.warmup:], level, checker,
+                                               label="gate" if gate else "plain",
+                                               time_cap=args.time_cap,
+                                               warmup=reqs[:args.warmup]))
+
+        row, attempts = benchutil.measured(prepare, run, server.pid,
+                                           quiet_wait=args.quiet_wait, retries=args.retries,
+                                           max_other=args.max_other)
+    finally:
+        server.stop()
+    if gate:
+        status = json.loads(benchutil.chronicle_cli("release", "status", "--data-dir",
+                                                    str(data_dir), "--json"))
+        acknowledged = sum(a["ok"] + args.warmup for a in attempts)
+        row["state_updates"] = status["updates"]
+        row["state_matches"] = status["updates"] == acknowledged
+    shutil.rmtree(data_dir, ignore_errors=True)
+    row.update(gate=gate, run=run_no, body_bytes=size)
+    return row
+
+
+def bench(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
+    rows = []
+    for level in args.levels:
+        for run_no in range(args.runs):
+            for gate in ((False, True) if run_no % 2 == 0 else (True, False)):
+                print(f"c={level} run {run_no + 1}/{args.runs}, "
+                      f"{'gate' if gate else 'plain'}:", flush=True)
+                rows.append(_run(args, base, gate, level, run_no))
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["| concurrency | publishing | runs | req/s (each run) | median req/s |",
+           "|---:|---|---:|---|---:|"]
+    for level in sorted({r["concurrency"] for r in rows}):
+        medians = {}
+        for gate in (False, True):
+            mine = [r for r in rows if r["concurrency"] == level and r["gate"] is gate]
+            medians[gate] = statistics.median(r["rps"] for r in mine)
+            each = ", ".join(f"{r['rps']:.0f}" for r in mine)
+            out.append(f"| {level} | {'release gate' if gate else 'plain'} | {len(mine)} | "
+                       f"{each} | {medians[gate]:.0f} |")
+        out.append(f"\nc={level}: gate/plain = {medians[True] / medians[False]:.2f} "
+                   f"(median {medians[True]:.0f} vs {medians[False]:.0f} req/s)\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("-n", "--requests", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--levels", type=int, nargs="+", default=[16])
+    parser.add_argument("--runs", type=int, default=5, help="interleaved pairs of runs")
+    parser.add_argument("--time-cap", type=float, default=180.0)
+    parser.add_argument("--quiet-wait", type=float, default=30.0)
+    parser.add_argument("--retries", type=int, default=1)
+    parser.add_argument("--max-other", type=float, default=0.15)
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="chronicle-bench-release-", dir="/tmp"))
+    started = datetime.now(UTC)
+    print(f"# bench_release_gate {started:%Y-%m-%d %H:%M} UTC; {benchutil.machine_summary()}",
+          flush=True)
+    try:
+        rows = bench(args, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print("\n".join(summary(rows)))
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"started": started.isoformat(),
+                                             "machine": benchutil.machine_summary(),
+                                             "rows": rows}, indent=2))
+    bad = [r for r in rows if r["errors"] or r.get("state_matches") is False]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
