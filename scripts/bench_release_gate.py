@@ -104,7 +104,9 @@ def _run(args: argparse.Namespace, base: Path, gate: bool, level: int,
         row["state_updates"] = status["updates"]
         row["state_matches"] = status["updates"] == acknowledged
     shutil.rmtree(data_dir, ignore_errors=True)
-    row.update(gate=gate, run=run_no, body_bytes=size)
+    # The server's CPU is measured over the warm-up requests too.
+    row.update(gate=gate, run=run_no, body_bytes=size, cpu_ms_per_publish=round(
+        1000 * row["server_cpu_s"] / (row["requests"] + args.warmup), 3))
     return row
 
 
@@ -120,18 +122,22 @@ def bench(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
 
 
 def summary(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["| concurrency | publishing | runs | req/s (each run) | median req/s |",
-           "|---:|---|---:|---|---:|"]
+    out = ["| concurrency | publishing | runs | req/s (each run) | median req/s | server CPU "
+           "ms per publish (each run) | median CPU ms |", "|---:|---|---:|---|---:|---|---:|"]
     for level in sorted({r["concurrency"] for r in rows}):
-        medians = {}
+        rps, cpu = {}, {}
         for gate in (False, True):
             mine = [r for r in rows if r["concurrency"] == level and r["gate"] is gate]
-            medians[gate] = statistics.median(r["rps"] for r in mine)
+            rps[gate] = statistics.median(r["rps"] for r in mine)
+            cpu[gate] = statistics.median(r["cpu_ms_per_publish"] for r in mine)
             each = ", ".join(f"{r['rps']:.0f}" for r in mine)
+            each_cpu = ", ".join(f"{r['cpu_ms_per_publish']:.3f}" for r in mine)
             out.append(f"| {level} | {'release gate' if gate else 'plain'} | {len(mine)} | "
-                       f"{each} | {medians[gate]:.0f} |")
-        out.append(f"\nc={level}: gate/plain = {medians[True] / medians[False]:.2f} "
-                   f"(median {medians[True]:.0f} vs {medians[False]:.0f} req/s)\n")
+                       f"{each} | {rps[gate]:.0f} | {each_cpu} | {cpu[gate]:.3f} |")
+        out.append(f"\nc={level}: gate/plain throughput = {rps[True] / rps[False]:.2f} "
+                   f"(median {rps[True]:.0f} vs {rps[False]:.0f} req/s); server CPU per "
+                   f"publish {cpu[True]:.3f} vs {cpu[False]:.3f} ms (plain/gate = "
+                   f"{cpu[False] / cpu[True]:.2f})\n")
     return out
 
 
