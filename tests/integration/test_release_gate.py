@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
+from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import b64u_decode, b64u_encode, utcnow
 from chronicle.core.errors import RequestError
+from chronicle.core.merkle import TreeState
 from chronicle.core.sapient import SigningKey
 from chronicle.release import (
     AddKey,
@@ -36,7 +38,7 @@ from chronicle.release.state import ChainEntry
 from chronicle.releaselog import enable
 from chronicle.store import Store
 from tests.helpers import Response, RunningServer, serving, start_server
-from tests.integration.test_tlog import acli
+from tests.integration.test_tlog import acli, chain_leaves, enable_tree
 
 CORE = SigningKey.from_seed(b"c" * 32)
 ACME = SigningKey.from_seed(b"a" * 32)
@@ -66,6 +68,11 @@ class Ledger:
     async def head(self) -> int:
         head = await self.store.chain("").head()
         return -1 if head is None else head.index
+
+    async def entry(self, index: int) -> Entry:
+        found = await self.store.chain("").entry_at(index)
+        assert found is not None
+        return found
 
     async def send(self, contents: bytes, who: str = "registry") -> Response:
         return await self.srv.publish(who, contents)
@@ -131,11 +138,11 @@ async def stored_state(store: Store) -> bytes:
 
 async def test_vendor_lifecycle_and_endpoints(ledger: Ledger) -> None:
     led = ledger
+    enabled = await led.entry(led.enabled_at)
     assert await led.get("") == {
         "core-vendor": "registry", "core-key": CORE.public_b64,
-        "now": json.loads((await led.store.chain("").entry_at(led.enabled_at)).contents)["now"],
-        "at": {"index": led.enabled_at, "currhash": b64u_encode(
-            (await led.store.chain("").entry_at(led.enabled_at)).currhash)}}
+        "now": json.loads(enabled.contents)["now"],
+        "at": {"index": led.enabled_at, "currhash": b64u_encode(enabled.currhash)}}
     await vouched(led)
     receipt = await led.accept(sign_message(release_of("v1.0.0"), CI), "acme")
     released = receipt["index"]
@@ -166,7 +173,7 @@ async def test_vendor_lifecycle_and_endpoints(ledger: Ledger) -> None:
             for a in one["attestations"]] == [("beta", "reproduced", attested["index"])]
     # Every position names the entry that proves the row.
     at = one["update"]["at"]
-    entry = await led.store.chain("").entry_at(at["index"])
+    entry = await led.entry(at["index"])
     assert at == {"index": released, "currhash": b64u_encode(entry.currhash)}
     assert json.loads(entry.contents)["op-body"] == one["update"]["op-body"]
     assert await stored_state(led.store) == await chain_state(led.store, led.srv.key.public_b64)
@@ -410,3 +417,20 @@ async def test_enable_refuses_a_history_with_release_messages(tmp_path: Path) ->
             "ledger is not enabled on this chain); a chain holding it cannot become a "
             "release ledger")
         assert await srv.ctx.store.release.ledger("") is None
+
+
+async def test_gate_and_merkle_tree_on_one_chain(ledger: Ledger) -> None:
+    """Both hooks in one transaction: a refused message reaches neither the chain nor the
+    tree; accepted ones extend both."""
+    led = ledger
+    await enable_tree(led.srv)
+    await vouched(led)
+    await led.refuse(sign_message(AddKey("acme", ACME2.public_b64), CI), 403,
+                     f"key {CI.public_b64} of vendor acme is limited: it may only sign update "
+                     "for acme", "acme")
+    await led.accept(sign_message(release_of("1.0.0"), CI), "acme")
+    tree = await led.store.tlog.tree("")
+    assert tree is not None
+    assert tree.size == await led.head() + 1
+    assert tree.state().root() == TreeState.empty().extend(await chain_leaves(led.store))[0].root()
+    assert await stored_state(led.store) == await chain_state(led.store, led.srv.key.public_b64)
