@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from chronicle import releaselog
 from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import b64u_decode, b64u_encode, utcnow
 from chronicle.core.errors import RequestError
@@ -434,3 +435,32 @@ async def test_gate_and_merkle_tree_on_one_chain(ledger: Ledger) -> None:
     assert tree.size == await led.head() + 1
     assert tree.state().root() == TreeState.empty().extend(await chain_leaves(led.store))[0].root()
     assert await stored_state(led.store) == await chain_state(led.store, led.srv.key.public_b64)
+
+
+async def test_lists_are_paged(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    led = ledger
+    monkeypatch.setattr(releaselog, "PAGE", 2)
+    await vouched(led)
+    for n in range(5):
+        await led.accept(sign_message(release_of(f"1.{n}.0"), ACME), "acme")
+    for attestor, key in (("beta", BETA), ("acme", ACME), ("registry", CORE)):
+        await led.accept(sign_message(AttestUpdate("acme", "widget", "1.0.0", attestor,
+                                                   "spot-check"), key))
+    first = await led.get("/vendors")
+    assert [v["vendor"] for v in first["vendors"]] == ["acme", "beta"]
+    assert first["next"] == "beta"
+    last = await led.get("/vendors?after=beta")
+    assert ([v["vendor"] for v in last["vendors"]], last["next"]) == (["registry"], None)
+    versions, after = [], None
+    while True:
+        page = await led.get("/packages/acme/widget" + (f"?after={after}" if after else ""))
+        assert len(page["updates"]) <= 2
+        versions += [u["version"] for u in page["updates"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert versions == [f"1.{n}.0" for n in range(5)]
+    one = await led.get("/packages/acme/widget/1.0.0")
+    assert [a["attestor"] for a in one["attestations"]] == ["beta", "acme"]
+    rest = await led.get(f"/packages/acme/widget/1.0.0?after={one['next']}")
+    assert ([a["attestor"] for a in rest["attestations"]], rest["next"]) == (["registry"], None)
