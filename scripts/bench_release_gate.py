@@ -2,6 +2,7 @@
 
     python scripts/bench_release_gate.py                      # 5 pairs, c=16, 5000 each
     python scripts/bench_release_gate.py --runs 7 -n 10000 --levels 16 64
+    python scripts/bench_release_gate.py --append --runs 5 -n 5000      # the sequencer alone
 
 ``--runs`` interleaved pairs of fresh ledgers (``chronicle serve``, SQLite; the order
 flipped every run so drift hits both alike):
@@ -11,6 +12,10 @@ flipped every run so drift hits both alike):
 - ``gate``: ``chronicle release enable`` on a fresh ledger, the registry's vouching for one
   vendor published, then ``-n`` publishes of that vendor's signed ``update`` messages
   (each a new version, so every one is judged, accepted and its state rows written).
+
+``--append``: the sequencer alone, in this process (no HTTP, no generator): ``--runs``
+interleaved pairs of fresh ledgers, plain then gated, each appending ``-n`` pre-signed
+bodies in concurrent groups of 16 (batches as at c=16); reports CPU µs per append.
 
 Every request is signed before the run (Sapient and, for releases, op-sig); the generator
 (scripts/loadgen.py) checks every answer's signature and receipt. Reports each run's
@@ -110,6 +115,66 @@ def _run(args: argparse.Namespace, base: Path, gate: bool, level: int,
     return row
 
 
+def _append_run(base: Path, gate: bool, count: int, run_no: int) -> dict[str, Any]:
+    """CPU and wall seconds of appending ``count`` pre-signed bodies through a Ledger."""
+    import asyncio
+    import time
+
+    from chronicle.core.encoding import utcnow
+    from chronicle.ledger import Ledger
+    from chronicle.releaselog import enable
+    from chronicle.store import open_store
+
+    async def go() -> dict[str, Any]:
+        where = base / f"append-{run_no}-{'gate' if gate else 'plain'}"
+        where.mkdir(parents=True)
+        store = open_store("sqlite:chronicle.db", where)
+        await store.create_schema()
+        await store.ensure_instance("")
+        server, client = SigningKey.generate(), SigningKey.generate()
+        ledger = Ledger(store, "")
+        try:
+            size = len(_release(0))
+            if gate:
+                await enable(store, ledger, server, "registry", CORE.public_b64, clock=utcnow)
+                vouch = sign_message(AddKey("acme", VENDOR.public_b64), CORE)
+                await ledger.append(vouch, client.public, client.sign(vouch))
+                bodies = [_release(i) for i in range(count)]
+            else:
+                bodies = loadgen.random_bodies(count, size)
+            signed = [(b, client.sign(b)) for b in bodies]
+            cpu, wall = time.process_time(), time.monotonic()
+            for i in range(0, count, 16):
+                await asyncio.gather(*(ledger.append(b, client.public, sig)
+                                       for b, sig in signed[i:i + 16]))
+            cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        finally:
+            await ledger.stop()
+            await store.close()
+        return {"gate": gate, "run": run_no, "appends": count,
+                "cpu_us_per_append": round(1e6 * cpu / count, 1),
+                "wall_us_per_append": round(1e6 * wall / count, 1)}
+
+    return asyncio.run(go())
+
+
+def bench_append(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
+    rows = []
+    for run_no in range(args.runs):
+        for gate in ((False, True) if run_no % 2 == 0 else (True, False)):
+            row = _append_run(base, gate, args.requests, run_no)
+            print(f"run {run_no + 1}/{args.runs} {'gate' if gate else 'plain'}: "
+                  f"{row['cpu_us_per_append']} us CPU, {row['wall_us_per_append']} us wall "
+                  "per append", flush=True)
+            rows.append(row)
+    for what in ("cpu_us_per_append", "wall_us_per_append"):
+        plain = statistics.median(r[what] for r in rows if not r["gate"])
+        gated = statistics.median(r[what] for r in rows if r["gate"])
+        print(f"median {what.replace('_', ' ')}: plain {plain:.1f}, gate {gated:.1f} "
+              f"(+{gated - plain:.1f})")
+    return rows
+
+
 def bench(args: argparse.Namespace, base: Path) -> list[dict[str, Any]]:
     rows = []
     for level in args.levels:
@@ -151,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-wait", type=float, default=30.0)
     parser.add_argument("--retries", type=int, default=1)
     parser.add_argument("--max-other", type=float, default=0.15)
+    parser.add_argument("--append", action="store_true",
+                        help="measure the sequencer alone, in this process")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="chronicle-bench-release-", dir="/tmp"))
@@ -158,15 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench_release_gate {started:%Y-%m-%d %H:%M} UTC; {benchutil.machine_summary()}",
           flush=True)
     try:
-        rows = bench(args, base)
+        if args.append:
+            rows = bench_append(args, base)
+        else:
+            rows = bench(args, base)
+            print("\n".join(summary(rows)))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print("\n".join(summary(rows)))
     if args.json_out:
         args.json_out.write_text(json.dumps({"started": started.isoformat(),
                                              "machine": benchutil.machine_summary(),
                                              "rows": rows}, indent=2))
-    bad = [r for r in rows if r["errors"] or r.get("state_matches") is False]
+    bad = [r for r in rows if r.get("errors") or r.get("state_matches") is False]
     return 1 if bad else 0
 
 
