@@ -464,3 +464,25 @@ async def test_lists_are_paged(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) 
     assert [a["attestor"] for a in one["attestations"]] == ["beta", "acme"]
     rest = await led.get(f"/packages/acme/widget/1.0.0?after={one['next']}")
     assert ([a["attestor"] for a in rest["attestations"]], rest["next"]) == (["registry"], None)
+
+
+async def test_an_interrupted_enable_is_finished_by_running_it_again(tmp_path: Path) -> None:
+    async with serving(tmp_path / "ledger", "acme") as srv:
+        store = srv.ctx.store
+        await releaselog._prepare(store, "", srv.key, utcnow)   # stopped before the entry
+        d = str(srv.ctx.data_dir.path)
+        code, stdout, _ = await acli("release", "status", "--data-dir", d)
+        assert (code, stdout) == (0, "enabling was interrupted: run `chronicle release enable` "
+                                     "again\n")
+        # The gate already runs: nothing may be released before the enable entry.
+        answer = await srv.publish("acme", sign_message(AddKey("acme", ACME.public_b64), CORE))
+        assert (answer.status, answer.json["message"]) == \
+            (403, "the release ledger is not enabled on this chain")
+        answer = await srv.request("GET", "/chronicle/release")
+        assert (answer.status, answer.json["message"]) == \
+            (404, "This chain is not a release ledger")
+        index = await enable_on(srv)
+        assert (await store.release.ledger("")).enable.at.index == index  # type: ignore[union-attr]
+        assert (await srv.publish("acme", sign_message(AddKey("acme", ACME.public_b64),
+                                                       CORE))).status == 200
+        assert await stored_state(store) == await chain_state(store, srv.key.public_b64)
