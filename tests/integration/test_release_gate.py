@@ -39,6 +39,7 @@ from chronicle.release.state import ChainEntry
 from chronicle.releaselog import enable
 from chronicle.store import Store
 from tests.helpers import Response, RunningServer, serving, start_server
+from tests.integration import test_replication as replicating
 from tests.integration.test_tlog import acli, chain_leaves, enable_tree
 
 CORE = SigningKey.from_seed(b"c" * 32)
@@ -486,3 +487,35 @@ async def test_an_interrupted_enable_is_finished_by_running_it_again(tmp_path: P
         assert (await srv.publish("acme", sign_message(AddKey("acme", ACME.public_b64),
                                                        CORE))).status == 200
         assert await stored_state(store) == await chain_state(store, srv.key.public_b64)
+
+
+async def test_a_replica_copies_a_release_ledger_and_runs_no_gate(tmp_path: Path) -> None:
+    """The gate belongs to the chain where it was enabled: a replica copies the verified
+    entries (release messages among them) into its own tables, with no release state."""
+    upstream = await start_server(await replicating.ledger(
+        tmp_path, "A", publish_new_clients=False, **replicating.QUIET))
+    replica = await replicating.ledger(tmp_path, "B", **replicating.QUIET)
+    try:
+        await upstream.add_client("registry")
+        await upstream.add_client("acme")
+        await upstream.add_client("beta")
+        led = Ledger(upstream, await enable_on(upstream))
+        await vouched(led)
+        await led.accept(sign_message(release_of("1.0.0"), CI), "acme")
+        await led.refuse(sign_message(release_of("v1.0"), ACME), 409,
+                         f"acme/widget v1.0 was already released at entry {await led.head()}",
+                         "acme")
+        await replicating.add_source(replica, upstream.url, upstream.key.public)
+        res = await replicating.sync(replica)
+        assert res.code == 0, res.stderr
+        assert res.json["sources"][0]["added"] == await led.head() + 1
+        copied = await replicating.replica_rows(replica)
+        assert [e.currhash for e in copied] == \
+            [(await led.entry(i)).currhash for i in range(await led.head() + 1)]
+        store = await replicating.opened(replica)
+        try:
+            assert await store.release.ledger("") is None
+        finally:
+            await store.close()
+    finally:
+        await upstream.close()
