@@ -240,10 +240,10 @@ class ReleaseReads:
         await self._enabled(instance)
         if after is not None:
             _vendor(after)
-        page = await self.store.release.vendor_page(instance, after or "", PAGE)
-        return {"vendors": [{"vendor": r[0], "keys": int(r[1]), "trusted": int(r[2]),
-                             "since": int(r[3])} for r in page.rows],
-                "next": page.next}
+        page, following = await self.store.release.vendor_page(instance, after or "", PAGE)
+        return {"vendors": [{"vendor": v.vendor, "keys": v.keys, "trusted": v.trusted,
+                             "since": v.since} for v in page],
+                "next": following}
 
     async def keys(self, instance: str, vendor: str) -> dict[str, Any]:
         await self._enabled(instance)

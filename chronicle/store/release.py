@@ -270,11 +270,14 @@ class ReleaseHook(ChainHook):
 # --- the store concern --------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class Page:
-    """One bounded page of a listing, and the cursor of the next (None: the last page)."""
+class VendorSummary:
+    """A vendor in the listing: keys ever added, how many are trusted, its first key's
+    entry."""
 
-    rows: list[Row]
-    next: str | int | None
+    vendor: str
+    keys: int
+    trusted: int
+    since: int
 
 
 class ReleaseStore(InstanceScoped):
@@ -301,15 +304,16 @@ class ReleaseStore(InstanceScoped):
 
     # --- reads --------------------------------------------------------------------------
 
-    async def vendor_page(self, instance: str, after: str, limit: int) -> Page:
-        """Vendors by name after ``after``: (vendor, keys, trusted, first idx, first hash)."""
+    async def vendor_page(self, instance: str, after: str, limit: int
+                          ) -> tuple[list[VendorSummary], str | None]:
+        """Vendors by name after ``after``, and the cursor of the next page (None: last)."""
         iid = await self._instance_id(instance)
         found = await self._db.read(
             "SELECT vendor, COUNT(*), SUM(CASE WHEN revoked_idx IS NULL THEN 1 ELSE 0 END), "
             "MIN(added_idx) FROM release_keys WHERE instance = ? AND vendor > ? "
             "GROUP BY vendor ORDER BY vendor LIMIT ?", iid, after, limit + 1)
-        rows = found[:limit]
-        return Page(rows, rows[-1][0] if len(found) > limit else None)
+        page = [VendorSummary(r[0], int(r[1]), int(r[2]), int(r[3])) for r in found[:limit]]
+        return page, page[-1].vendor if len(found) > limit else None
 
     async def keys(self, instance: str, vendor: str) -> list[KeyRecord]:
         """Every key ever added to ``vendor``, in chain order."""
