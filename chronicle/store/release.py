@@ -236,15 +236,27 @@ async def _write_change(session: Session, iid: int, e: Effect) -> None:
 
 
 class ReleaseHook(ChainHook):
-    """The release gate on every chain that has a ``release_ledgers`` row."""
+    """The release gate on every chain that has a ``release_ledgers`` row.
+
+    A chain's row is read inside every batch's transaction until its enable entry is
+    committed; from then on it never changes (a release ledger is never disabled), so it
+    is kept in memory.
+    """
+
+    def __init__(self) -> None:
+        self._enabled: dict[int, ReleaseLedger] = {}
 
     async def begin(self, tx: WriteTx, contents: Sequence[bytes]) -> ReleaseBatch | None:
-        row = await tx.session.fetchrow(
-            f"SELECT {_LEDGER_COLS} FROM release_ledgers WHERE instance = ?",  # noqa: S608
-            tx.instance_id)
-        if row is None:
-            return None
-        ledger = _ledger(tx.instance_id, row)
+        ledger = self._enabled.get(tx.instance_id)
+        if ledger is None:
+            row = await tx.session.fetchrow(
+                f"SELECT {_LEDGER_COLS} FROM release_ledgers WHERE instance = ?",  # noqa: S608
+                tx.instance_id)
+            if row is None:
+                return None
+            ledger = _ledger(tx.instance_id, row)
+            if ledger.enable is not None:
+                self._enabled[tx.instance_id] = ledger
         parsed = {body: classified(body) for body in contents}
         each = [needs(message) for message in parsed.values()]
         scope = Needs(vendors=frozenset().union(*(n.vendors for n in each)),
