@@ -40,6 +40,7 @@ from chronicle.releaselog import enable
 from chronicle.store import Store
 from tests.helpers import Response, RunningServer, serving, start_server
 from tests.integration import test_replication as replicating
+from tests.integration.test_openapi import call as described
 from tests.integration.test_tlog import acli, chain_leaves, enable_tree
 
 CORE = SigningKey.from_seed(b"c" * 32)
@@ -519,3 +520,22 @@ async def test_a_replica_copies_a_release_ledger_and_runs_no_gate(tmp_path: Path
             await store.close()
     finally:
         await upstream.close()
+
+
+async def test_release_routes_answer_as_described(ledger: Ledger) -> None:
+    """Every answer of /chronicle/release/ matches the OpenAPI description (release.json)."""
+    led = ledger
+    await vouched(led)
+    await led.accept(sign_message(release_of("1.0.0"), CI), "acme")
+    await led.accept(sign_message(AttestUpdate("acme", "widget", "1.0.0", "beta",
+                                               "reproduced"), BETA), "beta")
+    await led.accept(sign_message(RevokeUpdate("acme", "widget", "1.0.0", "cve"), ACME), "acme")
+    srv = led.srv
+    for path, status in (("", 200), ("/vendors", 200), ("/vendors?after=acme", 200),
+                         ("/vendors/acme/keys", 200), ("/vendors/nobody/keys", 404),
+                         ("/vendors/Bad!/keys", 400), ("/packages/acme/widget", 200),
+                         ("/packages/acme/widget?after=2", 200),
+                         ("/packages/acme/nothing", 404), ("/packages/acme/widget/v1.0", 200),
+                         ("/packages/acme/widget/2.0", 404),
+                         ("/packages/acme/widget/dev-x", 400)):
+        await described(srv, "GET", "/chronicle/release" + path, status=status)
