@@ -310,9 +310,6 @@ async def search(store: Store, gate: SearchGate, instance: str, query: str,
         window = await gate.run(lambda: store.browse.search(
             instance, before=start, window=SEARCH_WINDOW, limit=SEARCH_LIMIT,
             text=query.encode("utf-8")))
-    if window.complete:
-        older = window.low if window.low > 0 else None
-    else:
-        older = window.matches[-1].index
+    older = window.low if window.low > 0 else None
     return Listing(window.matches, length, older, searched=what, window=window,
                    query=query)

@@ -43,9 +43,9 @@ class EntrySummary:
 
 @dataclass(frozen=True, slots=True)
 class SearchWindow:
-    """The matches found in entries ``low <= index < high`` (newest first); ``complete``
-    is False when ``limit`` matches were found before the window was searched through
-    (continue below the last match)."""
+    """The matches found in entries ``low <= index < high`` (newest first), all of them:
+    when ``limit`` matches were found before the window was searched through, ``low`` is
+    the last match's index and ``complete`` False (continue below ``low``)."""
 
     matches: list[EntrySummary]
     low: int
@@ -105,4 +105,7 @@ class BrowseStore:
             _SUMMARY + f"AND idx >= ? AND idx < ? AND {condition} "
             "ORDER BY idx DESC LIMIT ?", iid, low, before, value, limit)
         matches = [self._row(r) for r in found]
-        return SearchWindow(matches, low, before, complete=len(matches) < limit)
+        if len(matches) < limit:
+            return SearchWindow(matches, low, before, complete=True)
+        # Stopped at the limit: searched down to the last match only.
+        return SearchWindow(matches, matches[-1].index, before, complete=False)
