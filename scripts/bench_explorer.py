@@ -11,6 +11,7 @@ checked: status 200, one signature header that verifies with the server key.
 
     python scripts/bench_explorer.py --entries 100000
     python scripts/bench_explorer.py                      # 1,000,000 entries
+    python scripts/bench_explorer.py --backend postgres   # a fresh database, dropped after
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from urllib.parse import quote
 
 import aiohttp
 import uvloop
-from benchutil import add_client, chronicle_server, fill_chain, init_data_dir, machine_summary
+from benchutil import (
+    PostgresDatabase,
+    add_client,
+    chronicle_server,
+    fill_chain,
+    init_data_dir,
+    machine_summary,
+)
 
 from chronicle.core.encoding import b64u_decode
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey, verify
@@ -105,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body-size", type=int, default=256)
     parser.add_argument("--requests", type=int, default=100, help="requests per page")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--keep", action="store_true", help="keep the data dir")
     args = parser.parse_args(argv)
 
@@ -112,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="chronicle-bench-explorer-", dir="/tmp"))
     data_dir = base / "data"
     print(f"# bench_explorer {started:%Y-%m-%d %H:%M} UTC; {machine_summary()}; "
-          f"{args.entries} entries of {args.body_size} bytes; data under {base}", flush=True)
+          f"{args.entries} entries of {args.body_size} bytes; {args.backend}; "
+          f"data under {base}", flush=True)
     result: dict[str, Any] = {"started": started.isoformat(), "machine": machine_summary(),
-                              "entries": args.entries}
+                              "entries": args.entries, "backend": args.backend}
+    pg = PostgresDatabase() if args.backend == "postgres" else None
     try:
-        server_key = init_data_dir(data_dir, {"publish-new-clients": "false"})
+        server_key = init_data_dir(data_dir, {"publish-new-clients": "false"},
+                                   database=pg.create() if pg else None)
         client = SigningKey.generate()
         add_client(data_dir, client.public_b64)
         info = fill_chain(data_dir, client.secret, args.entries, body_size=args.body_size)
@@ -148,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
     finally:
+        if pg is not None and not args.keep:
+            pg.drop()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     if args.json_out:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -25,8 +24,6 @@ from tests.helpers import RunningServer
 CHROMIUM = os.environ.get("CHRONICLE_TEST_CHROMIUM", "/usr/bin/chromium")
 HOSTILE = ('<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
            '<a href="javascript:window.__pwned=3">x</a>')
-SHOTS = os.environ.get("CHRONICLE_EXPLORER_SCREENSHOTS")
-"""A directory: when set, the tests save the screenshots that docs/explorer/ shows."""
 
 STATUS = "#check .status"
 FINAL = re.compile(r"^(verified|failed|stale)$")
@@ -66,11 +63,6 @@ async def check_result(page: Page) -> str:
     return str(await page.text_content(STATUS))
 
 
-async def shot(page: Page, name: str) -> None:
-    if SHOTS:
-        await page.screenshot(path=str(Path(SHOTS) / name), full_page=True)
-
-
 async def head_hash(server: RunningServer) -> str:
     return str((await server.request("GET", "/chronicle/lasthash")).json["results"][0]
                ["currhash"])
@@ -93,7 +85,6 @@ async def test_overview_shows_live_numbers(server: RunningServer, browser: Brows
     assert await page.text_content("#chain-length") == "4"
     assert await page.text_content("#head-currhash") == await head_hash(server)
     assert await check_result(page) == "verified"  # the pin survived the reload
-    await shot(page, "overview.png")
     assert errors == []
 
 
@@ -116,7 +107,6 @@ async def test_search_by_hash_finds_the_entry(server: RunningServer, browser: Br
     assert await page.text_content("#currhash") == rows[1]["hash"]
     assert await page.text_content("#body") == "the one we look for"
     await page.goto(server.url + "/explorer/entries")
-    await shot(page, "entries.png")
     assert errors == []
 
 
@@ -147,7 +137,6 @@ async def test_in_browser_check_verifies_a_real_entry(server: RunningServer,
     await pin(page, server.key.public_b64)
     assert await check_result(page) == "verified"
     assert "Ed25519 by WebCrypto" in str(await page.text_content("#check .detail"))
-    await shot(page, "entry.png")
     # A browser whose WebCrypto has no Ed25519: the vendored TweetNaCl decides.
     fallback = await open_page(browser, errors)
     await fallback.add_init_script(
@@ -213,7 +202,6 @@ async def test_in_browser_check_fails_on_a_tampered_answer(server: RunningServer
         assert await check_result(page) == "failed"
         detail = str(await page.text_content("#check .detail"))
         assert "signature does not verify with the pinned key" in detail
-        await shot(page, "entry-tampered.png")
         # The same page straight from the server verifies.
         await page.goto(server.url + f"/explorer/entry/{quote(await head_hash(server), safe='')}")
         await pin(page, server.key.public_b64)
