@@ -81,6 +81,10 @@ async def test_overview_shows_live_numbers(server: RunningServer, browser: Brows
     await pin(page, server.key.public_b64)
     assert await check_result(page) == "verified"
     await server.publish("alice", '{"release": "pkg", "version": "1.1.0"}')
+    await pin(page, server.key.public_b64)  # checks again: the page shows an older head
+    assert await check_result(page) == "stale"
+    assert "The chain has grown since this page was made" in str(
+        await page.text_content("#check .detail"))
     await page.reload()
     assert await page.text_content("#chain-length") == "4"
     assert await page.text_content("#head-currhash") == await head_hash(server)
