@@ -2,9 +2,9 @@
 
 :mod:`~chronicle.explorer.model` reads what a page shows from the store (bounded reads
 only), :mod:`~chronicle.explorer.render` turns it into HTML (every ledger value escaped),
-``templates/`` holds the page layout and ``static/`` the stylesheet, ``explorer.js`` (the
+``templates/`` holds the page layout and ``static/`` the stylesheet, ``check.js`` (the
 in-browser check) and the vendored libraries it uses (``static/vendor/``, with their
-licences). The routes are :mod:`chronicle.server.explorer`'s.
+licences). Nothing here knows HTTP: the server's explorer routes call it.
 """
 
 from __future__ import annotations

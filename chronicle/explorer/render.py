@@ -3,7 +3,7 @@
 Every value that comes from the ledger (bodies above all: anyone registered can publish
 anything) goes through :func:`h` before it reaches the page, and nothing is ever put into
 a script: the pages carry no inline script at all (the Content-Security-Policy forbids it)
-and hand data to ``explorer.js`` in ``data-`` attributes, escaped like any other text.
+and hand data to ``check.js`` in ``data-`` attributes, escaped like any other text.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ SECURITY = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-cache"}
 #: The static files served, with their content types (nothing else under static/ is).
 STATIC = {"explorer.css": "text/css; charset=utf-8",
-          "explorer.js": "text/javascript; charset=utf-8",
+          "check.js": "text/javascript; charset=utf-8",
           "favicon.svg": "image/svg+xml",
           "vendor/nacl-fast.js": "text/javascript; charset=utf-8",
           "vendor/blake2b.js": "text/javascript; charset=utf-8"}

@@ -275,7 +275,7 @@ async def test_entry_inclusion_proof_when_tree_enabled(server: RunningServer) ->
 # --- static files -------------------------------------------------------------------------
 
 async def test_static_files_and_nothing_else(server: RunningServer) -> None:
-    for name, kind in (("explorer.js", "text/javascript"), ("explorer.css", "text/css"),
+    for name, kind in (("check.js", "text/javascript"), ("explorer.css", "text/css"),
                        ("vendor/nacl-fast.js", "text/javascript"),
                        ("vendor/blake2b.js", "text/javascript")):
         res = await server.request("GET", f"/explorer/static/{name}")

@@ -14,7 +14,7 @@
 'use strict';
 
 (function () {
-  const STORE = 'chronicle-explorer.pinned-key';
+  const STORE = 'chronicle.pinned-server-key';
   const SIGNATURE = 'Body-Signature-Ed25519';
   const encoder = new TextEncoder();
 
@@ -39,7 +39,7 @@
     return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_');
   }
 
-  function concat (parts) {
+  function joinBytes (parts) {
     const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
     let at = 0;
     for (const p of parts) { out.set(p, at); at += p.length; }
@@ -64,7 +64,7 @@
     return window.nacl.sign.detached.verify(message, signature, publicKey);
   }
 
-  function pinned () {
+  function pinnedKey () {
     try { return localStorage.getItem(STORE); } catch (e) { return null; }
   }
 
@@ -87,28 +87,28 @@
       throw new Error('the entry\'s signature does not verify with its publisher\'s key');
     }
     const prev = row.prevhash ? b64uDecode(row.prevhash, 32) : undefined;
-    const preimage = concat([encoder.encode(row.created), pk, sig, contents]);
+    const preimage = joinBytes([encoder.encode(row.created), pk, sig, contents]);
     const computed = b64uEncode(window.blakejs.blake2b(preimage, prev, 32));
     if (computed !== row.currhash) {
       throw new Error('currhash recomputed as ' + computed + ', the answer says ' + row.currhash);
     }
   }
 
-  function show (el, status, detail) {
+  function showResult (el, status, detail) {
     el.querySelector('.status').textContent = status;
     el.querySelector('.detail').textContent = detail;
     el.className = 'check ' + status.replace(/\s+/g, '-');
   }
 
-  async function check () {
+  async function runCheck () {
     const el = document.getElementById('check');
     if (!el) return;
-    const keyText = pinned();
+    const keyText = pinnedKey();
     if (!keyText) {
-      show(el, 'not checked', 'Pin the server key (above) to check this page in your browser.');
+      showResult(el, 'not checked', 'Pin the server key (above) to check this page in your browser.');
       return;
     }
-    show(el, 'checking', '');
+    showResult(el, 'checking', '');
     try {
       const key = b64uDecode(keyText, 32);
       await signedFetch(location.href, key);
@@ -118,13 +118,13 @@
       const wanted = el.dataset.currhash;
       if (el.dataset.check === 'lasthash') {
         if (!wanted && rows.length === 0) {
-          show(el, 'verified', 'Empty chain; lasthash answer signed by the pinned key (' + how + ').');
+          showResult(el, 'verified', 'Empty chain; lasthash answer signed by the pinned key (' + how + ').');
           return;
         }
-        if (rows.length !== 1) throw new Error('lasthash: expected one row');
+        if (rows.length !== 1) throw new Error('the signed answer should hold exactly one row (the head)');
         await checkRow(rows[0]);
         if (rows[0].currhash !== wanted) {
-          show(el, 'stale', 'The chain has grown since this page was made (head now ' +
+          showResult(el, 'stale', 'The chain has grown since this page was made (head now ' +
             rows[0].currhash + '): reload.');
           return;
         }
@@ -133,10 +133,10 @@
         if (!row) throw new Error('the signed answer has no entry with this page\'s currhash');
         await checkRow(row);
       }
-      show(el, 'verified', 'Page and API answer signed by the pinned key; entry signature ' +
+      showResult(el, 'verified', 'Page and API answer signed by the pinned key; entry signature ' +
         'valid; currhash recomputed (BLAKE2b) and equal to the one shown (Ed25519 by ' + how + ').');
     } catch (e) {
-      show(el, 'failed', e.message);
+      showResult(el, 'failed', e.message);
     }
   }
 
@@ -148,8 +148,8 @@
     if (!panel) return;
     panel.hidden = false;
     const served = document.body.dataset.serverKey;
-    const render = (notice) => {
-      const current = pinned();
+    const renderPin = (notice) => {
+      const current = pinnedKey();
       status.textContent = '';
       panel.className = 'pin';
       if (!current) {
@@ -171,20 +171,20 @@
       try {
         b64uDecode(text, 32);
       } catch (e) {
-        render('Not a key: ' + e.message);
+        renderPin('Not a key: ' + e.message);
         return;
       }
-      const before = pinned();
+      const before = pinnedKey();
       localStorage.setItem(STORE, text);
       input.value = '';
-      render(before && before !== text ? 'Pinned key replaced (was ' + before + ').' : '');
-      check();
+      renderPin(before && before !== text ? 'Pinned key replaced (was ' + before + ').' : '');
+      runCheck();
     });
-    render('');
+    renderPin('');
   }
 
   document.addEventListener('DOMContentLoaded', () => {
     pinPanel();
-    check();
+    runCheck();
   });
 })();
