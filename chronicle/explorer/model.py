@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -89,6 +89,9 @@ class RatePoint:
 
 @dataclass(frozen=True, slots=True)
 class Replica:
+    """A replicated upstream: its record, the entries copied, seconds since its last
+    successful sync (None: never)."""
+
     source: ReplicaSource
     copied: int
     lag_seconds: float | None
@@ -96,6 +99,9 @@ class Replica:
 
 @dataclass(frozen=True, slots=True)
 class CrossSign:
+    """A cross-sign target: the last entry of ours it holds, how far behind our head that
+    is, and how its last attempt went."""
+
     name: str
     url: str
     last_index: int | None
@@ -107,6 +113,9 @@ class CrossSign:
 
 @dataclass(frozen=True, slots=True)
 class WitnessView:
+    """A configured witness: the tree size it last cosigned (durable, any process), its
+    last error (as this process's witnessing job saw it)."""
+
     name: str
     url: str
     cosigned_size: int | None
@@ -115,6 +124,9 @@ class WitnessView:
 
 @dataclass
 class Overview:
+    """Everything the overview page shows about one chain (``tree_size``: None without
+    an active Merkle tree)."""
+
     instance: str
     length: int
     head: Entry | None
@@ -127,7 +139,6 @@ class Overview:
     mirrors: list[tuple[str, str]]
     tree_size: int | None
     tree_origin: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 async def _length(store: Store, instance: str) -> int:
@@ -203,6 +214,9 @@ async def overview(store: Store, instance: str, *, instances: tuple[str, ...],
 
 @dataclass
 class EntryView:
+    """One entry with the server's own checks of it, its successor's currhash, and its
+    inclusion proof (or why there is none) when the chain has a Merkle tree."""
+
     entry: Entry
     signature_ok: bool
     hash_ok: bool
