@@ -123,6 +123,12 @@ class Database(abc.ABC):
         Leaving it commits durably (:class:`CommitOutcomeUnknown` if the commit failed),
         an exception rolls it back."""
 
+    async def make_room(self) -> bool:
+        """After a write refused for a full disk (:class:`StorageFull`): try to make the
+        next write fit. True when it did something that may let a write succeed now;
+        False when nothing can be done here (the default: only freeing space helps)."""
+        return False
+
     @abc.abstractmethod
     def schema_lock(self) -> str | None:
         """A statement that serialises schema migrations across processes, if needed."""
