@@ -40,6 +40,10 @@ from chronicle.store import open_store
 log = logging.getLogger(__name__)
 
 
+#: Seconds the rest of a refused request body is drained before the connection closes.
+LINGER = 2.0
+
+
 async def open_context(data_dir: DataDir) -> ServerContext:
     settings = data_dir.settings()
     key = data_dir.signing_key(settings)
@@ -93,7 +97,13 @@ async def run_site(app: web.Application, responder: Responder, limits: Admission
                            # The signature covers the bytes sent: never inflate a body.
                            auto_decompress=False,
                            keepalive_timeout=limits.idle_timeout.total_seconds()
-                           if limits.idle_timeout else 75.0)
+                           if limits.idle_timeout else 75.0,
+                           # After an answer sent before the body was read (408, 413,
+                           # 415, 503), what the client still sends is drained for this
+                           # long so the answer is not lost to a reset, then the
+                           # connection is closed: aiohttp's 10 s let a stalled upload
+                           # hold its connection five times the body timeout.
+                           lingering_time=LINGER)
     own_socket = sock is None
     listening = sock
     try:
