@@ -68,6 +68,10 @@ class Ledger:
     :class:`~chronicle.config.Settings` passes them; the defaults are the settings' own.
     """
 
+    #: Seconds after a refusal for a full disk that a store which cannot tell whether it
+    #: has room again (PostgreSQL) is offered writes again (the publishes' Retry-After).
+    RECHECK_S = 60.0
+
     def __init__(self, store: Store, instance: str = "", *, clock: Clock = utcnow,
                  max_batch: int = DEFAULTS.max_batch, max_queue: int = DEFAULTS.max_queue,
                  max_batch_bytes: int = 16 << 20, max_queue_bytes: int = 256 << 20) -> None:
@@ -93,6 +97,7 @@ class Ledger:
         self.write_error: str | None = None
         #: ``write_error`` is a full disk (space freed later lets writes resume).
         self.disk_full = False
+        self.refused_at = 0.0
         self._progress = time.monotonic()
 
     def stuck_for(self) -> float:
@@ -191,7 +196,7 @@ class Ledger:
         try:
             return await self._commit(batch)
         except StorageFull as exc:
-            if not await self.store.db.make_room():
+            if await self.store.db.make_room() is not True:
                 raise
             log.warning("append batch of %d refused for a full disk (%s); the store made "
                         "room, retrying it", len(batch), exc.message)
@@ -200,8 +205,14 @@ class Ledger:
     async def make_room(self) -> bool:
         """While writes are refused for a full disk: try to make room (for /readyz, which
         must not keep failing after space was freed only because nobody published since).
-        True when the store made room; the refusal is then forgotten."""
-        if not self.disk_full or not await self.store.db.make_room():
+        True when the refusal is forgotten: the store made room, or it cannot tell (a
+        database server) and ``RECHECK_S`` passed since the last refusal, so publishes
+        are let through to find out (a refused one marks the disk full again)."""
+        if not self.disk_full:
+            return False
+        room = await self.store.db.make_room()
+        if room is False or (room is None and
+                             time.monotonic() - self.refused_at < self.RECHECK_S):
             return False
         self.write_error = None
         self.disk_full = False
@@ -213,6 +224,7 @@ class Ledger:
         # way: the same signed body is idempotent.
         if isinstance(exc, StorageDenied):
             self.disk_full = isinstance(exc, StorageFull)
+            self.refused_at = time.monotonic()
             self.write_error = ("the disk is full: " if self.disk_full else "") + exc.message
             log.error("append batch of %d refused by the database (an operator must act): "
                       "%s", len(batch), exc.message)

@@ -379,12 +379,15 @@ class SqliteDatabase(Database):
         st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
         return st.f_bavail * st.f_frsize
 
-    async def make_room(self) -> bool:
+    async def make_room(self) -> bool | None:
         """After a write refused for a full disk: checkpoint with TRUNCATE, so the WAL's
         pages move into the database file and the WAL file drops to zero bytes. True when
-        that worked and the filesystem has room again (``ROOM``): a write may now fit."""
-        if self._writer is None or not self.full:
-            return False
+        that worked and the filesystem has room again (``ROOM``): a write may now fit
+        (also when no write was refused since the last one that succeeded)."""
+        if self._writer is None:
+            return None
+        if not self.full:
+            return True
         async with self._write_lock:
             if not await self.on_writer(self._truncate_wal):
                 return False

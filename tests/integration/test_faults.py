@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from chronicle.ledger import Ledger
 from tests.helpers import RunningServer, init_data_dir, serving, start_server, verify_chain
 
 MSG_REFUSED = ("The ledger cannot write to its database at the moment; nothing was stored "
@@ -160,6 +161,14 @@ async def test_a_full_disk_refuses_publishes_then_resumes(tmp_path: Path,
             assert ready.status == 200, ready.body
             assert os.path.getsize(filler.parent / "ledger" / "chronicle.db-wal") == 0
         else:
+            # PostgreSQL cannot be asked whether it has room without writing: /readyz
+            # keeps the refusal for the publishes' Retry-After, then lets them find out.
+            assert (await srv.request("GET", "/readyz")).status == 503
+            srv.ctx.ledgers[""].refused_at -= Ledger.RECHECK_S
+            assert (await srv.request("GET", "/readyz")).status == 200
+            res = await srv.publish("alice", "refused 1")  # still full: refused again
+            assert (res.status, res.json["message"]) == (503, MSG_REFUSED)
+            assert (await srv.request("GET", "/readyz")).status == 503
             await set_fault(srv, None)
 
         res = await srv.publish("alice", "refused 0")  # a client's retry is stored now
