@@ -10,7 +10,8 @@ data directory; ``--backend postgres`` uses a throwaway database, dropped afterw
   it is retried later with the same signed bytes (a retry of a stored publish answers its
   stored receipt), as a careful client does.
 - ``--readers`` workers read: ``lasthash``, ``lookup`` of an acknowledged hash (it must be
-  there, with its contents) and ``since`` it; every answer's signature checked.
+  there) and ``since`` one of the last 20 acknowledged (what a poller asks); every
+  answer's signature checked.
 - Every ``--kill-every`` seconds the server gets SIGKILL and is started again on the same
   data; after each restart ``chronicle audit --state`` proves the chain still extends the
   head the previous audit verified (no acknowledged entry rolled back).
@@ -171,7 +172,9 @@ async def reader(soak: Soak) -> None:
                     status, doc = await call(soak, session, "GET", "/chronicle/lasthash")
                     ok = status == 200
                 else:
-                    wanted = random.choice(soak.hashes)
+                    # since: a recent hash (a poller's next page), not half the chain
+                    wanted = random.choice(soak.hashes if kind == "lookup"
+                                           else soak.hashes[-20:])
                     path = f"/chronicle/{kind}/{wanted}"
                     status, doc = await call(soak, session, "GET", path)
                     if kind == "lookup":
