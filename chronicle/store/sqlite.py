@@ -413,6 +413,8 @@ class SqliteDatabase(Database):
                             self.path)
                 return True
             if time.monotonic() >= deadline:
+                log.warning("cannot checkpoint the WAL of %s to make room: readers kept it "
+                            "busy for a second", self.path)
                 return False
             time.sleep(0.01)
 

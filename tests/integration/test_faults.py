@@ -221,3 +221,4 @@ async def test_an_error_while_committing_stores_nothing_and_service_resumes(
             receipts[f"during {i}"] = res.json["results"]["currhash"]
         await audit(srv, receipts)
         assert (await srv.request("GET", "/chronicle/export")).json["total"] == 5
+
