@@ -8,6 +8,7 @@
 - ``logs``: text or JSON log lines, with request ids
 - ``witness``: run our own tlog witness (its own directory and database)
 - ``tlog``: the Merkle tree (``tlog enable|status``, ``prove``)
+- ``verify``: the verifying client for package users (``verify init|sync|review|lock|…``)
 - ``common``: exit codes, the error handler, ``open_store``, shared options, output
 
 The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imports it.
@@ -31,6 +32,7 @@ from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serv
 from chronicle.cli.publish import keygen, publish
 from chronicle.cli.replica import replica
 from chronicle.cli.tlog import prove, tlog
+from chronicle.cli.verify import verify
 from chronicle.cli.witness import witness
 
 __all__ = ["main"]
@@ -67,5 +69,5 @@ def main(debug: bool, log_format: str) -> None:
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign, witness, tlog, prove):
+                publish, audit, replica, cross_sign, witness, tlog, prove, verify):
     main.add_command(command)
