@@ -181,10 +181,16 @@ class _Supervisor:
 
     def spawn(self, slot: int) -> None:
         self.started[slot] = time.monotonic()
+        # A SIGTERM arriving between fork and the child's own handlers ran the supervisor's
+        # handler in the new worker, which then served on as an orphan after its
+        # supervisor exited: the signals wait (blocked) until the child has reset them.
+        stops = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         pid = os.fork()
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             code = 0
             try:
                 run_loop(serve(self.data_dir, self.host, self.port, sock=self.sock))
@@ -194,6 +200,7 @@ class _Supervisor:
             finally:
                 os._exit(code)
         self.children[pid] = slot
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
     def stop(self, _signum: int = signal.SIGTERM, _frame: object = None) -> None:
         self.stopping = True
