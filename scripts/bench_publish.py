@@ -36,6 +36,7 @@ from benchutil import (
     ServerProcess,
     add_client,
     ceiling_server,
+    chronicle_cli,
     chronicle_server,
     init_data_dir,
     machine_summary,
@@ -110,12 +111,14 @@ def _rows_postgres(url: str) -> list[Row]:
     return asyncio.run(go())
 
 
-def check_stored(rows: list[Row], receipts: dict[str, str]) -> list[str]:
-    """The stored chain is exactly the acknowledged publishes, gap-free and linked."""
+def check_stored(rows: list[Row], receipts: dict[str, str], before: int = 0) -> list[str]:
+    """The stored chain is exactly the ``before`` entries the set-up made (the tree's
+    announcement) followed by the acknowledged publishes, gap-free and linked."""
     acked = {b64u_decode(sig, 64): b64u_decode(curr, 32) for sig, curr in receipts.items()}
     problems: list[str] = []
-    if len(rows) != len(acked):
-        problems.append(f"{len(rows)} entries stored, {len(acked)} acknowledged")
+    if len(rows) != before + len(acked):
+        problems.append(f"{len(rows)} entries stored, {before} before the run and "
+                        f"{len(acked)} acknowledged")
     prev: bytes | None = None
     unacked = wrong = 0
     for n, (idx, prevhash, currhash, signature) in enumerate(rows):
@@ -127,6 +130,8 @@ def check_stored(rows: list[Row], receipts: dict[str, str]) -> list[str]:
             break
         prev = currhash
         receipt = acked.get(signature)
+        if receipt is None and n < before:
+            continue
         if receipt is None:
             unacked += 1
         elif receipt != currhash:
@@ -165,6 +170,9 @@ def run_chronicle(concurrency: int, workers: int, backend: str, key: SigningKey,
         server_key = init_data_dir(data_dir, {"publish-new-clients": "false"},
                                    database=database)
         client_id = add_client(data_dir, key.public_b64)
+        if args.tlog:
+            chronicle_cli("tlog", "enable", "--data-dir", str(data_dir), "--origin",
+                          "bench.example/chronicle/tlog", "--json", timeout=600)
         server = chronicle_server(data_dir, workers)
         server.start()
         server.server_key = server_key
@@ -183,7 +191,7 @@ def run_chronicle(concurrency: int, workers: int, backend: str, key: SigningKey,
     finally:
         if pg is not None and not args.keep:
             pg.drop()
-    problems = check_stored(rows, receipts)
+    problems = check_stored(rows, receipts, before=1 if args.tlog else 0)
     row.update(backend=backend, workers=workers, exit_code=code, stored_entries=len(rows),
                acknowledged=len(receipts), stored_problems=problems)
     if problems:
@@ -277,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-setting", action="append", default=[], metavar="KEY=VALUE",
                         help="ALTER DATABASE ... SET KEY = VALUE on each fresh database "
                              "(repeatable), e.g. plan_cache_mode=force_custom_plan")
+    parser.add_argument("--tlog", action="store_true",
+                        help="enable the Merkle tree (tlog enable) on each fresh ledger "
+                             "before serving, so every publish extends it too")
     parser.add_argument("--body-size", type=int, default=256)
     parser.add_argument("--time-cap", type=float, default=180.0, help="seconds per run")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
@@ -308,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     print(f"# bench_publish {started:%Y-%m-%d %H:%M} UTC; {machine_summary()}; "
           f"{args.requests} timed + {args.warmup} warm-up requests, "
-          f"{args.body_size}-byte bodies; backends {' '.join(args.backend)}; processes "
+          f"{args.body_size}-byte bodies; tree {'on' if args.tlog else 'off'}; "
+          f"backends {' '.join(args.backend)}; processes "
           f"{' '.join(map(str, args.workers))}"
           + (f"; PostgreSQL database settings {args.pg_setting}" if args.pg_setting else "")
           + f"; data under {base}", flush=True)

@@ -8,6 +8,8 @@
 - ``logs``: text or JSON log lines, with request ids
 - ``witness``: run our own tlog witness (its own directory and database)
 - ``tlog``: the Merkle tree (``tlog enable|status``, ``prove``)
+- ``digest``, ``vendor``, ``registry``: the release ledger's source tree digest, a vendor's
+  and the registry's (core vendor's) commands; ``release_profile`` is what they share
 - ``verify``: the verifying client for package users (``verify init|sync|review|lock|…``)
 - ``common``: exit codes, the error handler, ``open_store``, shared options, output
 
@@ -28,10 +30,13 @@ from chronicle.cli.audit import audit
 from chronicle.cli.clients import client, mirror
 from chronicle.cli.common import EXIT_OK, EXIT_REFUSED, exit_with_error
 from chronicle.cli.crosssign import cross_sign
+from chronicle.cli.digest import digest
 from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serve
 from chronicle.cli.publish import keygen, publish
+from chronicle.cli.registry import registry
 from chronicle.cli.replica import replica
 from chronicle.cli.tlog import prove, tlog
+from chronicle.cli.vendor import vendor
 from chronicle.cli.verify import verify
 from chronicle.cli.witness import witness
 
@@ -69,5 +74,6 @@ def main(debug: bool, log_format: str) -> None:
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign, witness, tlog, prove, verify):
+                publish, audit, replica, cross_sign, witness, tlog, prove, verify,
+                digest, vendor, registry):
     main.add_command(command)

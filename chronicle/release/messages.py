@@ -88,6 +88,17 @@ class AddKey:
     limited: bool = False
 
 
+def key_name(publickey: str, name: str | None) -> str:
+    """The label our tools write in an ``add-key``: the given one, else one from the key.
+
+    ``op`` is not signed (Herd's envelope), so an unnamed ``add-key`` {vendor, publickey}
+    has the very op-body, and so the very op-sig, of the ``revoke-key`` of that key by the
+    same signer; the replay rule (one use per op-sig) would then refuse the revocation.
+    A name keeps the two bodies apart.
+    """
+    return name if name else f"key {publickey.strip()[:8]}"
+
+
 @dataclass(frozen=True, slots=True)
 class RevokeKey:
     """Herd's ``revoke-key`` {vendor, publickey}."""

@@ -5,6 +5,7 @@ Handlers are thin: parse the request, call the store / ledger / core, answer sig
 The chain reads live in :mod:`~chronicle.server.reads` (one implementation for our chains
 and replicas), the writes in :mod:`~chronicle.server.writes`, what only replicas have in
 :mod:`~chronicle.server.replicas`, the Merkle tree's in :mod:`~chronicle.server.tlog`.
+Every route is described in :mod:`chronicle.server.openapi` (served at ``/openapi.json``).
 Any :class:`ChronicleError` becomes Chronicle's signed JSON error with its status
 (:func:`~chronicle.server.responses.signed_errors`).
 """
@@ -17,7 +18,7 @@ from aiohttp.typedefs import Handler
 from chronicle.core import protocol
 from chronicle.core.encoding import atom
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
-from chronicle.server import health, reads, replicas, tlog, writes
+from chronicle.server import health, openapi, reads, replicas, tlog, writes
 from chronicle.server.admission import holding, real_client
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
@@ -136,6 +137,7 @@ def build_app(ctx: ServerContext) -> web.Application:
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", health.metrics)
+    r.add_get("/openapi.json", openapi.openapi_json)
     for path in ("/chronicle", "/chronicle/"):
         r.add_get(path, index)
     r.add_get("/chronicle/lasthash", lasthash)
@@ -146,15 +148,17 @@ def build_app(ctx: ServerContext) -> web.Application:
     r.add_get("/chronicle/replica", replicas.index)
     r.add_get("/chronicle/replica/{source}", replicas.subindex)
     r.add_get("/chronicle/replica/{source}/lasthash", replicas.lasthash)
+    # Page numbers are ASCII digits ([0-9], as the description says): \d would also take
+    # any other script's digits ("/export/٣" served as page 3).
     for prefix, resolve in (("/chronicle", main_route),
                             ("/chronicle/replica/{source}", replica_route)):
         r.add_get(prefix + "/lookup/{hash}", reads.serving(reads.lookup, resolve))
         since = reads.serving(reads.since, resolve)
         r.add_get(prefix + "/since/{hash}", since)
-        r.add_get(prefix + r"/since/{hash}/{page:\d+}", since)
+        r.add_get(prefix + r"/since/{hash}/{page:[0-9]+}", since)
         export = reads.serving(reads.export, resolve)
         r.add_get(prefix + "/export", export)
-        r.add_get(prefix + r"/export/{page:\d+}", export)
+        r.add_get(prefix + r"/export/{page:[0-9]+}", export)
     r.add_get("/chronicle/replica/{tail:.+}", replicas.unknown)
     tlog.add_routes(r)
 

@@ -22,7 +22,7 @@ from chronicle.core.blakechain import ChainHead, Entry
 from chronicle.core.errors import ChronicleError, RequestError
 from chronicle.store import rows
 from chronicle.store.records import Client
-from chronicle.store.sql import IN_LIST, Conflict, Database, Session
+from chronicle.store.sql import IN_LIST, Conflict, Database, Query, Session
 
 
 class Chain:
@@ -185,8 +185,17 @@ class WriteTx:
         return {r[0]: rows.client(r) for r in found}
 
     async def view(self, signatures: Sequence[bytes], client_ids: Sequence[str]) -> BatchView:
-        return BatchView(await self.head(), await self.find_signatures(signatures),
-                         await self.active_clients(client_ids))
+        """The head, the entries already stored with these signatures and the active
+        clients among ``client_ids``: one :meth:`Session.fetch_several` (one round trip
+        on PostgreSQL)."""
+        iid = (self.instance_id,)
+        queries = [Query(_HEAD, iid), Query(_BY_SIGNATURE, iid, signatures, "bytea")]
+        if client_ids:
+            queries.append(Query(_ACTIVE_CLIENTS, iid, client_ids, "text"))
+        found = await self.session.fetch_several(queries)
+        clients = {r[0]: rows.client(r) for r in found[2]} if client_ids else {}
+        return BatchView(rows.head(found[0][0]) if found[0] else None,
+                         {bytes(r[7]): rows.entry(r) for r in found[1]}, clients)
 
     async def insert_entries(self, entries: Sequence[Entry]) -> None:
         if entries:

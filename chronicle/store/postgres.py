@@ -13,6 +13,7 @@ the tables in that schema (created if missing), used by the test suite to isolat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -31,7 +32,16 @@ from chronicle.core.errors import (
 )
 from chronicle.store.base import Store
 from chronicle.store.schema import POSTGRES_TYPES
-from chronicle.store.sql import IN_LIST, Conflict, Database, Dialect, LeaderLock, Row, Session
+from chronicle.store.sql import (
+    IN_LIST,
+    Conflict,
+    Database,
+    Dialect,
+    LeaderLock,
+    Query,
+    Row,
+    Session,
+)
 
 DIALECT = Dialect("postgresql", POSTGRES_TYPES, "SELECT 1 WHERE to_regclass(?) IS NOT NULL",
                   lock_rows=" FOR UPDATE")
@@ -100,13 +110,32 @@ def _count(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+#: Up to this many rows a bulk insert is one ``INSERT … SELECT FROM unnest(…)`` (a group
+#: commit's rows); more go through COPY.
+INLINE_ROWS = 256
+
+
+@functools.lru_cache(maxsize=32)
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
+
+
+def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:
+    """All rows in one statement: one array parameter per column."""
+    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 (our names)
+            f"SELECT * FROM unnest({arrays})")
+
+
 def _any_array(sql: str, array_type: str) -> str:
     """``IN_LIST`` as one array parameter: ``= ANY(?::type[])``."""
     return sql.replace(IN_LIST, f"= ANY(?::{array_type}[])")
 
 
 class _PgSession(Session):
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, db: PostgresDatabase, conn: asyncpg.Connection) -> None:
+        self._db = db
         self._conn = conn
 
     async def fetch(self, sql: str, *params: Any) -> list[Row]:
@@ -132,11 +161,37 @@ class _PgSession(Session):
         return await self.fetch(_any_array(sql, array_type), *fixed,
                                 list(dict.fromkeys(values)))
 
+    async def fetch_several(self, queries: Sequence[Query]) -> list[list[Row]]:
+        """All the reads as one statement, each an ``ARRAY(…)`` of its rows (anonymous
+        records, which asyncpg decodes as tuples): one round trip instead of one each."""
+        if len(queries) < 2:
+            return await super().fetch_several(queries)
+        parts: list[str] = []
+        params: list[Any] = []
+        for query in queries:
+            sql = query.sql
+            params += query.params
+            if query.in_values is not None:
+                sql = _any_array(sql, query.array_type)
+                params.append(list(dict.fromkeys(query.in_values)))
+            parts.append(f"ARRAY(SELECT t FROM ({sql}) AS t)")  # noqa: S608 (our SQL)
+        row = await self.fetchrow("SELECT " + ", ".join(parts), *params)
+        assert row is not None
+        return [list(found) for found in row]
+
     async def bulk_insert(self, table: str, columns: Sequence[str],
                           rows: Sequence[Sequence[Any]]) -> None:
         try:
-            await self._conn.copy_records_to_table(table, columns=list(columns),
-                                                   records=rows)
+            if not rows:
+                return
+            if len(rows) <= INLINE_ROWS:
+                # A group commit's few rows: one statement and one round trip (COPY costs
+                # two; executemany executes once per row).
+                sql = await self._db.unnest_insert(self._conn, table, tuple(columns))
+                await self._conn.execute(sql, *(list(c) for c in zip(*rows, strict=True)))
+            else:
+                await self._conn.copy_records_to_table(table, columns=list(columns),
+                                                       records=rows)
         except DRIVER_ERRORS as exc:
             raise _storage_error(exc, "write failed") from exc
 
@@ -161,6 +216,11 @@ class PostgresDatabase(Database):
         self._min, self._max = min_size, max_size
         self._lock_timeout_ms = lock_timeout_ms
         self._pool: asyncpg.Pool | None = None
+        self._settings: dict[str, str] = {}
+        #: The dedicated connection of chain writes (:meth:`transaction`), opened on use.
+        self._writer: asyncpg.Connection | None = None
+        self._writer_lock = asyncio.Lock()
+        self._unnest: dict[tuple[str, tuple[str, ...]], str] = {}
         self.where = "the PostgreSQL database" + (f" (schema {self.schema})"
                                                   if self.schema else "")
 
@@ -190,6 +250,7 @@ class PostgresDatabase(Database):
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 finally:
                     await conn.close()
+            self._settings = settings
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self._min,
                                                    max_size=self._max,
                                                    server_settings=settings,
@@ -198,6 +259,10 @@ class PostgresDatabase(Database):
             raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
 
     async def close(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(*DRIVER_ERRORS):
+                await self._writer.close(timeout=5)
+            self._writer = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -217,37 +282,97 @@ class PostgresDatabase(Database):
 
     @asynccontextmanager
     async def transaction(self, *, lock_chain: int | None = None) -> AsyncIterator[Session]:
+        if lock_chain is not None and not self._writer_lock.locked():
+            # The group commit's path: the dedicated writer connection (no pool acquire,
+            # no reset query on release). Chains written concurrently use the pool.
+            async with self._writer_lock:
+                try:
+                    if self._writer is None or self._writer.is_closed():
+                        self._writer = await asyncpg.connect(
+                            self.dsn, server_settings=self._settings,
+                            statement_cache_size=self._statement_cache)
+                except DRIVER_ERRORS as exc:
+                    raise StorageError(f"cannot reach PostgreSQL: {exc}") from exc
+                async with self._transaction_on(self._writer, lock_chain) as session:
+                    yield session
+            return
         try:
             conn = await self.pool.acquire()
         except DRIVER_ERRORS as exc:
             raise StorageError(f"cannot reach PostgreSQL: {exc}") from exc
         try:
-            tx = conn.transaction()
-            try:
-                await tx.start()
-                if lock_chain is not None:
-                    await conn.execute("SELECT id FROM instances WHERE id = $1 FOR UPDATE",
-                                       lock_chain)
-            except DRIVER_ERRORS as exc:
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
-                raise StorageError(f"cannot lock the chain for writing: {exc}") from exc
-            try:
-                yield _PgSession(conn)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
-                raise
-            try:
-                await tx.commit()
-            except DRIVER_ERRORS as exc:
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
-                if _refused_commit(exc):
-                    raise _storage_error(exc, "commit failed") from exc
-                raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
+            async with self._transaction_on(conn, lock_chain) as session:
+                yield session
         finally:
             await self.pool.release(conn)
+
+    @asynccontextmanager
+    async def _transaction_on(self, conn: asyncpg.Connection, lock_chain: int | None
+                              ) -> AsyncIterator[Session]:
+        """``BEGIN`` (and the chain's head lock: one simple-protocol message, one round
+        trip), the caller's statements, ``COMMIT``, checked: PostgreSQL answers the
+        COMMIT of a transaction in which a statement failed with ``ROLLBACK``, even when
+        the caller caught that failure. A connection left in doubt (an error during
+        ``ROLLBACK``, a cancellation) is closed, which ends its transaction."""
+        begin = "BEGIN" if lock_chain is None else (
+            "BEGIN; SELECT id FROM instances "  # noqa: S608 (an int)
+            f"WHERE id = {int(lock_chain)} FOR UPDATE")
+        try:
+            await conn.execute(begin)
+        except DRIVER_ERRORS as exc:
+            await self._abandon(conn)
+            raise StorageError(f"cannot lock the chain for writing: {exc}") from exc
+        except BaseException:
+            self._drop(conn)
+            raise
+        try:
+            yield _PgSession(self, conn)
+        except asyncio.CancelledError:
+            self._drop(conn)
+            raise
+        except BaseException:
+            await self._abandon(conn)
+            raise
+        try:
+            status = await conn.execute("COMMIT")
+        except DRIVER_ERRORS as exc:
+            await self._abandon(conn)
+            if _refused_commit(exc):
+                raise _storage_error(exc, "commit failed") from exc
+            raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
+        except BaseException:
+            self._drop(conn)
+            raise
+        if status != "COMMIT":
+            raise StorageError(f"the transaction was rolled back ({status}): a statement "
+                               "in it had failed")
+
+    async def _abandon(self, conn: asyncpg.Connection) -> None:
+        """Roll the transaction back, or close the connection if that fails."""
+        try:
+            await conn.execute("ROLLBACK")
+        except BaseException as exc:
+            self._drop(conn)
+            if not isinstance(exc, DRIVER_ERRORS):
+                raise
+
+    def _drop(self, conn: asyncpg.Connection) -> None:
+        """Close ``conn`` at once (the pool replaces a closed connection of its own)."""
+        conn.terminate()
+        if self._writer is conn:
+            self._writer = None
+
+    async def unnest_insert(self, conn: asyncpg.Connection, table: str,
+                            columns: tuple[str, ...]) -> str:
+        """The ``unnest`` INSERT of ``columns`` of ``table``, with the column types
+        PostgreSQL itself gives the parameters of a plain INSERT (asked once)."""
+        sql = self._unnest.get((table, columns))
+        if sql is None:
+            stmt = await conn.prepare(_insert(table, columns))
+            types = [t.name if t.schema == "pg_catalog" else f'"{t.schema}"."{t.name}"'
+                     for t in stmt.get_parameters()]
+            sql = self._unnest[(table, columns)] = _unnest_insert(table, columns, types)
+        return sql
 
     def schema_lock(self) -> str | None:
         return "SELECT pg_advisory_xact_lock(7268017)"

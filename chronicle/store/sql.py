@@ -45,6 +45,18 @@ class Dialect:
     lock_rows: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One read of :meth:`Session.fetch_several`: ``sql`` with ``params``; with
+    ``in_values``, ``sql`` has an ``IN_LIST`` marker after ``params`` (see
+    :meth:`Session.fetch_in`)."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
+    in_values: Sequence[Any] | None = None
+    array_type: str = ""
+
+
 class Session(abc.ABC):
     """Statements inside one transaction. Errors surface as :class:`StorageError`
     (:class:`Conflict` for a uniqueness violation); the transaction is then rolled back."""
@@ -74,6 +86,19 @@ class Session(abc.ABC):
     @abc.abstractmethod
     async def script(self, sql: str) -> None:
         """Run DDL (several statements separated by ``;``)."""
+
+    async def fetch_several(self, queries: Sequence[Query]) -> list[list[Row]]:
+        """The rows of each query, in order (a query with ``in_values`` is a
+        :meth:`fetch_in`). Here one after another; a client–server backend runs them as
+        one statement, so a group commit pays one round trip for all its reads."""
+        out: list[list[Row]] = []
+        for query in queries:
+            if query.in_values is None:
+                out.append(await self.fetch(query.sql, *query.params))
+            else:
+                out.append(await self.fetch_in(query.sql, query.params, query.in_values,
+                                               query.array_type))
+        return out
 
     async def fetchrow(self, sql: str, *params: Any) -> Row | None:
         rows = await self.fetch(sql, *params)

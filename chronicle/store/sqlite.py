@@ -4,11 +4,14 @@ Connections, and why:
 - one *writer* (plain sqlite3): ``BEGIN IMMEDIATE`` takes the database write lock, so the
   chain head read inside a transaction is the true head even when another process (a CLI
   command while ``serve`` runs) writes too; ``synchronous=FULL`` makes a commit durable
-  before anyone is answered. A transaction runs *on the event loop thread* when the write
-  lock is free at once: measured, hopping to a thread costs more than a group commit (GIL
-  hand-offs each time SQLite returns), and the durable commit itself is a fraction of a
-  millisecond. When another process holds the lock, the wait happens on the writer's own
-  thread; so do bulk inserts of thousands of rows (a replica copying an upstream).
+  before anyone is answered. A transaction's statements run *on the event loop thread*
+  when the write lock is free at once (each costs microseconds; a hop to a thread per
+  statement cost more than the group commit), but its durable ``COMMIT`` (the WAL's
+  fsync, 0.5–5 ms on a shared disk, a third of the loop's time at c=16) runs on the
+  writer's own thread, so the loop serves requests meanwhile; :data:`SWITCH_INTERVAL`
+  bounds how long that thread then waits for the GIL. When another process holds the
+  lock, the wait happens on the writer's thread too; so do bulk inserts of thousands of
+  rows (a replica copying an upstream).
   Automatic WAL checkpoints are off on that connection; a background thread checkpoints
   (PASSIVE, never blocking writers) so the loop never copies pages. A PASSIVE checkpoint
   never shrinks the WAL file, and one that needs the database file to grow fails while
@@ -34,6 +37,7 @@ import functools
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +66,12 @@ DIALECT = Dialect("sqlite", SQLITE_TYPES,
 
 #: Up to this many rows a bulk insert runs inline (a publish batch); more go to the thread.
 INLINE_ROWS = 1024
+
+#: The interpreter's GIL switch interval while a SQLite database is open (at most): a
+#: durable COMMIT ends on the writer's thread, which then waits for a busy event loop to
+#: hand the GIL back, up to one interval (CPython's default, 5 ms, made every group
+#: commit that much longer).
+SWITCH_INTERVAL = 0.0005
 
 
 #: SQLite's words for a database that refuses writes until someone acts.
@@ -223,6 +233,8 @@ class SqliteDatabase(Database):
         if not create and not await asyncio.to_thread(os.path.exists, self.path):
             raise SchemaMismatchError(f"{self.path} does not exist")
         try:
+            if sys.getswitchinterval() > SWITCH_INTERVAL:
+                sys.setswitchinterval(SWITCH_INTERVAL)
             self._wthread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._writer = await self.on_writer(self._open_writer)
             self._bulk = await aiosqlite.connect(self.path, isolation_level=None)
@@ -297,15 +309,20 @@ class SqliteDatabase(Database):
         return True
 
     def _begin(self) -> None:
-        """Take the write lock, waiting up to the busy timeout (never call on the loop)."""
+        """Take the write lock, waiting up to the busy timeout (never call on the loop).
+
+        SQLite has no lock queue, so this polls; at most every millisecond, since another
+        process's group commit holds the lock for about that long (measured: doubling
+        sleeps up to 20 ms made a waiter oversleep the moment it was freed, and two
+        server processes slower than one)."""
         deadline = time.monotonic() + self._busy_ms / 1000
-        delay = 0.0005
+        delay = 0.0002
         while not self._try_begin():
             if time.monotonic() >= deadline:
                 raise StorageError("cannot lock the database for writing: database is locked "
                                    f"(held by another process for over {self._busy_ms} ms)")
             time.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            delay = min(delay * 2, 0.001)
 
     def _commit(self) -> None:
         assert self._writer is not None
@@ -321,6 +338,18 @@ class SqliteDatabase(Database):
                 raise StorageDenied(f"commit failed: {exc}") from exc
             raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
         self._commits += 1
+
+    async def _commit_on_writer(self) -> None:
+        """The durable ``COMMIT`` (the WAL's fsync) on the writer's thread, so the event
+        loop serves requests while the disk works; the write lock is held until it ends,
+        even if the waiting task is cancelled (the connection is not used meanwhile)."""
+        assert self._wthread is not None
+        done = asyncio.get_running_loop().run_in_executor(self._wthread, self._commit)
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await asyncio.wait({done})
+            raise
 
     def _rollback(self) -> None:
         assert self._writer is not None
@@ -363,11 +392,15 @@ class SqliteDatabase(Database):
                 await self.on_writer(self._begin)
             try:
                 yield _SqliteSession(self, conn)
-                self._commit()
             except BaseException as exc:
                 self._rollback()
                 if isinstance(exc, StorageFull):
                     self.full = self.tight = True
+                raise
+            try:
+                await self._commit_on_writer()
+            except StorageFull:
+                self.full = self.tight = True
                 raise
             else:
                 self.full = False

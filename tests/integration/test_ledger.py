@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,6 +105,76 @@ async def test_chain_hooks_judge_in_order_and_commit_with_the_entries(tmp_path: 
             await ledger.append(b"yes 3", key.public, key.sign(b"yes 3"))
         head = await store.chain("").head()
         assert head is not None and head.index == 1
+    finally:
+        await ledger.stop()
+        await store.close()
+
+
+class _SwallowingHook(ChainHook, HookBatch):
+    """A (buggy) hook whose failing statement is caught: on PostgreSQL the transaction is
+    aborted all the same, and its COMMIT is answered with ROLLBACK."""
+
+    async def begin(self, tx: WriteTx, contents: Sequence[bytes]) -> HookBatch | None:
+        return self
+
+    def appended(self, entry: Entry) -> None:
+        pass
+
+    async def commit(self, tx: WriteTx) -> None:
+        with contextlib.suppress(StorageError):
+            await tx.session.execute("INSERT INTO no_such_table (x) VALUES (?)", 1)
+
+
+async def test_postgres_commit_of_an_aborted_transaction_is_a_failure(
+        tmp_path: Path, backend: str) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite does not abort a transaction on a failed statement")
+    dd = await init_data_dir(tmp_path / "l")
+    store = open_store(dd.settings().database, dd.path)
+    await store.open()
+    store._hooks = (_SwallowingHook(),)
+    key = SigningKey.generate()
+    ledger = Ledger(store, "")
+    try:
+        with pytest.raises(StorageError) as err:
+            await ledger.append(b"lost", key.public, key.sign(b"lost"))
+        assert err.value.status == 503
+        assert "Nothing was stored" in err.value.message
+        assert await store.chain("").head() is None
+    finally:
+        await ledger.stop()
+        await store.close()
+
+
+async def test_postgres_writer_connection_lost_costs_at_most_one_batch(
+        tmp_path: Path, backend: str) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite has no server connection to lose")
+    dd = await init_data_dir(tmp_path / "l")
+    store = open_store(dd.settings().database, dd.path)
+    await store.open()
+    key = SigningKey.generate()
+    ledger = Ledger(store, "")
+    try:
+        first = await ledger.append(b"one", key.public, key.sign(b"one"))
+        writer = store.database._writer  # type: ignore[attr-defined]
+        assert writer is not None
+        await store.database.pool.execute(  # type: ignore[attr-defined]
+            "SELECT pg_terminate_backend($1)", writer.get_server_pid())
+        # Refused (503, nothing stored) if the loss is noticed only when the batch uses
+        # the connection; either way the next try reconnects.
+        outcomes: list[Entry | StorageError] = []
+        while not outcomes or isinstance(outcomes[-1], StorageError):
+            assert len(outcomes) < 2, outcomes
+            try:
+                outcomes.append(await ledger.append(b"two", key.public, key.sign(b"two")))
+            except StorageError as exc:
+                outcomes.append(exc)
+        assert [o.status for o in outcomes if isinstance(o, StorageError)] in ([], [503])
+        again = outcomes[-1]
+        assert isinstance(again, Entry)
+        assert (first.index, again.index) == (0, 1)
+        assert again.prevhash == first.currhash
     finally:
         await ledger.stop()
         await store.close()
