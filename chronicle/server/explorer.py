@@ -1,6 +1,7 @@
 """The web explorer's routes (issue 15; docs/explorer.md): ``/`` (the overview),
-``/explorer/entries`` (list and search), ``/explorer/entry/{currhash}``, and the static
-files of :mod:`chronicle.explorer`. Thin like every handler: read the model, render, answer.
+``/explorer/entries`` (list and search), ``/explorer/entry/{currhash}``, the release
+ledger's pages under ``/explorer/release``, and the static files of
+:mod:`chronicle.explorer`. Thin like every handler: read the model, render, answer.
 
 Every answer is signed by the responder like any other, and carries :data:`SECURITY`:
 a Content-Security-Policy allowing scripts, styles and requests from this origin only
@@ -16,8 +17,9 @@ from aiohttp import web
 
 from chronicle.core.errors import NotFoundError, RequestError
 from chronicle.core.sapient import CLIENT_HEADER
-from chronicle.explorer import model, render
-from chronicle.server.keys import CTX, RESP
+from chronicle.explorer import model, releases, render
+from chronicle.releaselog import status as release_status
+from chronicle.server.keys import CTX, RELEASE, RESP
 from chronicle.server.routing import instance_of
 
 HTML = "text/html; charset=utf-8"
@@ -71,8 +73,11 @@ async def overview(request: web.Request) -> web.StreamResponse:
                               witnesses=ctx.settings.witnesses,
                               witness_errors=dict(state.errors) if state else {},
                               public_key=ctx.key.public_b64, now=ctx.clock())
-    return _page(request, title=f"{instance or 'default'} chain", kind="overview",
-                 main=render.overview_main(ov))
+    main = render.overview_main(ov)
+    release = await release_status(ctx.store, instance)
+    if release.get("enabled"):
+        main += "\n" + releases.summary(release, instance)
+    return _page(request, title=f"{instance or 'default'} chain", kind="overview", main=main)
 
 
 async def entries(request: web.Request) -> web.StreamResponse:
@@ -95,6 +100,54 @@ async def entry(request: web.Request) -> web.StreamResponse:
     view = await model.entry(ctx.store, ctx.tlog, instance, raw)
     return _page(request, title=f"Entry {view.entry.index}", kind="entry",
                  main=render.entry_main(view, instance))
+
+
+async def release_ledger(request: web.Request) -> web.StreamResponse:
+    """The release ledger: its enable entry, newest releases, vendors (paged)."""
+    instance = instance_of(request)
+    reads = request.app[RELEASE]
+    facts = await reads.ledger(instance)
+    vendors = await reads.vendors(instance, _one(request, "after"))
+    recent = await request.app[CTX].store.browse.recent_releases(instance,
+                                                                 releases.RECENT_RELEASES)
+    return _page(request, title="Release ledger", kind="release",
+                 main=releases.ledger_main(facts, vendors, recent, instance))
+
+
+async def release_vendor(request: web.Request) -> web.StreamResponse:
+    """A vendor: its keys (revoked ones in red) and its packages (paged)."""
+    instance = instance_of(request)
+    vendor = request.match_info["vendor"]
+    reads = request.app[RELEASE]
+    await reads.ledger(instance)
+    packages = await request.app[CTX].store.browse.packages(
+        instance, vendor, _one(request, "after") or "", releases.PACKAGES_PAGE)
+    try:
+        keys = await reads.keys(instance, vendor)
+    except NotFoundError:
+        if not packages[0]:
+            raise
+        keys = None
+    return _page(request, title=f"Vendor {vendor}", kind="release",
+                 main=releases.vendor_main(vendor, keys, packages, instance))
+
+
+async def release_package(request: web.Request) -> web.StreamResponse:
+    m = request.match_info
+    instance = instance_of(request)
+    updates = await request.app[RELEASE].updates(instance, m["vendor"], m["name"],
+                                                 _one(request, "after"))
+    return _page(request, title=updates["package"], kind="release",
+                 main=releases.package_main(updates, instance, m["vendor"], m["name"]))
+
+
+async def release_update(request: web.Request) -> web.StreamResponse:
+    m = request.match_info
+    instance = instance_of(request)
+    found = await request.app[RELEASE].update(instance, m["vendor"], m["name"], m["version"],
+                                              _one(request, "after"))
+    return _page(request, title=f"{m['vendor']}/{m['name']} {m['version']}", kind="release",
+                 main=releases.update_main(found, instance))
 
 
 @cache
@@ -120,4 +173,8 @@ def add_routes(app: web.Application) -> None:
         r.add_get(path, overview)
     r.add_get("/explorer/entries", entries)
     r.add_get("/explorer/entry/{hash}", entry)
+    r.add_get("/explorer/release", release_ledger)
+    r.add_get("/explorer/release/vendors/{vendor}", release_vendor)
+    r.add_get("/explorer/release/packages/{vendor}/{name}", release_package)
+    r.add_get("/explorer/release/packages/{vendor}/{name}/{version}", release_update)
     r.add_get("/explorer/static/{name:.+}", static)

@@ -23,6 +23,12 @@ _SUMMARY = ("SELECT idx, currhash, summaryhash, created, publickey, length(conte
             f"CASE WHEN length(contents) <= {PREVIEW_UNDER} THEN substr(contents, 1, "
             f"{PREVIEW_BYTES}) ELSE NULL END FROM entries WHERE instance = ? ")
 _CREATED = f"SELECT idx, created FROM entries WHERE instance = ? AND idx {IN_LIST}"  # noqa: S608
+#: A release ledger's newest releases, and a vendor's packages (the release layer's tables,
+#: read for the explorer: ``store.release`` has no such listing).
+_RECENT_RELEASES = ("SELECT vendor, name, version, idx, currhash, revoked_idx "
+                    "FROM release_updates WHERE instance = ? ORDER BY idx DESC LIMIT ?")
+_PACKAGES = ("SELECT name, COUNT(*), MAX(idx) FROM release_updates WHERE instance = ? "
+             "AND vendor = ? AND name > ? GROUP BY name ORDER BY name LIMIT ?")
 #: How the backends say "this blob contains that one" (the one parameter: the needle).
 _CONTAINS = {"sqlite": "instr(contents, ?) > 0", "postgresql": "position(? in contents) > 0"}
 
@@ -51,6 +57,18 @@ class SearchWindow:
     low: int
     high: int
     complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLine:
+    """A release in a list: its package, version, entry, and whether it was revoked."""
+
+    vendor: str
+    name: str
+    version: str
+    index: int
+    currhash: str
+    revoked: bool
 
 
 class BrowseStore:
@@ -109,3 +127,18 @@ class BrowseStore:
             return SearchWindow(matches, low, before, complete=True)
         # Stopped at the limit: searched down to the last match only.
         return SearchWindow(matches, matches[-1].index, before, complete=False)
+
+    async def recent_releases(self, instance: str, limit: int) -> list[ReleaseLine]:
+        """A release ledger's newest releases (an empty list on any other chain)."""
+        found = await self._db.read(_RECENT_RELEASES, await self._instance_id(instance), limit)
+        return [ReleaseLine(str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]),
+                            r[5] is not None) for r in found]
+
+    async def packages(self, instance: str, vendor: str, after: str, limit: int
+                       ) -> tuple[list[tuple[str, int, int]], str | None]:
+        """``(name, releases, newest entry)`` of ``vendor``'s packages named after
+        ``after``, and the cursor of the next page (None: the last)."""
+        found = await self._db.read(_PACKAGES, await self._instance_id(instance), vendor,
+                                    after, limit + 1)
+        page = [(str(r[0]), int(r[1]), int(r[2])) for r in found[:limit]]
+        return page, page[-1][0] if len(found) > limit else None
