@@ -147,7 +147,8 @@ def build_app(ctx: ServerContext) -> web.Application:
     async def on_startup(_: web.Application) -> None:
         await ctx.start()
 
-    async def on_cleanup(_: web.Application) -> None:
+    async def on_cleanup(app: web.Application) -> None:
+        app[DOCS].close()
         await ctx.stop()
 
     app.on_startup.append(on_startup)
