@@ -19,11 +19,14 @@ line `attack NAME: refused — MESSAGE (exit N)`:
   `auto` applies it, visibly.
 
 SQLite, temporary directories, loopback only; the CLI runs as `sys.executable -m chronicle`.
-Exits 1 if any attack gets through (or a step fails), 0 otherwise.
+`--database postgresql://…` runs the servers on PostgreSQL instead (one schema each, named
+after the given `schema=` parameter; the tests use it). Exits 1 if any attack gets through
+(or a step fails), 0 otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
@@ -256,8 +259,9 @@ def tamper(archive: Path, out: Path) -> None:
 class Story:
     """The demo's state: directories, servers, proxies, keys, and the attacks' outcome."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, database: str) -> None:
         self.root = root
+        self.database = database
         self.servers: list[Server] = []
         self.proxies: list[Proxy] = []
         self.through: list[str] = []
@@ -265,13 +269,24 @@ class Story:
 
     async def server(self, name: str) -> tuple[Path, Server, str]:
         data = self.root / name
-        pk = (await ok_json("init", "--data-dir", str(data)))["public-key"]
+        pk = (await ok_json("init", "--data-dir", str(data), "--database",
+                            self.database_for(name)))["public-key"]
         for key, value in QUIET.items():
             await ok("config", "set", "--data-dir", str(data), key, value)
         srv = Server(data)
         self.servers.append(srv)
         await srv.start()
         return data, srv, str(pk)
+
+    def database_for(self, name: str) -> str:
+        """SQLite files live in each data directory; on PostgreSQL one schema per server."""
+        if self.database.startswith("sqlite:"):
+            return self.database
+        if "schema=" not in self.database:
+            sep = "&" if "?" in self.database else "?"
+            return f"{self.database}{sep}schema=demo_{name}"
+        return re.sub(r"schema=([^&]+)", lambda m: f"schema={m.group(1)}_{name}",
+                      self.database)
 
     async def proxy(self, target: str) -> Proxy:
         proxy = Proxy(target)
@@ -434,8 +449,8 @@ async def run(story: Story) -> None:
             session.get(ledger.url + "/chronicle/export") as answer:
         export.write_bytes(await answer.read())
     rogue_dir = root / "rogue"
-    await ok("init", "--data-dir", str(rogue_dir), "--signing-key",
-             str(ledger_dir / "signing-secret.key"))
+    await ok("init", "--data-dir", str(rogue_dir), "--database", story.database_for("rogue"),
+             "--signing-key", str(ledger_dir / "signing-secret.key"))
     await ok("import", "--data-dir", str(rogue_dir), str(export))
     pk = (await ok_json("keygen", "--out", str(root / "thief" / "client.key")))["public-key"]
     thief_id = (await ok_json("client", "add", "--data-dir", str(rogue_dir), "--public-key",
@@ -523,9 +538,13 @@ async def run(story: Story) -> None:
 
 
 async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--database", default="sqlite:chronicle.db",
+                        help="database URL for the servers (default: SQLite in each data dir)")
+    args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chronicle-demo-") as tmp:
-        story = Story(Path(tmp))
+        story = Story(Path(tmp), args.database)
         try:
             await run(story)
         except DemoError as exc:
