@@ -1,11 +1,12 @@
 """The Chronicle 1.3 API (protocol.md "Endpoints"): routing table and the few handlers
-that belong to no group (root page, index, ``lasthash``, mirrors).
+that belong to no group (index, ``lasthash``, mirrors).
 
 Handlers are thin: parse the request, call the store / ledger / core, answer signed JSON.
 The chain reads live in :mod:`~chronicle.server.reads` (one implementation for our chains
 and replicas), the writes in :mod:`~chronicle.server.writes`, what only replicas have in
 :mod:`~chronicle.server.replicas`, the Merkle tree's in :mod:`~chronicle.server.tlog`, the
-release ledger's in :mod:`~chronicle.server.release`. Every route is described in
+release ledger's in :mod:`~chronicle.server.release`, the web explorer's (``/`` and
+``/explorer/…``) in :mod:`~chronicle.server.explorer`. Every route is described in
 :mod:`chronicle.server.openapi` (served at ``/openapi.json``).
 Any :class:`ChronicleError` becomes Chronicle's signed JSON error with its status
 (:func:`~chronicle.server.responses.signed_errors`).
@@ -20,7 +21,7 @@ from chronicle.core import protocol
 from chronicle.core.encoding import atom
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
 from chronicle.releaselog import ReleaseReads
-from chronicle.server import health, openapi, reads, release, replicas, tlog, writes
+from chronicle.server import explorer, health, openapi, reads, release, replicas, tlog, writes
 from chronicle.server.admission import holding, real_client
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
@@ -30,30 +31,7 @@ from chronicle.server.metrics import timing
 from chronicle.server.responses import Responder, signed_errors
 from chronicle.server.routing import instance_of, main_route, replica_route
 
-INDEX_HTML = """<!DOCTYPE html>
-<html>
-    <head>
-        <meta charset="utf-8" />
-        <title>Chronicle</title>
-    </head>
-    <body>
-        <h1>Chronicle</h1>
-        <p>An append-only, cryptographically signed ledger (Chronicle 1.3 protocol).</p>
-        <p><a href="./chronicle">Click Here for the Chronicle API</a></p>
-    </body>
-</html>
-"""
-
-
 # --- handlers -----------------------------------------------------------------------------
-
-async def root(request: web.Request) -> web.StreamResponse:
-    resp = request.app[RESP]
-    if CLIENT_HEADER in request.headers:
-        return resp.raw(302, b"", content_type="text/html; charset=UTF-8",
-                        headers={"Location": "/chronicle"})
-    return resp.raw(200, INDEX_HTML.encode(), content_type="text/html; charset=UTF-8")
-
 
 async def index(request: web.Request) -> web.StreamResponse:
     """The endpoint list. A registered client id also sees ``publish`` (as PHP); an admin's
@@ -136,7 +114,7 @@ def build_app(ctx: ServerContext) -> web.Application:
     app[TLOG] = ctx.tlog
     app[RELEASE] = ReleaseReads(ctx.store)
     r = app.router
-    r.add_get("/", root)
+    explorer.add_routes(app)
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", health.metrics)

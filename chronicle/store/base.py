@@ -15,6 +15,7 @@ Each concern has its own object with a small interface, written once over the dr
   ``store.hooks``), the checkpoints issued, the trees of upstreams we watch;
 - ``store.release``: the release state of a release ledger (its gate is in
   ``store.hooks``).
+- ``store.browse``: light, bounded reads of our chains for the web explorer.
 
 A new concern is one more module and one more attribute here. Hashes, keys and signatures
 cross this boundary as raw bytes; ``created`` as the exact string that was hashed.
@@ -25,6 +26,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 
 from chronicle.core.errors import StorageError
+from chronicle.store.browse import BrowseStore
 from chronicle.store.chains import Chain, ChainHook, ChainStore, WriteTx
 from chronicle.store.clients import ClientStore, MirrorStore
 from chronicle.store.crosssign import CrossSignStore
@@ -52,6 +54,7 @@ class Store(SchemaStore):
         self.replays = ReplayGuard(db)
         self.tlog = TlogStore(db, self.instance_id)
         self.release = ReleaseStore(db, self.instance_id)
+        self.browse = BrowseStore(db, self.instance_id)
         self._hooks: tuple[ChainHook, ...] = (self.release.hook, self.tlog.hook)
 
     async def _opened(self) -> None:
