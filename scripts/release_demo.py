@@ -48,6 +48,7 @@ from aiohttp import web
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from chronicle.config import KEY_FILE  # noqa: E402
 from chronicle.core import protocol  # noqa: E402
 from chronicle.core.blakechain import currhash  # noqa: E402
 from chronicle.core.encoding import b64u_decode, b64u_encode, utcnow  # noqa: E402
@@ -450,7 +451,7 @@ async def run(story: Story) -> None:
         export.write_bytes(await answer.read())
     rogue_dir = root / "rogue"
     await ok("init", "--data-dir", str(rogue_dir), "--database", story.database_for("rogue"),
-             "--signing-key", str(ledger_dir / "signing-secret.key"))
+             "--signing-key", str(ledger_dir / KEY_FILE))
     await ok("import", "--data-dir", str(rogue_dir), str(export))
     pk = (await ok_json("keygen", "--out", str(root / "thief" / "client.key")))["public-key"]
     thief_id = (await ok_json("client", "add", "--data-dir", str(rogue_dir), "--public-key",
@@ -499,7 +500,7 @@ async def run(story: Story) -> None:
 
     # the mirror's operator signs its answers with its own key: it is the liar here
     mirror2_key = SigningKey.from_text(
-        (root / "mirror2" / "signing-secret.key").read_text())
+        (root / "mirror2" / KEY_FILE).read_text())
     m2_front.lie = other_history
     story.attack("split-view", await chronicle(
         "verify", "lock", str(lock), "--state", str(state)), 15)
