@@ -154,7 +154,11 @@ class Server:
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()
-            await self.proc.wait()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:      # a server that does not drain: do not hang the demo
+                self.proc.kill()
+                await self.proc.wait()
         if self._drain is not None:
             await self._drain
 
