@@ -5,7 +5,8 @@ Every entry, from a client's publish, a server message or a CLI command, goes th
 chain head inside the database write lock, hashes each entry (core.blakechain), inserts
 the batch in one transaction and commits it durably, and only then answers every waiter
 (group commit). A failed commit answers every waiter of that batch with an error and
-leaves the chain as it was.
+leaves the chain as it was; one refused for a full disk is retried once after the store
+made room (:meth:`~chronicle.store.sql.Database.make_room`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from chronicle.core.errors import (
     RequestError,
     StorageDenied,
     StorageError,
+    StorageFull,
 )
 from chronicle.core.protocol import MSG_CLIENT_NOT_FOUND
 from chronicle.store import BatchView, Candidate, Client, HookBatch, Store, WriteTx
@@ -66,6 +68,10 @@ class Ledger:
     :class:`~chronicle.config.Settings` passes them; the defaults are the settings' own.
     """
 
+    #: Seconds after a refusal for a full disk that a store which cannot tell whether it
+    #: has room again (PostgreSQL) is offered writes again (the publishes' Retry-After).
+    RECHECK_S = 60.0
+
     def __init__(self, store: Store, instance: str = "", *, clock: Clock = utcnow,
                  max_batch: int = DEFAULTS.max_batch, max_queue: int = DEFAULTS.max_queue,
                  max_batch_bytes: int = 16 << 20, max_queue_bytes: int = 256 << 20) -> None:
@@ -89,6 +95,9 @@ class Ledger:
         self.observer: Callable[[str, int, float], None] | None = None
         #: Why the last batch could not be written, until one is (for /readyz).
         self.write_error: str | None = None
+        #: ``write_error`` is a full disk (space freed later lets writes resume).
+        self.disk_full = False
+        self.refused_at = 0.0
         self._progress = time.monotonic()
 
     def stuck_for(self) -> float:
@@ -154,7 +163,7 @@ class Ledger:
             batch = self._take_batch()
             started = time.monotonic()
             try:
-                outcomes = await self._commit(batch)
+                outcomes = await self._commit_making_room(batch)
             except ChronicleError as exc:
                 self._progress = time.monotonic()
                 self._fail(batch, exc)
@@ -168,6 +177,7 @@ class Ledger:
                 self.batches += 1
                 self._progress = time.monotonic()
                 self.write_error = None
+                self.disk_full = False
                 if self.observer is not None:
                     self.observer(self.instance,
                                   sum(isinstance(o, Entry) for o in outcomes),
@@ -180,12 +190,42 @@ class Ledger:
                     else:
                         req.future.set_exception(outcome)
 
+    async def _commit_making_room(self, batch: list[AppendRequest]) -> list[Outcome]:
+        """:meth:`_commit`; refused for a full disk, once more if the store made room (the
+        refused transaction was rolled back: nothing of it is stored)."""
+        try:
+            return await self._commit(batch)
+        except StorageFull as exc:
+            if await self.store.db.make_room() is not True:
+                raise
+            log.warning("append batch of %d refused for a full disk (%s); the store made "
+                        "room, retrying it", len(batch), exc.message)
+        return await self._commit(batch)
+
+    async def make_room(self) -> bool:
+        """While writes are refused for a full disk: try to make room (for /readyz, which
+        must not keep failing after space was freed only because nobody published since).
+        True when the refusal is forgotten: the store made room, or it cannot tell (a
+        database server) and ``RECHECK_S`` passed since the last refusal, so publishes
+        are let through to find out (a refused one marks the disk full again)."""
+        if not self.disk_full:
+            return False
+        room = await self.store.db.make_room()
+        if room is False or (room is None and
+                             time.monotonic() - self.refused_at < self.RECHECK_S):
+            return False
+        self.write_error = None
+        self.disk_full = False
+        return True
+
     def _fail(self, batch: list[AppendRequest], exc: ChronicleError) -> None:
         # A storage failure is ours. The details go to the log, not to clients; the client
         # is told whether anything may have been stored. Retrying a publish is safe either
         # way: the same signed body is idempotent.
         if isinstance(exc, StorageDenied):
-            self.write_error = exc.message
+            self.disk_full = isinstance(exc, StorageFull)
+            self.refused_at = time.monotonic()
+            self.write_error = ("the disk is full: " if self.disk_full else "") + exc.message
             log.error("append batch of %d refused by the database (an operator must act): "
                       "%s", len(batch), exc.message)
             exc = StorageError("The ledger cannot write to its database at the moment; "

@@ -8,6 +8,7 @@
 - ``logs``: text or JSON log lines, with request ids
 - ``witness``: run our own tlog witness (its own directory and database)
 - ``tlog``: the Merkle tree (``tlog enable|status``, ``prove``)
+- ``release``: the release ledger's operator side (``release enable|status``)
 - ``digest``, ``vendor``, ``registry``: the release ledger's source tree digest, a vendor's
   and the registry's (core vendor's) commands; ``release_profile`` is what they share
 - ``verify``: the verifying client for package users (``verify init|sync|review|lock|…``)
@@ -34,6 +35,7 @@ from chronicle.cli.digest import digest
 from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serve
 from chronicle.cli.publish import keygen, publish
 from chronicle.cli.registry import registry
+from chronicle.cli.release import release
 from chronicle.cli.replica import replica
 from chronicle.cli.tlog import prove, tlog
 from chronicle.cli.vendor import vendor
@@ -74,6 +76,6 @@ def main(debug: bool, log_format: str) -> None:
 
 
 for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign, witness, tlog, prove, verify,
+                publish, audit, replica, cross_sign, witness, tlog, prove, release, verify,
                 digest, vendor, registry):
     main.add_command(command)

@@ -89,6 +89,11 @@ class StorageDenied(StorageError):
     passing fault; the operator must act (the server says so in its log and /readyz)."""
 
 
+class StorageFull(StorageDenied):
+    """The database's disk is full: nothing was stored; writes resume once space is freed
+    (the SQLite driver then moves its write-ahead log back into the database file)."""
+
+
 class SchemaMismatchError(StorageError):
     """The database schema version is not the one this code was built for."""
 

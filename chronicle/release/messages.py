@@ -11,6 +11,7 @@ the ledger carries other traffic too. Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -233,6 +234,7 @@ SKIP_KINDS: Final = ("not-json", "not-object", "server-action", "unknown-op", "n
 
 # --- validation helpers -------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=4096)
 def normalize_version(version: str) -> str:
     """Composer's normalised form (``v1.2`` -> ``1.2.0.0``, ``1.0-rc1`` -> ``1.0.0.0-RC1``).
 
@@ -353,11 +355,13 @@ class _Duplicate(Exception):
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Duplicate(key)
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
     return out
 
 

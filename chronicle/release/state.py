@@ -355,12 +355,22 @@ def _update_key(body: UpdateRef) -> UpdateKey:
     return UpdateKey(body.vendor, body.name, body.version_key)
 
 
-def needs(contents: bytes) -> Needs:
-    """Exactly the rows :func:`judge` may read for these contents (enable row aside)."""
+Classified = ReleaseMessage | EnableLedger | NotRelease | MalformedMessage
+"""What an entry's contents are (:func:`classify`), a parse error included: the gate parses
+each body once and hands the result to :func:`needs` and :func:`judge`."""
+
+
+def classified(contents: bytes) -> Classified:
+    """:func:`classify`, with a malformed message returned instead of raised."""
     try:
-        message = classify(contents)
-    except MalformedMessage:
-        return Needs()
+        return classify(contents)
+    except MalformedMessage as exc:
+        return exc
+
+
+def needs(contents: bytes | Classified) -> Needs:
+    """Exactly the rows :func:`judge` may read for these contents (enable row aside)."""
+    message = classified(contents) if isinstance(contents, bytes) else contents
     if not isinstance(message, ReleaseMessage):
         return Needs()
     body = message.body
@@ -535,16 +545,18 @@ def _judge_enable(view: ReleaseView, entry: ChainEntry, enable: EnableLedger,
     ))
 
 
-def judge(view: ReleaseView, entry: ChainEntry, *, server_key: str) -> Verdict:
+def judge(view: ReleaseView, entry: ChainEntry, *, server_key: str,
+          message: Classified | None = None) -> Verdict:
     """Judge one chain entry against ``view`` (the state after every earlier entry).
 
     Order of checks: parse (``malformed``), ledger enabled, ``op-sig`` (``bad-signature``),
-    ``replay``, then the op's rules, authorisation before content.
+    ``replay``, then the op's rules, authorisation before content. ``message``: the
+    entry's contents already classified (:func:`classified`), else they are parsed here.
     """
-    try:
-        message = classify(entry.contents)
-    except MalformedMessage as exc:
-        return violation("malformed", detail=exc.message)
+    if message is None:
+        message = classified(entry.contents)
+    if isinstance(message, MalformedMessage):
+        return violation("malformed", detail=message.message)
     if isinstance(message, NotRelease):
         return Skipped(message.kind)
     if isinstance(message, EnableLedger):
@@ -633,6 +645,34 @@ class ReleaseState:
         state._op_sigs.update(op_sigs or {})
         return state
 
+    @classmethod
+    def restore(cls, server_key: str, *, ledger: EnableEffect | None,
+                keys: Iterable[KeyRecord], updates: Iterable[UpdateRecord],
+                attestations: Iterable[Attestation], op_sigs: Mapping[str, int],
+                skipped: Mapping[str, int]) -> ReleaseState:
+        """The full state from the rows a gate persisted (every row, not a prefetch): the
+        emergency actions are read off the records' flags. Serialised, it equals a replay
+        of the same chain (:meth:`to_json`)."""
+        state = cls(server_key=server_key, _ledger=ledger, _op_sigs=dict(op_sigs),
+                    _skipped={k: v for k, v in skipped.items() if v})
+        for record in sorted(keys, key=lambda k: k.added.index):
+            state._keys.setdefault(record.vendor, []).append(record)
+            state._note_emergency(record.added_emergency, record.added, OP_ADD_KEY,
+                                  record.vendor, record.added_by)
+            if record.revoked is not None and record.revoked_by is not None:
+                state._note_emergency(record.revoked_emergency, record.revoked, OP_REVOKE_KEY,
+                                      record.vendor, record.revoked_by)
+        for update in sorted(updates, key=lambda u: u.at.index):
+            state._updates[update.key] = update
+            state._note_emergency(update.emergency, update.at, OP_UPDATE, update.vendor,
+                                  update.signer)
+            if update.revoked is not None and update.revoked_by is not None:
+                state._note_emergency(update.revoked_emergency, update.revoked,
+                                      OP_REVOKE_UPDATE, update.vendor, update.revoked_by)
+        state._attestations = sorted(attestations, key=lambda a: a.at.index)
+        state._emergency.sort(key=lambda e: e.at.index)
+        return state
+
     def __repr__(self) -> str:
         return (f"ReleaseState(vendors={len(self._keys)}, updates={len(self._updates)}, "
                 f"attestations={len(self._attestations)}, partial={self._scope is not None})")
@@ -659,8 +699,8 @@ class ReleaseState:
         return self._op_sigs.get(op_sig)
 
     # -- judging and applying
-    def judge(self, entry: ChainEntry) -> Verdict:
-        return judge(self, entry, server_key=self.server_key)
+    def judge(self, entry: ChainEntry, message: Classified | None = None) -> Verdict:
+        return judge(self, entry, server_key=self.server_key, message=message)
 
     def apply(self, effects: Iterable[Effect]) -> None:
         """Apply an accepted message's effects (what the gate persists, row by row)."""

@@ -1,11 +1,13 @@
 """The Chronicle 1.3 API (protocol.md "Endpoints"): routing table and the few handlers
-that belong to no group (root page, index, ``lasthash``, mirrors).
+that belong to no group (index, ``lasthash``, mirrors).
 
 Handlers are thin: parse the request, call the store / ledger / core, answer signed JSON.
 The chain reads live in :mod:`~chronicle.server.reads` (one implementation for our chains
 and replicas), the writes in :mod:`~chronicle.server.writes`, what only replicas have in
-:mod:`~chronicle.server.replicas`, the Merkle tree's in :mod:`~chronicle.server.tlog`.
-Every route is described in :mod:`chronicle.server.openapi` (served at ``/openapi.json``).
+:mod:`~chronicle.server.replicas`, the Merkle tree's in :mod:`~chronicle.server.tlog`, the
+release ledger's in :mod:`~chronicle.server.release`, the web explorer's (``/`` and
+``/explorer/…``) in :mod:`~chronicle.server.explorer`. Every route is described in
+:mod:`chronicle.server.openapi` (served at ``/openapi.json``).
 Any :class:`ChronicleError` becomes Chronicle's signed JSON error with its status
 (:func:`~chronicle.server.responses.signed_errors`).
 """
@@ -18,40 +20,18 @@ from aiohttp.typedefs import Handler
 from chronicle.core import protocol
 from chronicle.core.encoding import atom
 from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER
-from chronicle.server import health, openapi, reads, replicas, tlog, writes
+from chronicle.releaselog import ReleaseReads
+from chronicle.server import explorer, health, openapi, reads, release, replicas, tlog, writes
 from chronicle.server.admission import holding, real_client
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
 from chronicle.server.health import with_request_id
-from chronicle.server.keys import CTX, DOCS, LASTHASH, RESP, TLOG
+from chronicle.server.keys import CTX, DOCS, LASTHASH, RELEASE, RESP, TLOG
 from chronicle.server.metrics import timing
 from chronicle.server.responses import Responder, signed_errors
 from chronicle.server.routing import instance_of, main_route, replica_route
 
-INDEX_HTML = """<!DOCTYPE html>
-<html>
-    <head>
-        <meta charset="utf-8" />
-        <title>Chronicle</title>
-    </head>
-    <body>
-        <h1>Chronicle</h1>
-        <p>An append-only, cryptographically signed ledger (Chronicle 1.3 protocol).</p>
-        <p><a href="./chronicle">Click Here for the Chronicle API</a></p>
-    </body>
-</html>
-"""
-
-
 # --- handlers -----------------------------------------------------------------------------
-
-async def root(request: web.Request) -> web.StreamResponse:
-    resp = request.app[RESP]
-    if CLIENT_HEADER in request.headers:
-        return resp.raw(302, b"", content_type="text/html; charset=UTF-8",
-                        headers={"Location": "/chronicle"})
-    return resp.raw(200, INDEX_HTML.encode(), content_type="text/html; charset=UTF-8")
-
 
 async def index(request: web.Request) -> web.StreamResponse:
     """The endpoint list. A registered client id also sees ``publish`` (as PHP); an admin's
@@ -132,8 +112,9 @@ def build_app(ctx: ServerContext) -> web.Application:
                                 cache_exports=ctx.settings.export_cache)
     app[LASTHASH] = {}
     app[TLOG] = ctx.tlog
+    app[RELEASE] = ReleaseReads(ctx.store)
     r = app.router
-    r.add_get("/", root)
+    explorer.add_routes(app)
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", health.metrics)
@@ -161,11 +142,13 @@ def build_app(ctx: ServerContext) -> web.Application:
         r.add_get(prefix + r"/export/{page:[0-9]+}", export)
     r.add_get("/chronicle/replica/{tail:.+}", replicas.unknown)
     tlog.add_routes(r)
+    release.add_routes(r)
 
     async def on_startup(_: web.Application) -> None:
         await ctx.start()
 
-    async def on_cleanup(_: web.Application) -> None:
+    async def on_cleanup(app: web.Application) -> None:
+        app[DOCS].close()
         await ctx.stop()
 
     app.on_startup.append(on_startup)

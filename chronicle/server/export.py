@@ -371,6 +371,13 @@ class DocumentBuilder:
         self.spool.give(built.charged)
         built.charged = 0
 
+    def close(self) -> None:
+        """Close and remove the kept exports: the server stops."""
+        for _, _, built in self._cached.values():
+            built.kept = False
+            self._drop(built)  # a reader still sending closes it when it finishes
+        self._cached.clear()
+
     # --- reading rows ---------------------------------------------------------------------
 
     async def pages(self, chain: Chain, start: int, stop: int) -> AsyncIterator[list[Entry]]:

@@ -89,6 +89,8 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         name = f"sequencer {instance or '(default)'}"
         stuck = ledger.stuck_for()
         check(name, stuck < STUCK_AFTER, f"no batch finished for {stuck:.0f} s")
+        if ledger.disk_full:
+            await ledger.make_room()
         if ledger.write_error is not None:
             check(f"writes {instance or '(default)'}", False, ledger.write_error)
     body: dict[str, Any] = {"ready": ready, "checks": checks}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from chronicle.releaselog import ReleaseReads
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
 from chronicle.server.responses import Responder
@@ -14,3 +15,4 @@ RESP = web.AppKey("responder", Responder)
 DOCS = web.AppKey("documents", DocumentBuilder)
 LASTHASH = web.AppKey("lasthash_cache", dict)
 TLOG = web.AppKey("tlog", TreeLog)
+RELEASE = web.AppKey("release", ReleaseReads)

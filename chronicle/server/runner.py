@@ -40,6 +40,10 @@ from chronicle.store import open_store
 log = logging.getLogger(__name__)
 
 
+#: Seconds the rest of a refused request body is drained before the connection closes.
+LINGER = 2.0
+
+
 async def open_context(data_dir: DataDir) -> ServerContext:
     settings = data_dir.settings()
     key = data_dir.signing_key(settings)
@@ -93,7 +97,13 @@ async def run_site(app: web.Application, responder: Responder, limits: Admission
                            # The signature covers the bytes sent: never inflate a body.
                            auto_decompress=False,
                            keepalive_timeout=limits.idle_timeout.total_seconds()
-                           if limits.idle_timeout else 75.0)
+                           if limits.idle_timeout else 75.0,
+                           # After an answer sent before the body was read (408, 413,
+                           # 415, 503), what the client still sends is drained for this
+                           # long so the answer is not lost to a reset, then the
+                           # connection is closed: aiohttp's 10 s let a stalled upload
+                           # hold its connection five times the body timeout.
+                           lingering_time=LINGER)
     own_socket = sock is None
     listening = sock
     try:
@@ -171,10 +181,16 @@ class _Supervisor:
 
     def spawn(self, slot: int) -> None:
         self.started[slot] = time.monotonic()
+        # A SIGTERM arriving between fork and the child's own handlers ran the supervisor's
+        # handler in the new worker, which then served on as an orphan after its
+        # supervisor exited: the signals wait (blocked) until the child has reset them.
+        stops = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         pid = os.fork()
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             code = 0
             try:
                 run_loop(serve(self.data_dir, self.host, self.port, sock=self.sock))
@@ -184,6 +200,7 @@ class _Supervisor:
             finally:
                 os._exit(code)
         self.children[pid] = slot
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
     def stop(self, _signum: int = signal.SIGTERM, _frame: object = None) -> None:
         self.stopping = True

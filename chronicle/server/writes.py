@@ -4,6 +4,7 @@ one known client, exactly one valid signature over the exact body bytes."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,12 @@ from chronicle.server.keys import CTX, RESP
 from chronicle.server.routing import instance_of
 from chronicle.store import Client
 
+#: How long an address over its limits waits for its 429. Answered at once, a flood that
+#: waits for each answer got as many signed 429s as the server could sign, and valid
+#: publishers slowed down by 2.6x (scripts/bench_flood.py); held, each of its connections
+#: (at most max-connections-per-ip) costs the server about one answer a second.
+TARPIT_S = 1.0
+
 
 def _retry(wait: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(wait)))}
@@ -43,6 +50,7 @@ async def authenticate(request: web.Request, instance: str, *, admin_only: bool
     address = request.remote or ""
     wait = max(ctx.failures.waiting(address), ctx.ip_limiter.retry_after(address))
     if wait > 0:
+        await asyncio.sleep(TARPIT_S)
         raise RequestError("Too many requests from this address, retry later", status=429,
                            headers=_retry(wait))
     try:

@@ -12,7 +12,10 @@ Each concern has its own object with a small interface, written once over the dr
 - ``store.jobs``: background job state and the leader lock;
 - ``store.replays``: signed admin requests already carried out (never twice);
 - ``store.tlog``: the Merkle tree kept with a chain's entries (its hook is in
-  ``store.hooks``), the checkpoints issued, the trees of upstreams we watch.
+  ``store.hooks``), the checkpoints issued, the trees of upstreams we watch;
+- ``store.release``: the release state of a release ledger (its gate is in
+  ``store.hooks``).
+- ``store.browse``: light, bounded reads of our chains for the web explorer.
 
 A new concern is one more module and one more attribute here. Hashes, keys and signatures
 cross this boundary as raw bytes; ``created`` as the exact string that was hashed.
@@ -23,10 +26,12 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 
 from chronicle.core.errors import StorageError
+from chronicle.store.browse import BrowseStore
 from chronicle.store.chains import Chain, ChainHook, ChainStore, WriteTx
 from chronicle.store.clients import ClientStore, MirrorStore
 from chronicle.store.crosssign import CrossSignStore
 from chronicle.store.jobs import JobStore
+from chronicle.store.release import ReleaseStore
 from chronicle.store.replays import ReplayGuard
 from chronicle.store.replication import ReplicationStore
 from chronicle.store.schema import SchemaStore
@@ -48,7 +53,9 @@ class Store(SchemaStore):
         self.jobs = JobStore(db)
         self.replays = ReplayGuard(db)
         self.tlog = TlogStore(db, self.instance_id)
-        self._hooks: tuple[ChainHook, ...] = (self.tlog.hook,)
+        self.release = ReleaseStore(db, self.instance_id)
+        self.browse = BrowseStore(db, self.instance_id)
+        self._hooks: tuple[ChainHook, ...] = (self.release.hook, self.tlog.hook)
 
     async def _opened(self) -> None:
         await self._load_instances()

@@ -24,7 +24,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from chronicle.core.errors import CommitOutcomeUnknown, StorageDenied, StorageError
+from chronicle.core.errors import (
+    CommitOutcomeUnknown,
+    StorageDenied,
+    StorageError,
+    StorageFull,
+)
 from chronicle.store.base import Store
 from chronicle.store.schema import POSTGRES_TYPES
 from chronicle.store.sql import (
@@ -76,9 +81,27 @@ _DENIED = (asyncpg.InsufficientPrivilegeError, asyncpg.ReadOnlySQLTransactionErr
 def _storage_error(exc: BaseException, what: str) -> StorageError:
     if isinstance(exc, asyncpg.UniqueViolationError):
         return Conflict(f"{what}: {exc}")
+    if isinstance(exc, asyncpg.DiskFullError):
+        return StorageFull(f"{what}: {exc}")
     if isinstance(exc, _DENIED):
         return StorageDenied(f"{what}: {exc}")
     return StorageError(f"{what}: {exc}")
+
+
+#: SQLSTATE classes after which a COMMIT's outcome is unknown: the connection broke, the
+#: server was stopped, or it hit a system or internal error.
+_UNKNOWN_CLASSES = ("08", "57", "58", "XX")
+
+
+def _refused_commit(exc: BaseException) -> bool:
+    """Did PostgreSQL answer COMMIT with an error that means it rolled back (a deferred
+    trigger or constraint raised, serialisation failure, full disk)? Then nothing is
+    stored. A broken connection, a shutdown or an internal error leaves it unknown."""
+    if not isinstance(exc, asyncpg.PostgresError) or \
+            isinstance(exc, asyncpg.PostgresConnectionError):
+        return False
+    state = str(getattr(exc, "sqlstate", "") or "")
+    return len(state) == 5 and not state.startswith(_UNKNOWN_CLASSES)
 
 
 def _count(status: str) -> int:
@@ -314,6 +337,8 @@ class PostgresDatabase(Database):
             status = await conn.execute("COMMIT")
         except DRIVER_ERRORS as exc:
             await self._abandon(conn)
+            if _refused_commit(exc):
+                raise _storage_error(exc, "commit failed") from exc
             raise CommitOutcomeUnknown(f"commit failed: {exc}") from exc
         except BaseException:
             self._drop(conn)

@@ -20,7 +20,7 @@ from typing import ClassVar
 from chronicle.core.errors import SchemaMismatchError, StorageError
 from chronicle.store.sql import Database, Dialect, Session
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SQLITE_TYPES = {"serial": "INTEGER PRIMARY KEY", "bigserial": "INTEGER PRIMARY KEY",
                 "bigint": "INTEGER", "blob": "BLOB", "bool": "INTEGER", "false": "0",
@@ -223,6 +223,84 @@ CREATE TABLE tlog_upstreams (
     signature TEXT,
     url TEXT,
     checked TEXT
+);
+""",
+    5: """
+CREATE TABLE release_ledgers (
+    instance INTEGER PRIMARY KEY REFERENCES instances(id),
+    server_key TEXT NOT NULL,
+    prepared TEXT NOT NULL,
+    enabled_idx {bigint},
+    enabled_hash TEXT,
+    enabled_now TEXT,
+    core_vendor TEXT,
+    core_key TEXT
+);
+CREATE TABLE release_keys (
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    vendor TEXT NOT NULL,
+    publickey TEXT NOT NULL,
+    name TEXT,
+    limited {bool} NOT NULL,
+    first {bool} NOT NULL,
+    added_idx {bigint} NOT NULL,
+    added_hash TEXT NOT NULL,
+    added_by TEXT NOT NULL,
+    added_emergency {bool} NOT NULL,
+    revoked_idx {bigint},
+    revoked_hash TEXT,
+    revoked_by TEXT,
+    revoked_emergency {bool} NOT NULL DEFAULT {false},
+    PRIMARY KEY (instance, vendor, publickey)
+);
+CREATE TABLE release_updates (
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    ident TEXT NOT NULL,
+    vendor TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    version_key TEXT NOT NULL,
+    idx {bigint} NOT NULL,
+    currhash TEXT NOT NULL,
+    body TEXT NOT NULL,
+    op_sig TEXT NOT NULL,
+    signer TEXT NOT NULL,
+    emergency {bool} NOT NULL,
+    revoked_idx {bigint},
+    revoked_hash TEXT,
+    revoked_by TEXT,
+    revoke_reason TEXT,
+    revoked_emergency {bool} NOT NULL DEFAULT {false},
+    PRIMARY KEY (instance, ident)
+);
+CREATE UNIQUE INDEX release_updates_package ON release_updates(instance, vendor, name, idx);
+CREATE TABLE release_attestations (
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    idx {bigint} NOT NULL,
+    currhash TEXT NOT NULL,
+    ident TEXT NOT NULL,
+    vendor TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    version_key TEXT NOT NULL,
+    attestor TEXT NOT NULL,
+    attestation TEXT NOT NULL,
+    details TEXT,
+    signer TEXT NOT NULL,
+    PRIMARY KEY (instance, idx)
+);
+CREATE INDEX release_attestations_update ON release_attestations(instance, ident, idx);
+CREATE TABLE release_op_sigs (
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    op_sig TEXT NOT NULL,
+    idx {bigint} NOT NULL,
+    PRIMARY KEY (instance, op_sig)
+) {without_rowid};
+CREATE TABLE release_skipped (
+    instance INTEGER NOT NULL REFERENCES instances(id),
+    kind TEXT NOT NULL,
+    count {bigint} NOT NULL,
+    PRIMARY KEY (instance, kind)
 );
 """,
 }

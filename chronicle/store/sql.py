@@ -148,6 +148,13 @@ class Database(abc.ABC):
         Leaving it commits durably (:class:`CommitOutcomeUnknown` if the commit failed),
         an exception rolls it back."""
 
+    async def make_room(self) -> bool | None:
+        """After a write refused for a full disk (:class:`StorageFull`): try to make the
+        next write fit. True when a write may succeed now, False when the disk is still
+        full, None when this driver cannot tell without writing (the default: a database
+        server recovers on its own once its operator frees space)."""
+        return None
+
     @abc.abstractmethod
     def schema_lock(self) -> str | None:
         """A statement that serialises schema migrations across processes, if needed."""

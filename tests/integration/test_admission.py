@@ -25,6 +25,7 @@ from tests.helpers import (
     ServerProcess,
     add_client_offline,
     http_publish,
+    http_request,
     init_data_dir,
     stop_process,
 )
@@ -228,3 +229,64 @@ async def test_requests_aiohttp_cannot_parse_get_a_signed_answer(
         assert (status, body["status"], body["message"]) == (400, "ERROR", message)
         assert await reader.read() == b""  # closed
         writer.close()
+
+
+async def test_a_byte_by_byte_slowloris_and_an_unfinished_body_block_nobody(
+        tmp_path: Path) -> None:
+    """One connection trickles its request head a byte at a time and never ends it;
+    another sends its headers and 10 of 100 body bytes, then nothing. While both hang, a
+    legitimate client publishes and reads; then the trickler is closed (idle-timeout, no
+    answer: it never made a request) and the unfinished upload gets a signed 408
+    (body-timeout) and is closed."""
+    async with serving(tmp_path, idle_timeout="3 seconds", body_timeout="2 seconds") as \
+            (server, alice, key):
+        hanging = {"trickle": True, "body": True}
+        served_while_hanging: list[tuple[str, int]] = []
+
+        async def trickle() -> tuple[bytes, int]:
+            reader, writer = await raw_connection(server.url)
+            first = asyncio.create_task(reader.read(1))
+            sent = 0
+            text = b"POST /chronicle/publish HTTP/1.1\r\nHost: chronicle\r\nX-Slow: " + \
+                b"a" * 10_000
+            while not first.done():
+                with contextlib.suppress(ConnectionError):
+                    writer.write(text[sent:sent + 1])
+                sent += 1
+                await asyncio.wait({first}, timeout=0.1)
+            data = first.result() + await asyncio.wait_for(reader.read(), 10)
+            hanging["trickle"] = False
+            writer.close()
+            return data, sent
+
+        async def unfinished() -> tuple[int, dict[str, str], bytes]:
+            reader, writer = await raw_connection(server.url)
+            body = b"x" * 100
+            writer.write(head("/chronicle/publish", {
+                "Content-Length": "100", CLIENT_HEADER: alice.client_id,
+                SIGNATURE_HEADER: alice.key.sign_b64(body)}) + body[:10])
+            status, _, answer = await read_answer(reader, key)
+            hanging["body"] = False
+            rest = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return status, answer, rest
+
+        attacks = asyncio.gather(trickle(), unfinished())
+        async with aiohttp.ClientSession() as session:
+            n = 0
+            while not attacks.done():
+                res = await http_publish(session, server.url, key, alice, f"legit {n}")
+                currhash = res.json["results"]["currhash"] if res.status == 200 else ""
+                reads = [await http_request(session, server.url, key, "GET", path)
+                         for path in ("/chronicle/lasthash", f"/chronicle/lookup/{currhash}")]
+                statuses = [res.status, *(r.status for r in reads)]
+                if all(hanging.values()):
+                    served_while_hanging.extend((f"request {n}", s) for s in statuses)
+                assert statuses == [200, 200, 200], (n, statuses)
+                assert reads[1].json["results"][0]["contents"] == f"legit {n}"
+                n += 1
+            (trickled, sent), (status, answer, rest) = await attacks
+        assert len(served_while_hanging) >= 3  # a publish and two reads, at least
+        assert trickled == b"" and sent > 1  # closed unanswered, cut off mid-trickle
+        assert (status, answer["status"], answer["message"]) == (408, "ERROR", MSG_BODY_SLOW)
+        assert rest == b""  # and closed

@@ -848,3 +848,22 @@ async def test_large_export_is_php_identical_and_cached(server: RunningServer) -
     assert grown["results"][-1]["contents"] == "one more"
     assert docs.builds == builds + 1
     verify_chain(grown["results"])
+
+
+async def test_a_stopping_server_closes_and_removes_its_kept_export(tmp_path: Path) -> None:
+    """The full export is kept on disk between requests; when the server stops, the file is
+    closed and removed (it was left for the garbage collector: a ResourceWarning)."""
+    async with serving(tmp_path / "ledger", "alice") as srv:
+        alice = srv.identities["alice"]
+        bodies = [f"kept {i}".encode() for i in range(SMALL_DOCUMENT_ROWS + 1)]
+        ledger = srv.ctx.ledger("")
+        await asyncio.gather(*(ledger.append(b, alice.key.public, alice.key.sign(b),
+                                             client_id=alice.client_id) for b in bodies))
+        assert (await srv.request("GET", "/chronicle/export")).status == 200
+        docs = srv.runner.app[DOCS]
+        [(_, _, built)] = docs._cached.values()
+        fh, path = built.fh, built.path
+        assert fh is not None and path is not None and path.exists()
+    assert fh.closed
+    assert not path.exists()
+    assert docs.spool.used == 0

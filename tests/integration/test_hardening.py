@@ -176,7 +176,8 @@ async def test_redirects_never_leave_the_origin_nor_resend_a_signed_request(
 async def test_a_flood_of_forged_publishes_is_cut_off_per_address(tmp_path: Path) -> None:
     """Requests with bad signatures were never rate-limited: each cost a verification.
     After auth-failures-per-ip failures (a burst of one second's worth) an address gets a
-    signed 429 before anything is checked; another address publishes on."""
+    signed 429 before anything is checked, held for a second (a flood waiting for its
+    answers gets about one a second per connection); another address publishes on."""
     srv = await start_server(await init_data_dir(tmp_path / "l", auth_failures_per_ip=5,
                                                  publish_new_clients=False))
     try:
@@ -186,13 +187,13 @@ async def test_a_flood_of_forged_publishes_is_cut_off_per_address(tmp_path: Path
         statuses = []
         connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
         async with aiohttp.ClientSession(connector=connector) as attacker:
-            for _ in range(8):
+            for _ in range(6):
                 async with attacker.post(f"{srv.url}/chronicle/publish", data=b"x",
                                          headers=forged) as res:
                     body = json.loads(await res.read())
                     statuses.append((res.status, body["message"]))
         assert statuses[:5] == [(403, "No valid signature given for this HTTP request")] * 5
-        assert statuses[5:] == [(429, "Too many requests from this address, retry later")] * 3
+        assert statuses[5:] == [(429, "Too many requests from this address, retry later")]
         assert (await srv.publish("alice", "still served")).status == 200  # from 127.0.0.1
     finally:
         await srv.close()
@@ -233,7 +234,7 @@ async def test_behind_a_trusted_proxy_limits_apply_to_the_client_not_the_proxy(
         # Through the proxy (127.0.0.1): the forger is 203.0.113.9, whatever it claims
         # further left.
         via_proxy = {**forged, "X-Forwarded-For": "10.9.9.9, 203.0.113.9"}
-        assert [await post(srv.session, via_proxy) for _ in range(5)] == [403] * 3 + [429] * 2
+        assert [await post(srv.session, via_proxy) for _ in range(4)] == [403] * 3 + [429]
         body = b"an honest client behind the same proxy"
         honest = {CLIENT_HEADER: alice.client_id, SIGNATURE_HEADER: alice.key.sign_b64(body),
                   "X-Forwarded-For": "203.0.113.10"}
@@ -244,8 +245,8 @@ async def test_behind_a_trusted_proxy_limits_apply_to_the_client_not_the_proxy(
         connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
         async with aiohttp.ClientSession(connector=connector) as direct:
             rotating = [await post(direct, {**forged, "X-Forwarded-For": f"198.51.100.{n}"})
-                        for n in range(5)]
-        assert rotating == [403] * 3 + [429] * 2
+                        for n in range(4)]
+        assert rotating == [403] * 3 + [429]
     finally:
         await srv.close()
 

@@ -56,9 +56,9 @@ def _source(name: str = "upstream", uniqueid: str = "id-" + "x" * 41) -> Replica
                          publickey=KEY.public, created=WHEN)
 
 
-async def test_schema_version_is_4(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 4
-    assert sorted(MIGRATIONS) == [1, 2, 3, 4]
+async def test_schema_version_is_5(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 5
+    assert sorted(MIGRATIONS) == [1, 2, 3, 4, 5]
     store = await _store(tmp_path)
     try:
         assert await store.replication.sources() == []

@@ -5,9 +5,10 @@ from a git tag (a mirror checked), acme releases from an archive and revokes it,
 attests, acme signs offline and submits later; `monitor` passes while every action under
 acme is its profiles' own, catches a release made with a stolen key (directly, not through
 the profile) and an emergency override by the registry. On a plain ledger and on a
-release ledger (bootstrap entry naming the registry's key): the chain holds exactly the
-messages made; on the release ledger, replayed with the rules, every action was
-authorised and the override is recorded as an emergency.
+release ledger (`chronicle release enable` naming the registry's key): the chain holds
+exactly the messages made; on the release ledger the gate refuses the limited CI key adding
+a key and a signed file submitted twice (a replay), and, replayed with the rules, every
+action was authorised and the override is recorded as an emergency.
 """
 
 from __future__ import annotations
@@ -24,21 +25,17 @@ from click.testing import CliRunner, Result
 from chronicle.cli import main
 from chronicle.cli.release_profile import describe
 from chronicle.client import ChronicleClient
-from chronicle.config import DataDir, write_secret_file
-from chronicle.core.encoding import utcnow
+from chronicle.config import write_secret_file
 from chronicle.core.sapient import SigningKey
-from chronicle.ledger import Ledger
 from chronicle.release.keystore import unseal
 from chronicle.release.messages import (
     Metadata,
     ReleaseMessage,
     Update,
     classify,
-    enable_contents,
     sign_message,
 )
 from chronicle.release.state import ChainEntry, ReleaseState
-from chronicle.store import open_store
 from tests.helpers import (
     ServerProcess,
     add_client_offline,
@@ -101,19 +98,6 @@ def make_repo(root: Path) -> Path:
     return root
 
 
-async def enable_release(data_dir: DataDir, server_key: SigningKey, core_key: str) -> None:
-    """The server-signed bootstrap entry naming the core vendor and its first key."""
-    store = open_store(data_dir.settings().database, data_dir.path)
-    await store.open()
-    ledger = Ledger(store, "")
-    try:
-        contents = enable_contents(utcnow(), "registry", core_key)
-        await ledger.append(contents, server_key.public, server_key.sign(contents))
-    finally:
-        await ledger.stop()
-        await store.close()
-
-
 @pytest.mark.parametrize("mode", ["plain", "release"])
 async def test_vendor_and_registry_workflow(tmp_path: Path, mode: str) -> None:
     server_key = SigningKey.generate()
@@ -147,7 +131,9 @@ async def test_vendor_and_registry_workflow(tmp_path: Path, mode: str) -> None:
     ci_key_file = tmp_path / "ci.key"
     ci_pk = await keygen(profiles["acme"], "--out", str(ci_key_file))
     if mode == "release":
-        await enable_release(data_dir, server_key, core_pk)
+        done = await ok("release", "enable", "--data-dir", str(data_dir.path), "--core-vendor",
+                        "registry", "--core-key", core_pk)
+        assert (done["core-vendor"], done["core-key"]) == ("registry", core_pk)
     try:
         url = await sp.start()
         for path in profiles.values():   # the server's port is known now
@@ -176,6 +162,14 @@ async def test_vendor_and_registry_workflow(tmp_path: Path, mode: str) -> None:
         assert done["tree"] == digest["digest"] and done["commit"] == digest["commit"]
         assert done["signer"] == ci_pk
         assert done["mirrors"] == [{"url": url, "status": "agrees"}]
+        if mode == "release":
+            # the gate: a limited key may only release; the same signed file is a replay
+            res = await cli("vendor", "key", "add", "--profile", str(ci), "--public-key",
+                            beta_pk, "--name", "sneaky")
+            assert res.exit_code == EXIT_REFUSED
+            assert error_line(res) == (
+                f"error: server refused (HTTP 403): key {ci_pk} of vendor acme is limited: "
+                "it may only sign update for acme")
 
         # acme releases 1.1.0 from an archive, then revokes it
         archive = tmp_path / "widget-1.1.0.zip"
@@ -215,6 +209,13 @@ async def test_vendor_and_registry_workflow(tmp_path: Path, mode: str) -> None:
         done = await ok("vendor", "submit", "--profile", str(acme), str(signed))
         assert done["op-sig"] == offline["op-sig"]
         assert done["message"] == "update acme/widget 1.0.1"
+        if mode == "release":
+            # the same signed bytes from another client: a replay, refused
+            res = await cli("vendor", "submit", "--profile", str(beta), str(signed))
+            assert res.exit_code == EXIT_REFUSED
+            # entry 8: enable, two vouches, CI key, 1.0.0, 1.1.0, its revocation, attestation
+            assert error_line(res) == ("error: server refused (HTTP 409): op-sig was already "
+                                       "used at entry 8: the message is a replay")
 
         # monitor: every action under acme is acme's or its CI profile's own
         ci_record = str(tmp_path / "ci.signed.jsonl")
