@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
+
+from click.testing import Result
 
 from chronicle.core.encoding import b64u_encode
 from chronicle.core.sapient import SigningKey
@@ -67,3 +71,16 @@ class Chain:
 
     def submit(self, body: Body, signer: str) -> Verdict:
         return self.raw(sign_message(body, key(signer)))
+
+
+def error_line(res: Result) -> str:
+    """The one ``error:`` line a failed command wrote (no traceback)."""
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout

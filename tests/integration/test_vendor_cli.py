@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from tests.helpers import (
     init_data_dir,
     stop_process,
 )
+from tests.release_support import error_line, git
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
 PASS = "correct horse battery"
@@ -71,17 +71,6 @@ async def ok(*args: str) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(res.stdout)
     return out
 
-
-def error_line(res: Result) -> str:
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    return lines[0]
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout
 
 
 def make_repo(root: Path) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from chronicle.config import write_secret_file
 from chronicle.core.sapient import SigningKey
 from chronicle.release.keystore import unseal
 from chronicle.release.messages import ReleaseMessage, Update, classify
+from tests.release_support import error_line, git
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
 GIT_ENV = {"GIT_AUTHOR_NAME": "chronicle", "GIT_AUTHOR_EMAIL": "dev@chronicle.invalid",
@@ -37,17 +37,6 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
 def cli(*args: str, input: str | None = None) -> Result:
     return CliRunner().invoke(main, list(args), input=input)
 
-
-def error_line(res: Result) -> str:
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    return lines[0]
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout
 
 
 def make_repo(root: Path) -> Path:
