@@ -15,12 +15,12 @@ from importlib import resources
 
 from aiohttp import web
 
-from chronicle.core.errors import NotFoundError, RequestError
+from chronicle.core.errors import NotFoundError
 from chronicle.core.sapient import CLIENT_HEADER
 from chronicle.explorer import model, releases, render
 from chronicle.releaselog import status as release_status
 from chronicle.server.keys import CTX, RELEASE, RESP
-from chronicle.server.routing import instance_of
+from chronicle.server.routing import instance_of, query_param
 
 HTML = "text/html; charset=utf-8"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -47,13 +47,6 @@ def _page(request: web.Request, *, title: str, kind: str, main: str,
     return _html(request, render.page(title=title, kind=kind, main=main,
                                       server_key=ctx.key.public_b64,
                                       instance=instance_of(request), query=query))
-
-
-def _one(request: web.Request, name: str) -> str | None:
-    values = request.query.getall(name, [])
-    if len(values) > 1:
-        raise RequestError(f"Only one {name} parameter may be provided")
-    return values[0] if values else None
 
 
 async def root(request: web.Request) -> web.StreamResponse:
@@ -84,7 +77,7 @@ async def entries(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     instance = instance_of(request)
     before = model.parse_before(request.query.getall("before", []))
-    query = _one(request, "q")
+    query = query_param(request, "q")
     if query is not None and query.strip():
         listing = await model.search(ctx.store, request.app[GATE], instance, query, before)
     else:
@@ -107,7 +100,7 @@ async def release_ledger(request: web.Request) -> web.StreamResponse:
     instance = instance_of(request)
     reads = request.app[RELEASE]
     facts = await reads.ledger(instance)
-    vendors = await reads.vendors(instance, _one(request, "after"))
+    vendors = await reads.vendors(instance, query_param(request, "after"))
     recent = await request.app[CTX].store.browse.recent_releases(instance,
                                                                  releases.RECENT_RELEASES)
     return _page(request, title="Release ledger", kind="release",
@@ -121,7 +114,7 @@ async def release_vendor(request: web.Request) -> web.StreamResponse:
     reads = request.app[RELEASE]
     await reads.ledger(instance)
     packages = await request.app[CTX].store.browse.packages(
-        instance, vendor, _one(request, "after") or "", releases.PACKAGES_PAGE)
+        instance, vendor, query_param(request, "after") or "", releases.PACKAGES_PAGE)
     try:
         keys = await reads.keys(instance, vendor)
     except NotFoundError:
@@ -136,7 +129,7 @@ async def release_package(request: web.Request) -> web.StreamResponse:
     m = request.match_info
     instance = instance_of(request)
     updates = await request.app[RELEASE].updates(instance, m["vendor"], m["name"],
-                                                 _one(request, "after"))
+                                                 query_param(request, "after"))
     return _page(request, title=updates["package"], kind="release",
                  main=releases.package_main(updates, instance, m["vendor"], m["name"]))
 
@@ -145,7 +138,7 @@ async def release_update(request: web.Request) -> web.StreamResponse:
     m = request.match_info
     instance = instance_of(request)
     found = await request.app[RELEASE].update(instance, m["vendor"], m["name"], m["version"],
-                                              _one(request, "after"))
+                                              query_param(request, "after"))
     return _page(request, title=f"{m['vendor']}/{m['name']} {m['version']}", kind="release",
                  main=releases.update_main(found, instance))
 

@@ -8,16 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chronicle.core.errors import RequestError
 from chronicle.server.keys import RELEASE, RESP
-from chronicle.server.routing import instance_of
-
-
-def _after(request: web.Request) -> str | None:
-    values = request.query.getall("after", [])
-    if len(values) > 1:
-        raise RequestError("Only one after parameter may be provided")
-    return values[0] if values else None
+from chronicle.server.routing import instance_of, query_param
 
 
 async def ledger(request: web.Request) -> web.StreamResponse:
@@ -26,7 +18,8 @@ async def ledger(request: web.Request) -> web.StreamResponse:
 
 
 async def vendors(request: web.Request) -> web.StreamResponse:
-    results = await request.app[RELEASE].vendors(instance_of(request), _after(request))
+    results = await request.app[RELEASE].vendors(instance_of(request),
+                                                 query_param(request, "after"))
     return request.app[RESP].ok(results)
 
 
@@ -39,14 +32,14 @@ async def keys(request: web.Request) -> web.StreamResponse:
 async def updates(request: web.Request) -> web.StreamResponse:
     m = request.match_info
     results = await request.app[RELEASE].updates(instance_of(request), m["vendor"],
-                                                 m["name"], _after(request))
+                                                 m["name"], query_param(request, "after"))
     return request.app[RESP].ok(results)
 
 
 async def update(request: web.Request) -> web.StreamResponse:
     m = request.match_info
     results = await request.app[RELEASE].update(instance_of(request), m["vendor"], m["name"],
-                                                m["version"], _after(request))
+                                                m["version"], query_param(request, "after"))
     return request.app[RESP].ok(results)
 
 

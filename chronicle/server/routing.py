@@ -11,12 +11,17 @@ from chronicle.server.reads import ChainRoute
 from chronicle.store import ReplicaSource
 
 
+def query_param(request: web.Request, name: str) -> str | None:
+    """A query parameter given at most once (twice is ambiguous: 400)."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise RequestError(f"Only one {name} parameter may be provided")
+    return values[0] if values else None
+
+
 def instance_of(request: web.Request) -> str:
     """The ``instance`` query parameter (``""``: the default chain); unknown → 404."""
-    values = request.query.getall("instance", [])
-    if len(values) > 1:
-        raise RequestError("Only one instance parameter may be provided")
-    name = values[0] if values else ""
+    name = query_param(request, "instance") or ""
     if name not in request.app[CTX].settings.instances:
         raise NotFoundError(protocol.MSG_INSTANCE_NOT_FOUND)
     return name

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chronicle.core.errors import RequestError
 from chronicle.server.keys import CTX, RESP, TLOG
-from chronicle.server.routing import instance_of
+from chronicle.server.routing import instance_of, query_param
 
 NOTE_TYPE = "text/plain; charset=utf-8"
 TILE_TYPE = "application/octet-stream"
@@ -38,16 +37,10 @@ async def tile(request: web.Request) -> web.StreamResponse:
         "Cache-Control": IMMUTABLE if found.is_full else PARTIAL})
 
 
-def _size(request: web.Request) -> str | None:
-    values = request.query.getall("size", [])
-    if len(values) > 1:
-        raise RequestError("Only one size parameter may be provided")
-    return values[0] if values else None
-
-
 async def inclusion(request: web.Request) -> web.StreamResponse:
     results = await request.app[TLOG].inclusion(instance_of(request),
-                                                request.match_info["entry"], _size(request))
+                                                request.match_info["entry"],
+                                                query_param(request, "size"))
     return request.app[RESP].ok(results)
 
 
