@@ -73,6 +73,12 @@ class Chain:
         return self.raw(sign_message(body, key(signer)))
 
 
+# A fixed git identity for the repositories the tests create (no user config read).
+GIT_ENV = {"GIT_AUTHOR_NAME": "chronicle", "GIT_AUTHOR_EMAIL": "dev@chronicle.invalid",
+           "GIT_COMMITTER_NAME": "chronicle", "GIT_COMMITTER_EMAIL": "dev@chronicle.invalid",
+           "GIT_CONFIG_NOSYSTEM": "1"}
+
+
 def error_line(res: Result) -> str:
     """The one ``error:`` line a failed command wrote (no traceback)."""
     assert "Traceback" not in res.stderr, res.stderr

@@ -42,13 +42,10 @@ from tests.helpers import (
     init_data_dir,
     stop_process,
 )
-from tests.release_support import error_line, git
+from tests.release_support import GIT_ENV, error_line, git
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
 PASS = "correct horse battery"
-GIT_ENV = {"GIT_AUTHOR_NAME": "chronicle", "GIT_AUTHOR_EMAIL": "dev@chronicle.invalid",
-           "GIT_COMMITTER_NAME": "chronicle", "GIT_COMMITTER_EMAIL": "dev@chronicle.invalid",
-           "GIT_CONFIG_NOSYSTEM": "1"}
 REPO_URL = "https://git.example.org/acme/widget"
 
 

@@ -17,12 +17,9 @@ from chronicle.config import write_secret_file
 from chronicle.core.sapient import SigningKey
 from chronicle.release.keystore import unseal
 from chronicle.release.messages import ReleaseMessage, Update, classify
-from tests.release_support import error_line, git
+from tests.release_support import GIT_ENV, error_line, git
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
-GIT_ENV = {"GIT_AUTHOR_NAME": "chronicle", "GIT_AUTHOR_EMAIL": "dev@chronicle.invalid",
-           "GIT_COMMITTER_NAME": "chronicle", "GIT_COMMITTER_EMAIL": "dev@chronicle.invalid",
-           "GIT_CONFIG_NOSYSTEM": "1"}
 PASS = "hunter2 hunter2"
 
 
