@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chronicle.core.blakechain import ChainBuilder, Entry
+from chronicle.core.blakechain import ChainBuilder, ChainHead, Entry
 from chronicle.core.errors import RequestError, SchemaMismatchError, StorageError
 from chronicle.core.sapient import SigningKey
 from chronicle.store import Client, Mirror, Store, open_store
@@ -129,6 +129,48 @@ async def test_duplicate_signature_or_index_is_refused_by_the_database(tmp_path:
             async with store.write("") as tx:
                 await tx.insert_entries([entries[1]])
         assert (await store.chain("").head()) == entries[-1]
+    finally:
+        await store.close()
+
+
+async def test_rows_inserted_at_commit_are_seen_by_the_transaction(tmp_path: Path) -> None:
+    """A group commit's rows may wait for the commit (SQLite writes them on the writer's
+    thread), but any statement after them in the same transaction sees them."""
+    store = await _store(tmp_path)
+    try:
+        entries = _entries(4)
+        async with store.write("") as tx:
+            await tx.insert_entries(entries[:2])
+            assert await tx.head() == ChainHead.of(entries[1])
+            await tx.insert_entries(entries[2:])
+            found = await tx.find_signatures([e.signature for e in entries])
+            assert found == {e.signature: e for e in entries}
+        assert await store.chain("").head() == entries[-1]
+    finally:
+        await store.close()
+
+
+async def test_a_row_refused_at_commit_stores_nothing_of_the_transaction(
+        tmp_path: Path) -> None:
+    """A uniqueness violation found when the waiting rows are written fails the commit:
+    the rest of the transaction (here a client) is rolled back with them, and the next
+    transaction finds the database and its lock as they were."""
+    store = await _store(tmp_path)
+    try:
+        entries = _entries(3)
+        async with store.write("") as tx:
+            await tx.insert_entries(entries[:2])
+        client = Client("refused-with-the-batch", SigningKey.generate().public, False, "",
+                        "2026-01-01T00:00:00+00:00")
+        with pytest.raises(StorageError):
+            async with store.write("") as tx:
+                await tx.add_client(client)
+                await tx.insert_entries([entries[1]])  # already stored: refused
+        assert await store.chain("").head() == entries[1]
+        assert await store.clients.get("", client.publicid) is None
+        async with store.write("") as tx:
+            await tx.insert_entries(entries[2:])
+        assert await store.chain("").head() == entries[-1]
     finally:
         await store.close()
 
