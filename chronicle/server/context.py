@@ -8,12 +8,16 @@ from dataclasses import dataclass, field
 
 from chronicle.admin import new_client_id
 from chronicle.config import DataDir, Settings
+from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import utcnow
+from chronicle.core.errors import NotFoundError
+from chronicle.core.protocol import MSG_INSTANCE_NOT_FOUND
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
 from chronicle.server.admission import BodyLimits
 from chronicle.server.jobs import BackgroundJobs
 from chronicle.server.metrics import Metrics
+from chronicle.server.sequencer_link import Forwarded, LinkClient, LinkDown
 from chronicle.store import Client, Store
 from chronicle.treelog import TreeLog
 
@@ -101,6 +105,8 @@ class ServerContext:
     metrics: Metrics = field(init=False)
     tlog: TreeLog = field(init=False)
     jobs: BackgroundJobs | None = field(default=None, init=False)
+    #: ``serve --workers N``, every worker but 0: where publishes are sequenced.
+    link: LinkClient | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientCache(self.store)
@@ -122,6 +128,32 @@ class ServerContext:
             self.ledgers[instance] = ledger
             ledger.start()
         return ledger
+
+    async def publish(self, instance: str, contents: bytes, publickey: bytes,
+                      signature: bytes, client_id: str) -> Entry:
+        """Append an authenticated client's publish: through worker 0's sequencer when
+        this worker forwards (``serve --workers N``), else, or when that link is down,
+        through this process's own ledger (safe either way: appends are idempotent by
+        signature)."""
+        if self.link is not None:
+            try:
+                entry = await self.link.append(Forwarded(instance, client_id, publickey,
+                                                         signature, contents))
+            except LinkDown:
+                self.metrics.forwarded.labels("fallback").inc()
+            else:
+                self.metrics.forwarded.labels("sequencer").inc()
+                return entry
+        return await self.ledger(instance).append(contents, publickey, signature,
+                                                  client_id=client_id)
+
+    async def sequence_forwarded(self, instance: str, contents: bytes, publickey: bytes,
+                                 signature: bytes, client_id: str) -> Entry:
+        """Worker 0: a publish another worker authenticated and forwarded."""
+        if instance not in self.settings.instances:
+            raise NotFoundError(MSG_INSTANCE_NOT_FOUND)
+        return await self.ledger(instance).append(contents, publickey, signature,
+                                                  client_id=client_id)
 
     async def start(self) -> None:
         for name in self.settings.instances:

@@ -82,6 +82,10 @@ class Metrics:
                                    ["target", "status"], registry=r)
         self.witness = Counter("chronicle_witness_submissions", "Checkpoints submitted to "
                                "witnesses, by outcome", ["witness", "status"], registry=r)
+        self.forwarded = Counter("chronicle_forwarded_publishes", "Publishes a worker sent "
+                                 "to worker 0's sequencer (serve --workers N), by outcome: "
+                                 "sequencer, or fallback to its own ledger when the link "
+                                 "was down", ["outcome"], registry=r)
 
     def batch(self, instance: str, entries: int, seconds: float) -> None:
         """A group commit finished (the sequencer's observer)."""

@@ -2,9 +2,13 @@
 
 With ``--workers N`` the parent binds the socket, forks N server processes that share it
 (the kernel spreads connections), restarts a worker that dies, and on SIGTERM stops them
-all. Each worker has its own database connections and its own sequencer; appends from all
-of them are ordered by the database's chain-head lock (SQLite's write lock, PostgreSQL's
-row lock), so the chain stays gap-free however many processes write.
+all. Each worker has its own database connections; client publishes are sequenced by
+worker 0, to which the others forward them over a private Unix socket
+(:mod:`~chronicle.server.sequencer_link`), so each group commit holds everyone's. Any
+other append (and a forwarded one whose link is down) goes through the worker's own
+sequencer: appends from all processes are ordered by the database's chain-head lock
+(SQLite's write lock, PostgreSQL's row lock), so the chain stays gap-free however many
+processes write.
 
 :func:`run_site` is the serving itself (connection gate, signal handling, draining), for
 any app: ``chronicle witness serve`` runs the witness's through it too.
@@ -20,8 +24,10 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +41,7 @@ from chronicle.server.context import ServerContext
 from chronicle.server.keys import RESP
 from chronicle.server.metrics import enable_multiprocess, worker_gone
 from chronicle.server.responses import Responder
+from chronicle.server.sequencer_link import LinkClient, LinkServer
 from chronicle.store import open_store
 
 log = logging.getLogger(__name__)
@@ -126,16 +133,44 @@ async def run_site(app: web.Application, responder: Responder, limits: Admission
             listening.close()
 
 
+@dataclass(frozen=True)
+class LinkRole:
+    """A worker's part in sequencing (``serve --workers N``): worker 0 listens on ``path``
+    and sequences, the others forward their publishes to it."""
+
+    path: Path
+    sequencer: bool
+
+
 async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket | None = None,
-                shutdown_timeout: float = 30.0,
-                announce: Announce = announce_on_stderr) -> None:
+                shutdown_timeout: float = 30.0, announce: Announce = announce_on_stderr,
+                link: LinkRole | None = None) -> None:
     """Serve until a stop signal, then drain: stop accepting, finish requests, commit queues."""
     ctx = await open_context(data_dir)
+    server: LinkServer | None = None
     try:
+        if link is not None and link.sequencer:
+            server = LinkServer(ctx.sequence_forwarded, ctx.settings.max_body_size)
+            await server.start(link.path)
+        elif link is not None:
+            ctx.link = LinkClient(link.path)
         app = build_app(ctx)
+        if server is not None:
+            link_server = server
+
+            async def close_link(_: web.Application) -> None:
+                # Before the sequencer stops: what was forwarded is answered, and what
+                # the other workers send from now on they append themselves.
+                await link_server.close()
+
+            app.on_shutdown.append(close_link)
         await run_site(app, app[RESP], ctx.settings, host, port, sock=sock,
                        shutdown_timeout=shutdown_timeout, announce=announce)
     finally:
+        if server is not None:
+            await server.close()
+        if ctx.link is not None:
+            await ctx.link.close()
         with contextlib.suppress(Exception):
             await ctx.store.close()
 
@@ -171,8 +206,10 @@ async def _preflight(data_dir: DataDir) -> None:
 class _Supervisor:
     """Forks ``workers`` servers on one socket and restarts any that dies."""
 
-    def __init__(self, data_dir: DataDir, host: str, port: int, sock: socket.socket) -> None:
+    def __init__(self, data_dir: DataDir, host: str, port: int, sock: socket.socket,
+                 link_dir: Path) -> None:
         self.data_dir, self.host, self.port, self.sock = data_dir, host, port, sock
+        self.link_path = link_dir / "sequencer.sock"
         self.stopping = False
         self.failed = False
         self.children: dict[int, int] = {}  # pid -> slot
@@ -193,7 +230,8 @@ class _Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             code = 0
             try:
-                run_loop(serve(self.data_dir, self.host, self.port, sock=self.sock))
+                run_loop(serve(self.data_dir, self.host, self.port, sock=self.sock,
+                               link=LinkRole(self.link_path, sequencer=slot == 0)))
             except BaseException:
                 log.exception("worker %d failed", slot)
                 code = 1
@@ -242,7 +280,10 @@ def _run_workers(data_dir: DataDir, host: str, port: int, workers: int,
     metrics_dir = data_dir.cache_dir / f"metrics-{os.getpid()}"
     enable_multiprocess(metrics_dir)
     sock = _bind(host, port)
-    sup = _Supervisor(data_dir, host, port, sock)
+    # Worker 0's sequencer socket: in a directory only this user can enter (mkdtemp: 0700),
+    # under the temporary directory because a Unix socket's path is limited to ~100 bytes.
+    link_dir = Path(tempfile.mkdtemp(prefix="chronicle-seq-"))
+    sup = _Supervisor(data_dir, host, port, sock, link_dir)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
     for slot in range(workers):
@@ -257,6 +298,7 @@ def _run_workers(data_dir: DataDir, host: str, port: int, workers: int,
         sup.reaped(pid, status)
     sock.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)
+    shutil.rmtree(link_dir, ignore_errors=True)
     if sup.failed:
         sys.exit(1)
 

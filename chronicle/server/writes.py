@@ -133,8 +133,8 @@ async def publish(request: web.Request) -> web.StreamResponse:
         if wait > 0:
             raise RequestError("Rate limit exceeded, retry later", status=429,
                                headers=_retry(wait))
-    entry: Entry = await ctx.ledger(instance).append(body, client.publickey, signature,
-                                                     client_id=client.publicid)
+    entry: Entry = await ctx.publish(instance, body, client.publickey, signature,
+                                     client.publicid)
     return resp.ok(entry.receipt())
 
 

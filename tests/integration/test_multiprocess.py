@@ -221,6 +221,47 @@ async def test_serve_workers_restarts_a_killed_worker(tmp_path: Path) -> None:
         await stop_process(sp)
 
 
+def _forwarded(metrics: str) -> dict[str, float]:
+    """``chronicle_forwarded_publishes_total`` by outcome, from /metrics (all workers)."""
+    found: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("chronicle_forwarded_publishes_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            found[outcome] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+async def test_serve_workers_sequence_publishes_in_worker_zero(tmp_path: Path) -> None:
+    """With ``--workers 2`` the worker that is not worker 0 forwards its publishes to
+    worker 0's sequencer (each on a new connection, so both workers take some)."""
+    primary, key, idents = await _setup(tmp_path)
+    sp = ServerProcess(primary.path, "--workers", "2")
+    load = Load()
+    try:
+        url = await sp.start()
+        forwarded: dict[str, float] = {}
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)) as session:
+            for n in range(400):
+                body = f"which worker {n}"
+                load.sent.add(body)
+                res = await http_publish(session, url, key.public, idents[n % 4], body)
+                assert res.status == 200, res.body
+                load.acked[body] = res.json["results"]
+                if n % 20 == 19:
+                    async with session.get(url + "/metrics") as got:
+                        forwarded = _forwarded(await got.text())
+                    if forwarded.get("sequencer", 0) >= 5:
+                        break
+        assert forwarded.get("sequencer", 0) >= 5, forwarded
+        assert forwarded.get("fallback", 0) == 0, forwarded
+        rows = await _verify(url, key.public, load)
+        await _gap_free(primary, len(rows))
+        assert await stop_process(sp, graceful=True) == 0
+    finally:
+        await stop_process(sp)
+
+
 def test_workers_refuse_a_bad_database_once(tmp_path: Path) -> None:
     """A schema mismatch stops `serve --workers` at once with one error line (exit 3),
     instead of workers restarting forever."""
