@@ -10,14 +10,14 @@ from chronicle.admin import new_client_id
 from chronicle.config import DataDir, Settings
 from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import utcnow
-from chronicle.core.errors import NotFoundError
+from chronicle.core.errors import ChronicleError, NotFoundError, StorageError
 from chronicle.core.protocol import MSG_INSTANCE_NOT_FOUND
 from chronicle.core.sapient import SigningKey
 from chronicle.ledger import Clock, Ledger
 from chronicle.server.admission import BodyLimits
 from chronicle.server.jobs import BackgroundJobs
 from chronicle.server.metrics import Metrics
-from chronicle.server.sequencer_link import Forwarded, LinkClient, LinkDown
+from chronicle.server.sequencer_link import Forwarded, LinkClient, LinkDown, LinkLost
 from chronicle.store import Client, Store
 from chronicle.treelog import TreeLog
 
@@ -107,6 +107,8 @@ class ServerContext:
     jobs: BackgroundJobs | None = field(default=None, init=False)
     #: ``serve --workers N``, every worker but 0: where publishes are sequenced.
     link: LinkClient | None = field(default=None, init=False)
+    #: ``serve --workers N``, worker 0: every worker's publishes queue here.
+    queue_share: int = field(default=1, init=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientCache(self.store)
@@ -123,7 +125,7 @@ class ServerContext:
         if ledger is None:
             ledger = Ledger(self.store, instance, clock=self.ledger_clock or self.clock,
                             max_batch=self.settings.max_batch,
-                            max_queue=self.settings.max_queue)
+                            max_queue=self.settings.max_queue * self.queue_share)
             ledger.observer = self.metrics.batch
             self.ledgers[instance] = ledger
             ledger.start()
@@ -139,6 +141,17 @@ class ServerContext:
             try:
                 entry = await self.link.append(Forwarded(instance, client_id, publickey,
                                                          signature, contents))
+            except LinkLost:
+                # Worker 0 may have stored it: a refusal from here on would say more
+                # than we know.
+                self.metrics.forwarded.labels("fallback").inc()
+                try:
+                    return await self.ledger(instance).append(
+                        contents, publickey, signature, client_id=client_id)
+                except ChronicleError:
+                    raise StorageError("The outcome is unknown (the link to the sequencer "
+                                       "broke); retrying the same signed request is safe",
+                                       status=503, headers={"Retry-After": "1"}) from None
             except LinkDown:
                 self.metrics.forwarded.labels("fallback").inc()
             else:

@@ -93,6 +93,12 @@ async def readyz(request: web.Request) -> web.StreamResponse:
             await ledger.make_room()
         if ledger.write_error is not None:
             check(f"writes {instance or '(default)'}", False, ledger.write_error)
+    if ctx.link is not None:  # serve --workers N: worker 0 sequences our publishes
+        waiting = ctx.link.oldest_waiting()
+        check("sequencer link", waiting < STUCK_AFTER,
+              f"worker 0 has not answered a publish for {waiting:.0f} s")
+        if ctx.link.write_error is not None:
+            check("writes (worker 0)", False, ctx.link.write_error)
     body: dict[str, Any] = {"ready": ready, "checks": checks}
     resp = request.app[RESP]
     if ready:

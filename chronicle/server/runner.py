@@ -140,6 +140,7 @@ class LinkRole:
 
     path: Path
     sequencer: bool
+    workers: int
 
 
 async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket | None = None,
@@ -150,6 +151,7 @@ async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket 
     server: LinkServer | None = None
     try:
         if link is not None and link.sequencer:
+            ctx.queue_share = link.workers  # the others' publishes queue here too
             server = LinkServer(ctx.sequence_forwarded, ctx.settings.max_body_size)
             await server.start(link.path)
         elif link is not None:
@@ -207,9 +209,10 @@ class _Supervisor:
     """Forks ``workers`` servers on one socket and restarts any that dies."""
 
     def __init__(self, data_dir: DataDir, host: str, port: int, sock: socket.socket,
-                 link_dir: Path) -> None:
+                 link_dir: Path, workers: int) -> None:
         self.data_dir, self.host, self.port, self.sock = data_dir, host, port, sock
         self.link_path = link_dir / "sequencer.sock"
+        self.workers = workers
         self.stopping = False
         self.failed = False
         self.children: dict[int, int] = {}  # pid -> slot
@@ -231,7 +234,7 @@ class _Supervisor:
             code = 0
             try:
                 run_loop(serve(self.data_dir, self.host, self.port, sock=self.sock,
-                               link=LinkRole(self.link_path, sequencer=slot == 0)))
+                               link=LinkRole(self.link_path, slot == 0, self.workers)))
             except BaseException:
                 log.exception("worker %d failed", slot)
                 code = 1
@@ -283,22 +286,24 @@ def _run_workers(data_dir: DataDir, host: str, port: int, workers: int,
     # Worker 0's sequencer socket: in a directory only this user can enter (mkdtemp: 0700),
     # under the temporary directory because a Unix socket's path is limited to ~100 bytes.
     link_dir = Path(tempfile.mkdtemp(prefix="chronicle-seq-"))
-    sup = _Supervisor(data_dir, host, port, sock, link_dir)
+    sup = _Supervisor(data_dir, host, port, sock, link_dir, workers)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
-    for slot in range(workers):
-        sup.spawn(slot)
-    # Connections queue on the bound socket until a worker accepts them.
-    announce(f"http://{host}:{sock.getsockname()[1]}", workers)
-    while sup.children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        sup.reaped(pid, status)
-    sock.close()
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    shutil.rmtree(link_dir, ignore_errors=True)
+    try:
+        for slot in range(workers):
+            sup.spawn(slot)
+        # Connections queue on the bound socket until a worker accepts them.
+        announce(f"http://{host}:{sock.getsockname()[1]}", workers)
+        while sup.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            sup.reaped(pid, status)
+    finally:
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(link_dir, ignore_errors=True)
     if sup.failed:
         sys.exit(1)
 

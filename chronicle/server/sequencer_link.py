@@ -55,6 +55,12 @@ ENTRY, ERROR = 0, 1
 MAX_ANSWER = 64 << 10
 #: Seconds between attempts to reach a sequencer that could not be reached.
 RECONNECT_S = 0.5
+#: Seconds to connect to the sequencer, and to wait for one answer: a worker 0 that is
+#: alive but wedged must not stall every worker's publishes (they fall back instead).
+CONNECT_TIMEOUT_S = 2.0
+ANSWER_TIMEOUT_S = 60.0
+#: Seconds :meth:`LinkServer.close` waits for the forwarded publishes it already took.
+CLOSE_TIMEOUT_S = 30.0
 
 Append = Callable[[str, bytes, bytes, bytes, str], Awaitable[Entry]]
 
@@ -64,7 +70,12 @@ class FrameError(ValueError):
 
 
 class LinkDown(Exception):
-    """The sequencer cannot be reached, or the link broke before it answered."""
+    """The sequencer could not be asked: nothing was sent to it."""
+
+
+class LinkLost(LinkDown):
+    """The link broke (or the sequencer did not answer in time) after the publish was
+    sent: worker 0 may have stored it, or may still."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +187,7 @@ class LinkServer:
         self._writers.add(writer)
         mine: set[asyncio.Task[None]] = set()
         try:
-            while True:
+            while not self._closing:
                 rid, req = decode_request(await _read_frame(reader, self._limit))
                 if self._closing:
                     break  # unanswered: the sending worker appends it itself
@@ -203,7 +214,7 @@ class LinkServer:
             frame = encode_error(rid, exc)
         except Exception:
             log.exception("sequencer link: a forwarded publish failed")
-            frame = encode_error(rid, ChronicleError("Internal error", status=500))
+            frame = encode_error(rid, ChronicleError("Internal server error", status=500))
         if not writer.is_closing():
             writer.write(frame)
 
@@ -214,12 +225,10 @@ class LinkServer:
         if self._server is not None:
             self._server.close()
         if self._tasks:
-            await asyncio.wait(set(self._tasks))
+            await asyncio.wait(set(self._tasks), timeout=CLOSE_TIMEOUT_S)
         for writer in list(self._writers):
             writer.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        self._server = None
 
 
 class LinkClient:
@@ -229,10 +238,13 @@ class LinkClient:
         self.path = path
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self._waiting: dict[int, tuple[asyncio.Future[bytes], Forwarded]] = {}
+        self._waiting: dict[int, tuple[asyncio.Future[bytes], Forwarded, float]] = {}
         self._next = 0
         self._connecting = asyncio.Lock()
         self._failed_at = -RECONNECT_S
+        #: Worker 0's last refusal for its own trouble (5xx), until it next stores one:
+        #: what /readyz of a forwarding worker reports.
+        self.write_error: str | None = None
 
     async def _connection(self) -> asyncio.StreamWriter:
         if self._writer is not None and not self._writer.is_closing():
@@ -243,15 +255,17 @@ class LinkClient:
             if time.monotonic() - self._failed_at < RECONNECT_S:
                 raise LinkDown("the sequencer was unreachable moments ago")
             try:
-                reader, writer = await asyncio.open_unix_connection(str(self.path))
-            except OSError as exc:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    reader, writer = await asyncio.open_unix_connection(str(self.path))
+            except (OSError, TimeoutError) as exc:
                 self._failed_at = time.monotonic()
-                raise LinkDown(f"cannot reach the sequencer: {exc}") from None
+                raise LinkDown(f"cannot reach the sequencer: {exc!r}") from None
             self._writer = writer
-            self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+            self._reader_task = asyncio.get_running_loop().create_task(
+                self._read(reader, writer))
             return writer
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 frame = await _read_frame(reader, MAX_ANSWER)
@@ -266,16 +280,24 @@ class LinkClient:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self._drop()
+            self._drop(writer)
 
-    def _drop(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def _drop(self, writer: asyncio.StreamWriter | None) -> None:
+        """Close ``writer``'s connection and fail what waits on it; nothing if a newer
+        connection replaced it (a late reader must not close the next one)."""
+        if writer is None or writer is not self._writer:
+            return
+        writer.close()
+        self._writer = None
         waiting, self._waiting = self._waiting, {}
-        for future, _ in waiting.values():
+        for future, _, _ in waiting.values():
             if not future.done():
-                future.set_exception(LinkDown("the link to the sequencer broke"))
+                future.set_exception(LinkLost("the link to the sequencer broke"))
+
+    def oldest_waiting(self) -> float:
+        """Seconds the oldest publish sent to worker 0 has waited (0: none waits)."""
+        now = time.monotonic()
+        return max((now - sent for _, _, sent in self._waiting.values()), default=0.0)
 
     async def append(self, req: Forwarded) -> Entry:
         """The entry once worker 0 committed it; :class:`ChronicleError` as it refused;
@@ -283,29 +305,40 @@ class LinkClient:
         writer = await self._connection()
         self._next += 1
         rid = self._next
+        frame = encode_request(rid, req)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = (future, req)
+        self._waiting[rid] = (future, req, time.monotonic())
         try:
-            writer.write(encode_request(rid, req))
+            writer.write(frame)
         except (ConnectionError, RuntimeError) as exc:
             self._waiting.pop(rid, None)
-            self._drop()
-            raise LinkDown(f"cannot send to the sequencer: {exc}") from None
+            self._drop(writer)
+            raise LinkLost(f"cannot send to the sequencer: {exc}") from None
         try:
-            frame = await future
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                answer_frame = await future
+        except TimeoutError:
+            # Wedged: give up on this connection, and go local for a moment.
+            self._failed_at = time.monotonic()
+            self._drop(writer)
+            raise LinkLost(f"the sequencer did not answer in {ANSWER_TIMEOUT_S:.0f} s") \
+                from None
         finally:
             self._waiting.pop(rid, None)
         try:
-            answer = decode_answer(frame, req)
+            answer = decode_answer(answer_frame, req)
         except FrameError as exc:
-            self._drop()
-            raise LinkDown(f"unreadable answer from the sequencer: {exc}") from None
+            self._drop(writer)
+            raise LinkLost(f"unreadable answer from the sequencer: {exc}") from None
         if isinstance(answer, ChronicleError):
+            if answer.status >= 500:
+                self.write_error = answer.message
             raise answer
+        self.write_error = None
         return answer
 
     async def close(self) -> None:
-        self._drop()
+        self._drop(self._writer)
         if self._reader_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task

@@ -5,6 +5,7 @@ ledger, and a publish is stored once however it went. Runs on SQLite and Postgre
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from chronicle.core.errors import ChronicleError
+from chronicle.core.errors import ChronicleError, StorageError
+from chronicle.server import health, sequencer_link
 from chronicle.server.sequencer_link import Forwarded, LinkClient, LinkDown, LinkServer
 from tests.helpers import RunningServer, init_data_dir, start_server
 
@@ -121,6 +123,127 @@ async def test_a_link_that_breaks_mid_request_falls_back_without_doubling(
         rows = export.json["results"]
         assert [r["contents"] for r in rows] == ["committed, answer lost"]
         assert rows[0]["hash"] == res.json["results"]["currhash"]
+    finally:
+        await one.ctx.link.close()
+        await server.close()
+        await one.close()
+        await zero.close()
+
+
+async def test_an_unanswered_publish_falls_back_and_is_stored_once(
+        tmp_path: Path, link_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker 0 that takes a publish and does not answer in time (wedged): the worker
+    appends it itself; when worker 0 gets to it later, the idempotent append finds it
+    stored. Meanwhile the forwarding worker's /readyz names the silent link."""
+    monkeypatch.setattr(sequencer_link, "ANSWER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(health, "STUCK_AFTER", 0.2)
+    data_dir = await init_data_dir(tmp_path / "d", publish_new_clients=False)
+    zero = await start_server(data_dir)
+    one = await start_server(data_dir)
+    wedged = asyncio.Event()
+    late: list[object] = []
+
+    async def slow(instance: str, contents: bytes, publickey: bytes, signature: bytes,
+                   client_id: str) -> object:
+        await wedged.wait()
+        late.append(await zero.ctx.sequence_forwarded(instance, contents, publickey,
+                                                      signature, client_id))
+        return late[-1]
+
+    server = LinkServer(slow, zero.ctx.settings.max_body_size)  # type: ignore[arg-type]
+    await server.start(link_path)
+    one.ctx.link = LinkClient(link_path)
+    try:
+        alice = await one.add_client("alice")
+        publish = asyncio.create_task(one.publish(alice, "worker 0 is wedged"))
+        await asyncio.sleep(0.5)
+        ready = await one.request("GET", "/readyz")
+        assert ready.status == 503
+        assert "sequencer link: worker 0 has not answered a publish for" in \
+            ready.json["message"]
+        res = await publish
+        assert res.status == 200 and _count(one, "fallback") == 1
+        assert one.ctx.ledgers[""].committed == 1
+        wedged.set()
+        for _ in range(100):
+            if late:
+                break
+            await asyncio.sleep(0.02)
+        assert late and late[0].receipt() == res.json["results"]  # type: ignore[attr-defined]
+        assert zero.ctx.ledgers[""].committed == 0  # found stored, not appended again
+        assert (await one.request("GET", "/readyz")).status == 200
+    finally:
+        wedged.set()
+        await one.ctx.link.close()
+        await server.close()
+        await one.close()
+        await zero.close()
+
+
+async def test_after_a_broken_link_a_failed_fallback_says_the_outcome_is_unknown(
+        tmp_path: Path, link_path: Path) -> None:
+    """The link broke after the publish was sent, and the worker's own ledger refuses it
+    too (here: stopping): the client is told the outcome is unknown and that a retry is
+    safe, never that nothing was stored (worker 0 may have stored it)."""
+    data_dir = await init_data_dir(tmp_path / "d", publish_new_clients=False)
+    zero = await start_server(data_dir)
+    one = await start_server(data_dir)
+    holder: dict[str, LinkServer] = {}
+
+    async def vanish(*_: object) -> object:
+        for writer in list(holder["server"]._writers):
+            writer.close()
+        raise asyncio.CancelledError
+
+    server = holder["server"] = LinkServer(vanish,  # type: ignore[arg-type]
+                                           zero.ctx.settings.max_body_size)
+    await server.start(link_path)
+    one.ctx.link = LinkClient(link_path)
+    try:
+        alice = await one.add_client("alice")
+        await one.ctx.ledgers[""].stop()
+        res = await one.publish(alice, "lost on the way")
+        assert res.status == 503
+        assert res.json["message"] == ("The outcome is unknown (the link to the sequencer "
+                                       "broke); retrying the same signed request is safe")
+        assert res.headers["Retry-After"] == "1"
+    finally:
+        await one.ctx.link.close()
+        await server.close()
+        await one.close()
+        await zero.close()
+
+
+async def test_worker_zeros_storage_refusal_shows_in_the_forwarding_workers_readyz(
+        tmp_path: Path, link_path: Path) -> None:
+    data_dir = await init_data_dir(tmp_path / "d", publish_new_clients=False)
+    zero = await start_server(data_dir)
+    one = await start_server(data_dir)
+    failing = [True]
+
+    async def disk_trouble(instance: str, contents: bytes, publickey: bytes,
+                           signature: bytes, client_id: str) -> object:
+        if failing[0]:
+            raise StorageError("The ledger cannot write to its database at the moment; "
+                               "nothing was stored (its operator is told)", status=503,
+                               headers={"Retry-After": "60"})
+        return await zero.ctx.sequence_forwarded(instance, contents, publickey, signature,
+                                                 client_id)
+
+    server = LinkServer(disk_trouble,  # type: ignore[arg-type]
+                        zero.ctx.settings.max_body_size)
+    await server.start(link_path)
+    one.ctx.link = LinkClient(link_path)
+    try:
+        alice = await one.add_client("alice")
+        res = await one.publish(alice, "refused by worker 0")
+        assert res.status == 503 and res.headers["Retry-After"] == "60"
+        ready = await one.request("GET", "/readyz")
+        assert ready.status == 503
+        assert "writes (worker 0): The ledger cannot write" in ready.json["message"]
+        failing[0] = False
+        assert (await one.publish(alice, "stored again")).status == 200
+        assert (await one.request("GET", "/readyz")).status == 200
     finally:
         await one.ctx.link.close()
         await server.close()
