@@ -9,7 +9,9 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,140 +21,144 @@ from chronicle.server.sequencer_link import Forwarded, LinkClient, LinkDown, Lin
 from tests.helpers import RunningServer, init_data_dir, start_server
 
 
+@dataclass
+class Workers:
+    """Two servers on one data directory: ``zero`` sequences, ``one`` forwards to it."""
+
+    zero: RunningServer
+    one: RunningServer
+    path: Path
+    servers: list[LinkServer] = field(default_factory=list)
+
+    async def listen(self, append: Any = None) -> LinkServer:
+        """Worker 0's end, appending with ``append`` (default: its own sequencer)."""
+        server = LinkServer(append or self.zero.ctx.sequence_forwarded,
+                            self.zero.ctx.settings.max_body_size)
+        await server.start(self.path)
+        self.servers.append(server)
+        if self.one.ctx.link is None:
+            self.one.ctx.link = LinkClient(self.path)
+        return server
+
+    @property
+    def link(self) -> LinkClient:
+        assert self.one.ctx.link is not None
+        return self.one.ctx.link
+
+
 @pytest.fixture
-def link_path() -> AsyncIterator[Path]:
+async def workers(tmp_path: Path) -> AsyncIterator[Workers]:
     # A Unix socket's path must stay short: not under pytest's long tmp_path.
     where = Path(tempfile.mkdtemp(prefix="chronicle-link-test-"))
-    yield where / "sequencer.sock"
-    shutil.rmtree(where, ignore_errors=True)
+    data_dir = await init_data_dir(tmp_path / "d", publish_new_clients=False)
+    pair = Workers(await start_server(data_dir), await start_server(data_dir),
+                   where / "sequencer.sock")
+    try:
+        yield pair
+    finally:
+        if pair.one.ctx.link is not None:
+            await pair.one.ctx.link.close()
+        for server in pair.servers:
+            await server.close()
+        await pair.one.close()
+        await pair.zero.close()
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def _count(srv: RunningServer, outcome: str) -> float:
     return srv.ctx.metrics.forwarded.labels(outcome)._value.get()
 
 
-async def test_a_worker_forwards_publishes_to_the_sequencer(tmp_path: Path,
-                                                            link_path: Path) -> None:
-    data_dir = await init_data_dir(tmp_path / "d", publish_new_clients=False)
-    zero = await start_server(data_dir)
-    one = await start_server(data_dir)
-    server = LinkServer(zero.ctx.sequence_forwarded, zero.ctx.settings.max_body_size)
-    await server.start(link_path)
-    assert link_path.stat().st_mode & 0o777 == 0o600
-    one.ctx.link = LinkClient(link_path)
-    try:
-        alice = await one.add_client("alice")
-        res = await one.publish(alice, "forwarded")
-        assert res.status == 200
-        receipt = res.json["results"]
-        assert _count(one, "sequencer") == 1 and _count(one, "fallback") == 0
-        assert zero.ctx.ledgers[""].committed == 1  # worker 0's sequencer stored it
-        assert one.ctx.ledgers[""].committed == 0  # not the forwarding worker's own
-        # The same signed request again (a retry): the stored entry, nothing new.
-        again = await one.publish(alice, "forwarded")
-        assert again.status == 200 and again.json["results"] == receipt
-        last = await zero.request("GET", "/chronicle/lasthash")
-        assert [r["currhash"] for r in last.json["results"]] == [receipt["currhash"]]
+async def test_a_worker_forwards_publishes_to_the_sequencer(workers: Workers) -> None:
+    zero, one = workers.zero, workers.one
+    server = await workers.listen()
+    assert workers.path.stat().st_mode & 0o777 == 0o600
+    alice = await one.add_client("alice")
+    res = await one.publish(alice, "forwarded")
+    assert res.status == 200
+    receipt = res.json["results"]
+    assert _count(one, "sequencer") == 1 and _count(one, "fallback") == 0
+    assert zero.ctx.ledgers[""].committed == 1  # worker 0's sequencer stored it
+    assert one.ctx.ledgers[""].committed == 0  # not the forwarding worker's own
+    # The same signed request again (a retry): the stored entry, nothing new.
+    again = await one.publish(alice, "forwarded")
+    assert again.status == 200 and again.json["results"] == receipt
+    last = await zero.request("GET", "/chronicle/lasthash")
+    assert [r["currhash"] for r in last.json["results"]] == [receipt["currhash"]]
 
-        # Refusals made by the sequencer come back with their status and message.
-        body = b"from a client the sequencer does not know"
-        sig = alice.key.sign(body)
-        with pytest.raises(ChronicleError) as refused:
-            await one.ctx.link.append(Forwarded("", "nobody", alice.key.public, sig, body))
-        assert refused.value.status == 403
-        assert refused.value.message == "Client not found"
-        with pytest.raises(ChronicleError) as unknown:
-            await one.ctx.link.append(Forwarded("no-such-instance", alice.client_id,
-                                                alice.key.public, sig, body))
-        assert unknown.value.status == 404
+    # Refusals made by the sequencer come back with their status and message.
+    body = b"from a client the sequencer does not know"
+    sig = alice.key.sign(body)
+    with pytest.raises(ChronicleError) as refused:
+        await workers.link.append(Forwarded("", "nobody", alice.key.public, sig, body))
+    assert refused.value.status == 403
+    assert refused.value.message == "Client not found"
+    with pytest.raises(ChronicleError) as unknown:
+        await workers.link.append(Forwarded("no-such-instance", alice.client_id,
+                                            alice.key.public, sig, body))
+    assert unknown.value.status == 404
 
-        # Worker 0 goes away: the worker appends through its own ledger instead.
-        await server.close()
-        res = await one.publish(alice, "while worker 0 restarts")
-        assert res.status == 200
-        assert _count(one, "fallback") == 1 and one.ctx.ledgers[""].committed == 1
-        with pytest.raises(LinkDown):
-            await one.ctx.link.append(Forwarded("", alice.client_id, alice.key.public,
-                                                sig, body))
+    # Worker 0 goes away: the worker appends through its own ledger instead.
+    await server.close()
+    res = await one.publish(alice, "while worker 0 restarts")
+    assert res.status == 200
+    assert _count(one, "fallback") == 1 and one.ctx.ledgers[""].committed == 1
+    with pytest.raises(LinkDown):
+        await workers.link.append(Forwarded("", alice.client_id, alice.key.public, sig,
+                                            body))
 
-        # A new worker 0 listens again: forwarding resumes once the retry pause is over.
-        server = LinkServer(zero.ctx.sequence_forwarded, zero.ctx.settings.max_body_size)
-        await server.start(link_path)
-        one.ctx.link._failed_at = -1.0  # skip the pause between attempts (0.5 s)
-        res = await one.publish(alice, "worker 0 is back")
-        assert res.status == 200 and _count(one, "sequencer") == 3
-        export = await zero.request("GET", "/chronicle/export")
-        contents = [r["contents"] for r in export.json["results"]]
-        assert contents == ["forwarded", "while worker 0 restarts", "worker 0 is back"]
-    finally:
-        await one.ctx.link.close()
-        await server.close()
-        await one.close()
-        await zero.close()
+    # A new worker 0 listens again: forwarding resumes once the retry pause is over.
+    await workers.listen()
+    workers.link._failed_at = -1.0  # skip the pause between attempts (0.5 s)
+    res = await one.publish(alice, "worker 0 is back")
+    assert res.status == 200 and _count(one, "sequencer") == 3
+    export = await zero.request("GET", "/chronicle/export")
+    contents = [r["contents"] for r in export.json["results"]]
+    assert contents == ["forwarded", "while worker 0 restarts", "worker 0 is back"]
 
 
 async def test_a_link_that_breaks_mid_request_falls_back_without_doubling(
-        tmp_path: Path, link_path: Path) -> None:
+        workers: Workers) -> None:
     """Worker 0 takes the publish, commits it, and the link breaks before its answer
     arrives: the forwarding worker appends it itself, and the idempotent append answers
     the entry worker 0 stored instead of storing it twice."""
-    data_dir = await init_data_dir(tmp_path / "d", publish_new_clients=False)
-    zero = await start_server(data_dir)
-    one = await start_server(data_dir)
-    holder: dict[str, LinkServer] = {}
+    zero, one = workers.zero, workers.one
 
-    async def commit_then_break(instance: str, contents: bytes, publickey: bytes,
-                                signature: bytes, client_id: str) -> object:
-        entry = await zero.ctx.sequence_forwarded(instance, contents, publickey, signature,
-                                                  client_id)
-        for writer in list(holder["server"]._writers):
+    async def commit_then_break(*forwarded: Any) -> Any:
+        entry = await zero.ctx.sequence_forwarded(*forwarded)
+        for writer in list(workers.servers[0]._writers):
             writer.close()  # the answer is never sent
         return entry
 
-    server = holder["server"] = LinkServer(commit_then_break,  # type: ignore[arg-type]
-                                           zero.ctx.settings.max_body_size)
-    await server.start(link_path)
-    one.ctx.link = LinkClient(link_path)
-    try:
-        alice = await one.add_client("alice")
-        res = await one.publish(alice, "committed, answer lost")
-        assert res.status == 200
-        assert _count(one, "fallback") == 1
-        assert zero.ctx.ledgers[""].committed == 1 and one.ctx.ledgers[""].committed == 0
-        export = await zero.request("GET", "/chronicle/export")
-        rows = export.json["results"]
-        assert [r["contents"] for r in rows] == ["committed, answer lost"]
-        assert rows[0]["hash"] == res.json["results"]["currhash"]
-    finally:
-        await one.ctx.link.close()
-        await server.close()
-        await one.close()
-        await zero.close()
+    await workers.listen(commit_then_break)
+    alice = await one.add_client("alice")
+    res = await one.publish(alice, "committed, answer lost")
+    assert res.status == 200
+    assert _count(one, "fallback") == 1
+    assert zero.ctx.ledgers[""].committed == 1 and one.ctx.ledgers[""].committed == 0
+    export = await zero.request("GET", "/chronicle/export")
+    rows = export.json["results"]
+    assert [r["contents"] for r in rows] == ["committed, answer lost"]
+    assert rows[0]["hash"] == res.json["results"]["currhash"]
 
 
 async def test_an_unanswered_publish_falls_back_and_is_stored_once(
-        tmp_path: Path, link_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        workers: Workers, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker 0 that takes a publish and does not answer in time (wedged): the worker
     appends it itself; when worker 0 gets to it later, the idempotent append finds it
     stored. Meanwhile the forwarding worker's /readyz names the silent link."""
     monkeypatch.setattr(sequencer_link, "ANSWER_TIMEOUT_S", 1.0)
     monkeypatch.setattr(health, "STUCK_AFTER", 0.2)
-    data_dir = await init_data_dir(tmp_path / "d", publish_new_clients=False)
-    zero = await start_server(data_dir)
-    one = await start_server(data_dir)
+    zero, one = workers.zero, workers.one
     wedged = asyncio.Event()
-    late: list[object] = []
+    late: list[Any] = []
 
-    async def slow(instance: str, contents: bytes, publickey: bytes, signature: bytes,
-                   client_id: str) -> object:
+    async def slow(*forwarded: Any) -> Any:
         await wedged.wait()
-        late.append(await zero.ctx.sequence_forwarded(instance, contents, publickey,
-                                                      signature, client_id))
+        late.append(await zero.ctx.sequence_forwarded(*forwarded))
         return late[-1]
 
-    server = LinkServer(slow, zero.ctx.settings.max_body_size)  # type: ignore[arg-type]
-    await server.start(link_path)
-    one.ctx.link = LinkClient(link_path)
+    await workers.listen(slow)
     try:
         alice = await one.add_client("alice")
         publish = asyncio.create_task(one.publish(alice, "worker 0 is wedged"))
@@ -169,83 +175,54 @@ async def test_an_unanswered_publish_falls_back_and_is_stored_once(
             if late:
                 break
             await asyncio.sleep(0.02)
-        assert late and late[0].receipt() == res.json["results"]  # type: ignore[attr-defined]
+        assert late and late[0].receipt() == res.json["results"]
         assert zero.ctx.ledgers[""].committed == 0  # found stored, not appended again
         assert (await one.request("GET", "/readyz")).status == 200
     finally:
         wedged.set()
-        await one.ctx.link.close()
-        await server.close()
-        await one.close()
-        await zero.close()
 
 
 async def test_after_a_broken_link_a_failed_fallback_says_the_outcome_is_unknown(
-        tmp_path: Path, link_path: Path) -> None:
+        workers: Workers) -> None:
     """The link broke after the publish was sent, and the worker's own ledger refuses it
     too (here: stopping): the client is told the outcome is unknown and that a retry is
     safe, never that nothing was stored (worker 0 may have stored it)."""
-    data_dir = await init_data_dir(tmp_path / "d", publish_new_clients=False)
-    zero = await start_server(data_dir)
-    one = await start_server(data_dir)
-    holder: dict[str, LinkServer] = {}
+    one = workers.one
 
-    async def vanish(*_: object) -> object:
-        for writer in list(holder["server"]._writers):
+    async def vanish(*_: Any) -> Any:
+        for writer in list(workers.servers[0]._writers):
             writer.close()
         raise asyncio.CancelledError
 
-    server = holder["server"] = LinkServer(vanish,  # type: ignore[arg-type]
-                                           zero.ctx.settings.max_body_size)
-    await server.start(link_path)
-    one.ctx.link = LinkClient(link_path)
-    try:
-        alice = await one.add_client("alice")
-        await one.ctx.ledgers[""].stop()
-        res = await one.publish(alice, "lost on the way")
-        assert res.status == 503
-        assert res.json["message"] == ("The outcome is unknown (the link to the sequencer "
-                                       "broke); retrying the same signed request is safe")
-        assert res.headers["Retry-After"] == "1"
-    finally:
-        await one.ctx.link.close()
-        await server.close()
-        await one.close()
-        await zero.close()
+    await workers.listen(vanish)
+    alice = await one.add_client("alice")
+    await one.ctx.ledgers[""].stop()
+    res = await one.publish(alice, "lost on the way")
+    assert res.status == 503
+    assert res.json["message"] == ("The outcome is unknown (the link to the sequencer "
+                                   "broke); retrying the same signed request is safe")
+    assert res.headers["Retry-After"] == "1"
 
 
 async def test_worker_zeros_storage_refusal_shows_in_the_forwarding_workers_readyz(
-        tmp_path: Path, link_path: Path) -> None:
-    data_dir = await init_data_dir(tmp_path / "d", publish_new_clients=False)
-    zero = await start_server(data_dir)
-    one = await start_server(data_dir)
+        workers: Workers) -> None:
+    zero, one = workers.zero, workers.one
     failing = [True]
 
-    async def disk_trouble(instance: str, contents: bytes, publickey: bytes,
-                           signature: bytes, client_id: str) -> object:
+    async def disk_trouble(*forwarded: Any) -> Any:
         if failing[0]:
             raise StorageError("The ledger cannot write to its database at the moment; "
                                "nothing was stored (its operator is told)", status=503,
                                headers={"Retry-After": "60"})
-        return await zero.ctx.sequence_forwarded(instance, contents, publickey, signature,
-                                                 client_id)
+        return await zero.ctx.sequence_forwarded(*forwarded)
 
-    server = LinkServer(disk_trouble,  # type: ignore[arg-type]
-                        zero.ctx.settings.max_body_size)
-    await server.start(link_path)
-    one.ctx.link = LinkClient(link_path)
-    try:
-        alice = await one.add_client("alice")
-        res = await one.publish(alice, "refused by worker 0")
-        assert res.status == 503 and res.headers["Retry-After"] == "60"
-        ready = await one.request("GET", "/readyz")
-        assert ready.status == 503
-        assert "writes (worker 0): The ledger cannot write" in ready.json["message"]
-        failing[0] = False
-        assert (await one.publish(alice, "stored again")).status == 200
-        assert (await one.request("GET", "/readyz")).status == 200
-    finally:
-        await one.ctx.link.close()
-        await server.close()
-        await one.close()
-        await zero.close()
+    await workers.listen(disk_trouble)
+    alice = await one.add_client("alice")
+    res = await one.publish(alice, "refused by worker 0")
+    assert res.status == 503 and res.headers["Retry-After"] == "60"
+    ready = await one.request("GET", "/readyz")
+    assert ready.status == 503
+    assert "writes (worker 0): The ledger cannot write" in ready.json["message"]
+    failing[0] = False
+    assert (await one.publish(alice, "stored again")).status == 200
+    assert (await one.request("GET", "/readyz")).status == 200
