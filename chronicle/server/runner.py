@@ -153,7 +153,14 @@ async def serve(data_dir: DataDir, host: str, port: int, *, sock: socket.socket 
         if link is not None and link.sequencer:
             ctx.queue_share = link.workers  # the others' publishes queue here too
             server = LinkServer(ctx.sequence_forwarded, ctx.settings.max_body_size)
-            await server.start(link.path)
+            try:
+                await server.start(link.path)
+            except OSError as exc:
+                # Only an optimisation: the other workers, finding nobody there, append
+                # through their own sequencers as before.
+                log.error("cannot listen for the other workers' publishes on %s: %s",
+                          link.path, exc)
+                server = None
         elif link is not None:
             ctx.link = LinkClient(link.path)
         app = build_app(ctx)
@@ -286,6 +293,9 @@ def _run_workers(data_dir: DataDir, host: str, port: int, workers: int,
     # Worker 0's sequencer socket: in a directory only this user can enter (mkdtemp: 0700),
     # under the temporary directory because a Unix socket's path is limited to ~100 bytes.
     link_dir = Path(tempfile.mkdtemp(prefix="chronicle-seq-"))
+    if len(str(link_dir)) > 80:  # a long TMPDIR: the socket's path would not fit
+        shutil.rmtree(link_dir, ignore_errors=True)
+        link_dir = Path(tempfile.mkdtemp(prefix="chronicle-seq-", dir="/tmp"))
     sup = _Supervisor(data_dir, host, port, sock, link_dir, workers)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
