@@ -262,6 +262,28 @@ async def test_serve_workers_sequence_publishes_in_worker_zero(tmp_path: Path) -
         await stop_process(sp)
 
 
+async def test_serve_workers_stopped_under_load_lose_nothing(tmp_path: Path) -> None:
+    """SIGTERM to ``serve --workers 2`` while publishes stream in through both workers
+    (worker 0 sequencing the other's): every acknowledged publish is stored exactly once,
+    and a publish refused on the way out is a 503 (safe to retry), never a 500."""
+    primary, key, idents = await _setup(tmp_path)
+    sp = ServerProcess(primary.path, "--workers", "2")
+    again = ServerProcess(primary.path)
+    try:
+        url = await sp.start()
+        async with _load([url], key.public, idents) as load:
+            await _until(load, 200)
+            assert await stop_process(sp, graceful=True) == 0
+        assert {status for status, _ in load.refused} <= {503}, load.refused
+        load.refused.clear()
+        rows = await _verify(await again.start(), key.public, load)
+        await _gap_free(primary, len(rows))
+        assert len(rows) >= len(load.acked) >= 200
+    finally:
+        await stop_process(again)
+        await stop_process(sp)
+
+
 def test_workers_refuse_a_bad_database_once(tmp_path: Path) -> None:
     """A schema mismatch stops `serve --workers` at once with one error line (exit 3),
     instead of workers restarting forever."""
