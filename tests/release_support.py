@@ -7,6 +7,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from click.testing import Result
 
 from chronicle.core.encoding import b64u_encode
@@ -77,6 +78,18 @@ class Chain:
 GIT_ENV = {"GIT_AUTHOR_NAME": "chronicle", "GIT_AUTHOR_EMAIL": "dev@chronicle.invalid",
            "GIT_COMMITTER_NAME": "chronicle", "GIT_COMMITTER_EMAIL": "dev@chronicle.invalid",
            "GIT_CONFIG_NOSYSTEM": "1"}
+
+#: The vendor CLI's exit codes (cli/common.py): done, refused, usage, I/O.
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
+
+
+def vendor_env(monkeypatch: pytest.MonkeyPatch, passphrase: str) -> None:
+    """What the vendor CLI reads from the environment, fixed for a test: the git
+    identity, the key passphrase, and no profile chosen from outside."""
+    for name, value in GIT_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CHRONICLE_KEY_PASSPHRASE", passphrase)
+    monkeypatch.delenv("CHRONICLE_VENDOR_PROFILE", raising=False)
 
 
 def error_line(res: Result) -> str:

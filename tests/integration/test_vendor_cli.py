@@ -42,19 +42,22 @@ from tests.helpers import (
     init_data_dir,
     stop_process,
 )
-from tests.release_support import GIT_ENV, error_line, git
+from tests.release_support import (
+    EXIT_IO,
+    EXIT_OK,
+    EXIT_REFUSED,
+    error_line,
+    git,
+    vendor_env,
+)
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
 PASS = "correct horse battery"
 REPO_URL = "https://git.example.org/acme/widget"
 
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in GIT_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("CHRONICLE_KEY_PASSPHRASE", PASS)
-    monkeypatch.delenv("CHRONICLE_VENDOR_PROFILE", raising=False)
+    vendor_env(monkeypatch, PASS)
 
 
 async def cli(*args: str) -> Result:

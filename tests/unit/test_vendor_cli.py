@@ -17,18 +17,22 @@ from chronicle.config import write_secret_file
 from chronicle.core.sapient import SigningKey
 from chronicle.release.keystore import unseal
 from chronicle.release.messages import ReleaseMessage, Update, classify
-from tests.release_support import GIT_ENV, error_line, git
+from tests.release_support import (
+    EXIT_IO,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    error_line,
+    git,
+    vendor_env,
+)
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IO = 0, 1, 2, 3
 PASS = "hunter2 hunter2"
 
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in GIT_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("CHRONICLE_KEY_PASSPHRASE", PASS)
-    monkeypatch.delenv("CHRONICLE_VENDOR_PROFILE", raising=False)
+    vendor_env(monkeypatch, PASS)
 
 
 def cli(*args: str, input: str | None = None) -> Result:
