@@ -264,8 +264,10 @@ class Ledger:
         outcomes: list[Outcome] = []
         fresh: list[Entry] = []
         by_sig: dict[bytes, Entry] = dict(view.existing)
+        # Only hooks that may refuse are asked (the tree never does: no candidate hashed).
+        judges = [hook for hook in hooks if type(hook).admit is not HookBatch.admit]
         for req in batch:
-            refusal = self._refusal(req, view, by_sig, builder, created, hooks)
+            refusal = self._refusal(req, view, by_sig, builder, created, judges)
             if refusal is not None:
                 outcomes.append(refusal)
                 continue
@@ -279,7 +281,7 @@ class Ledger:
 
     @staticmethod
     def _refusal(req: AppendRequest, view: BatchView, by_sig: dict[bytes, Entry],
-                 builder: ChainBuilder, created: str, hooks: Sequence[HookBatch]
+                 builder: ChainBuilder, created: str, judges: Sequence[HookBatch]
                  ) -> Outcome | None:
         """Why ``req`` is not appended (an error, or the stored entry of an idempotent
         retry); None when it is."""
@@ -293,11 +295,11 @@ class Ledger:
                 return stored
             return RequestError("This signature is already stored with a different entry",
                                 status=409)
-        if hooks:
+        if judges:
             candidate = Candidate(builder.next_index, currhash(
                 builder.prevhash, created, req.publickey, req.signature, req.contents),
                 created, req.publickey, req.signature, req.contents)
-            for hook in hooks:
+            for hook in judges:
                 error = hook.admit(candidate)
                 if error is not None:
                     return error

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 
 from nacl import bindings as sodium
-from nacl._sodium import ffi
+from nacl._sodium import ffi, lib
 from nacl.bindings.crypto_generichash import Blake2State
 
 from chronicle.core.encoding import b64u_encode
@@ -82,12 +82,20 @@ class SummaryState:
     def copy(self) -> SummaryState:
         return SummaryState(self._state.copy())
 
+    # update and digest call libsodium directly: they run for every appended, replicated
+    # and audited entry, and PyNaCl's wrappers cost more than the hashing.
     def update(self, currhash_raw: bytes) -> None:
-        sodium.crypto_generichash_blake2b_update(self._state, currhash_raw)
+        lib.crypto_generichash_blake2b_update(self._state._statebuf, currhash_raw,
+                                              len(currhash_raw))
 
     def digest(self) -> bytes:
         """The summary hash so far (finalises a copy; this state stays usable)."""
-        return bytes(sodium.crypto_generichash_blake2b_final(self._state.copy()))
+        copy = ffi.new("unsigned char[]", STATE_BYTES)
+        ffi.memmove(copy, self._state._statebuf, STATE_BYTES)
+        out = ffi.new("unsigned char[]", HASH_BYTES)
+        if lib.crypto_generichash_blake2b_final(copy, out, HASH_BYTES) != 0:
+            raise IntegrityError("BLAKE2b finalisation failed", field="hashstate")
+        return bytes(ffi.buffer(out, HASH_BYTES))
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,9 @@ async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
     except OverloadedError:
         _close_after(request)
         raise
+    if request.content.is_eof():
+        # Already here in full (a small publish comes with its headers): nothing to time.
+        return await request.read()
     try:
         async with asyncio.timeout(limits.timeout):
             return await request.read()

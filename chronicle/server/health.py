@@ -15,7 +15,9 @@ every log record written while handling the request.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
+import os
 import re
 import secrets
 import time
@@ -41,10 +43,29 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class _RequestIds:
+    """Our request ids: a random prefix of this process and a counter (unique across
+    ``--workers`` for the logs, with one random read per process, not per request)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = secrets.token_hex(4)
+        self.counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self.counter):08x}"
+
+
+_ids = _RequestIds()
+
+
 @web.middleware
 async def with_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
     sent = request.headers.get(REQUEST_ID, "")
-    rid = sent if _ID_RE.match(sent) else secrets.token_hex(8)
+    rid = sent if sent and _ID_RE.match(sent) else _ids.new()
     token = request_id.set(rid)
     try:
         response = await handler(request)

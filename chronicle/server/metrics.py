@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
@@ -114,8 +115,18 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+#: The methods with a label value of their own; any other is counted as ``other``, so a
+#: stranger inventing methods cannot grow the metrics (one series per value) without end.
+METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+
+
 def timing(metrics: Metrics) -> Middleware:
-    """A middleware recording each request's latency (errors included)."""
+    """A middleware recording each request's latency (errors included).
+
+    Each labelled series is looked up once and kept (``labels()`` validates and locks on
+    every call; the label values are bounded: methods, route patterns, statuses)."""
+    series: dict[tuple[str, str, int], Any] = {}
+
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
@@ -125,8 +136,12 @@ def timing(metrics: Metrics) -> Middleware:
             status = response.status
             return response
         finally:
-            metrics.requests.labels(request.method, route_of(request), str(status)).observe(
-                time.perf_counter() - started)
+            method = request.method if request.method in METHODS else "other"
+            key = (method, route_of(request), status)
+            child = series.get(key)
+            if child is None:
+                child = series[key] = metrics.requests.labels(key[0], key[1], str(status))
+            child.observe(time.perf_counter() - started)
 
     return observe
 

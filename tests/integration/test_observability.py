@@ -56,6 +56,10 @@ async def test_healthz_and_request_ids(tmp_path: Path) -> None:
         # Errors carry one too.
         missing = await srv.request("GET", "/chronicle/nowhere")
         assert missing.status == 404 and missing.headers["X-Request-Id"]
+        # Ours are never repeated.
+        ids = {(await srv.request("GET", "/healthz")).headers["X-Request-Id"]
+               for _ in range(5)}
+        assert len(ids | {made.headers["X-Request-Id"], odd.headers["X-Request-Id"]}) == 7
 
 
 async def deny_writes(srv: RunningServer, backend: str, deny: bool) -> None:
@@ -139,6 +143,19 @@ async def test_metrics_count_requests_and_appends(tmp_path: Path) -> None:
                       route="/chronicle/lookup/{hash}", status="400") == 1
         assert "nothere" not in text
         assert metric(text, "chronicle_batch_entries_count", instance="") >= 1
+
+
+async def test_metrics_count_invented_methods_as_one(tmp_path: Path) -> None:
+    """Any method name is a label value to Prometheus: strangers inventing them would add
+    a series each. All but GET, HEAD, POST and OPTIONS are counted as ``other``."""
+    async with serving(tmp_path / "l") as srv:
+        for method in ("PROPFIND", "MKCOL", "PATCH"):
+            answer = await srv.request(method, "/chronicle/lasthash")
+            assert answer.status == 405
+        text = (await srv.request("GET", "/metrics")).body.decode()
+        assert metric(text, "chronicle_request_seconds_count", method="other",
+                      route="unmatched", status="405") == 3
+        assert "PROPFIND" not in text and "MKCOL" not in text
 
 
 async def test_metrics_are_summed_across_workers(tmp_path: Path) -> None:

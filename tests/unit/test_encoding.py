@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -50,6 +50,21 @@ def test_b64u_round_trip_and_length() -> None:
 def test_atom_format() -> None:
     moment = datetime(2026, 11, 28, 4, 58, 21, 999999, tzinfo=UTC)
     assert atom(moment) == "2026-11-28T04:58:21+00:00"
+
+
+def test_atom_keeps_one_second_and_no_more() -> None:
+    """atom() remembers the last second's text: the same second in another zone or with
+    other microseconds gives it, the next second (or one before 1970) does not."""
+    start = datetime(2026, 11, 28, 4, 58, 21, 5, tzinfo=UTC)
+    assert atom(start) == "2026-11-28T04:58:21+00:00"
+    assert atom(start.replace(microsecond=999999)) == "2026-11-28T04:58:21+00:00"
+    paris = timezone(timedelta(hours=1))
+    assert atom(start.astimezone(paris)) == "2026-11-28T04:58:21+00:00"
+    assert atom(start + timedelta(seconds=1)) == "2026-11-28T04:58:22+00:00"
+    assert atom(start - timedelta(seconds=1)) == "2026-11-28T04:58:20+00:00"
+    before_epoch = datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC)
+    assert atom(before_epoch) == "1969-12-31T23:59:59+00:00"
+    assert atom(datetime(1970, 1, 1, tzinfo=UTC)) == "1970-01-01T00:00:00+00:00"
 
 
 @pytest.mark.parametrize("text,expected", [
