@@ -19,6 +19,7 @@ The CLI is the top layer: it imports from anywhere in ``chronicle``; nothing imp
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -27,26 +28,40 @@ import click
 
 from chronicle import __version__
 from chronicle.cli import logs
-from chronicle.cli.audit import audit
-from chronicle.cli.clients import client, mirror
 from chronicle.cli.common import EXIT_OK, EXIT_REFUSED, exit_with_error
-from chronicle.cli.crosssign import cross_sign
-from chronicle.cli.digest import digest
-from chronicle.cli.lifecycle import backup, config, import_, init, migrate, serve
-from chronicle.cli.publish import keygen, publish
-from chronicle.cli.registry import registry
-from chronicle.cli.release import release
-from chronicle.cli.replica import replica
-from chronicle.cli.tlog import prove, tlog
-from chronicle.cli.vendor import vendor
-from chronicle.cli.verify import verify
-from chronicle.cli.witness import witness
 
 __all__ = ["main"]
 
 
+#: Each command and the module defining it, imported only when that command runs (or
+#: ``--help`` lists them all): a command starts without loading what others need.
+COMMANDS = {
+    "keygen": ("publish", "keygen"), "init": ("lifecycle", "init"),
+    "serve": ("lifecycle", "serve"), "migrate": ("lifecycle", "migrate"),
+    "config": ("lifecycle", "config"), "client": ("clients", "client"),
+    "mirror": ("clients", "mirror"), "backup": ("lifecycle", "backup"),
+    "import": ("lifecycle", "import_"), "publish": ("publish", "publish"),
+    "audit": ("audit", "audit"), "replica": ("replica", "replica"),
+    "cross-sign": ("crosssign", "cross_sign"), "witness": ("witness", "witness"),
+    "tlog": ("tlog", "tlog"), "prove": ("tlog", "prove"), "release": ("release", "release"),
+    "verify": ("verify", "verify"), "digest": ("digest", "digest"),
+    "vendor": ("vendor", "vendor"), "registry": ("registry", "registry"),
+}
+
+
 class ChronicleGroup(click.Group):
-    """Click group whose own usage errors follow cli.md too: one ``error: …`` line, exit 2."""
+    """Click group whose own usage errors follow cli.md too: one ``error: …`` line, exit 2;
+    its commands (:data:`COMMANDS`) are loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"chronicle.cli.{module}"), attribute)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         if not kwargs.get("standalone_mode", True):
@@ -74,8 +89,3 @@ def main(debug: bool, log_format: str) -> None:
     os.umask(0o077)
     logs.configure(debug=debug, fmt=log_format)
 
-
-for command in (keygen, init, serve, migrate, config, client, mirror, backup, import_,
-                publish, audit, replica, cross_sign, witness, tlog, prove, release, verify,
-                digest, vendor, registry):
-    main.add_command(command)

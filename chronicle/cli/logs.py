@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-from chronicle.server.health import RequestIdFilter
+from chronicle.server.requestids import RequestIdFilter
 
 FORMATS = ("text", "json")
 TEXT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"

@@ -14,12 +14,7 @@ every log record written while handling the request.
 
 from __future__ import annotations
 
-import contextvars
-import itertools
-import logging
-import os
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +24,7 @@ from aiohttp import web
 from chronicle.core.encoding import parse_timestamp
 from chronicle.core.errors import ChronicleError
 from chronicle.core.sapient import verify
+from chronicle.server import requestids
 from chronicle.server.keys import CTX, RESP
 from chronicle.server.metrics import CONTENT_TYPE
 from chronicle.store import schema
@@ -38,49 +34,25 @@ STUCK_AFTER = 30.0
 REQUEST_ID = "X-Request-Id"
 _ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _RequestIds:
-    """Our request ids: a random prefix of this process and a counter (unique across
-    ``--workers`` for the logs, with one random read per process, not per request)."""
-
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.prefix = secrets.token_hex(4)
-        self.counter = itertools.count(1)
-
-    def new(self) -> str:
-        return f"{self.prefix}{next(self.counter):08x}"
-
-
-_ids = _RequestIds()
 
 
 @web.middleware
 async def with_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
     sent = request.headers.get(REQUEST_ID, "")
-    rid = sent if sent and _ID_RE.match(sent) else _ids.new()
-    token = request_id.set(rid)
+    rid = sent if sent and _ID_RE.match(sent) else requestids.new()
+    token = requestids.current.set(rid)
     try:
         response = await handler(request)
         response.headers[REQUEST_ID] = rid
         return response
     finally:
-        request_id.reset(token)
+        requestids.current.reset(token)
 
 
-class RequestIdFilter(logging.Filter):
-    """Puts the current request's id on every record (``%(request_id)s``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

@@ -196,14 +196,17 @@ def parse_command_line(args: list[str], env: Mapping[str, str]) -> list[tuple[tu
     ours = {k: v for k, v in os.environ.items() if not k.startswith("CHRONICLE_")}
     with mock.patch.dict(os.environ, {**ours, **env}, clear=True):
         while isinstance(command, click.Group):
-            at = next((i for i, word in enumerate(args) if word in command.commands), None)
+            names = command.list_commands(click.Context(command))
+            at = next((i for i, word in enumerate(args) if word in names), None)
             if at is None:
                 raise click.UsageError(f"no command in {args}")
             # Given its subcommand's name too, a group parses only its own options.
             ctx = command.make_context(path[-1] if path else "chronicle", args[:at + 1],
                                        parent=ctx)
             levels.append((path, args[:at]))
-            command, path, args = command.commands[args[at]], (*path, args[at]), args[at + 1:]
+            sub = command.get_command(ctx, args[at])
+            assert sub is not None
+            command, path, args = sub, (*path, args[at]), args[at + 1:]
         command.make_context(path[-1], list(args), parent=ctx)
     levels.append((path, args))
     return levels

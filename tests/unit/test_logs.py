@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from chronicle.cli import logs
-from chronicle.server.health import request_id
+from chronicle.server.requestids import current as request_id
 
 
 @pytest.fixture(autouse=True)
