@@ -85,8 +85,9 @@ class SummaryState:
     # update and digest call libsodium directly: they run for every appended, replicated
     # and audited entry, and PyNaCl's wrappers cost more than the hashing.
     def update(self, currhash_raw: bytes) -> None:
-        lib.crypto_generichash_blake2b_update(self._state._statebuf, currhash_raw,
-                                              len(currhash_raw))
+        if lib.crypto_generichash_blake2b_update(self._state._statebuf, currhash_raw,
+                                                 len(currhash_raw)) != 0:
+            raise IntegrityError("BLAKE2b update failed", field="hashstate")
 
     def digest(self) -> bytes:
         """The summary hash so far (finalises a copy; this state stays usable)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,19 +69,20 @@ def b64u_decode(text: str | bytes, length: int | None = None, *, what: str = "va
     return raw
 
 
-_last_atom: tuple[int | None, str] = (None, "")
+_last_atom: tuple[datetime | None, str] = (None, "")
 
 
 def atom(moment: datetime) -> str:
     """PHP ``DateTime::ATOM`` (``2006-01-02T15:04:05+00:00``), second precision, UTC.
 
-    The last second's text is kept: every answer and batch asks for the current one."""
+    The last second's text is kept: every answer and batch asks for the current one (the
+    second is compared as a datetime, exactly: a float timestamp can round up)."""
     global _last_atom
-    second = math.floor(moment.timestamp())
+    second = moment.replace(microsecond=0)
     last = _last_atom
     if last[0] == second:
         return last[1]
-    text = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    text = second.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
     _last_atom = (second, text)
     return text
 

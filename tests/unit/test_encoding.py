@@ -65,6 +65,10 @@ def test_atom_keeps_one_second_and_no_more() -> None:
     before_epoch = datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC)
     assert atom(before_epoch) == "1969-12-31T23:59:59+00:00"
     assert atom(datetime(1970, 1, 1, tzinfo=UTC)) == "1970-01-01T00:00:00+00:00"
+    # Far enough ahead that a float timestamp would round .999999 up to the next second.
+    late = datetime(9999, 12, 31, 23, 59, 58, 999999, tzinfo=UTC)
+    assert atom(late + timedelta(microseconds=1)) == "9999-12-31T23:59:59+00:00"
+    assert atom(late) == "9999-12-31T23:59:58+00:00"
 
 
 @pytest.mark.parametrize("text,expected", [
