@@ -75,14 +75,15 @@ _last_atom: tuple[datetime | None, str] = (None, "")
 def atom(moment: datetime) -> str:
     """PHP ``DateTime::ATOM`` (``2006-01-02T15:04:05+00:00``), second precision, UTC.
 
-    The last second's text is kept: every answer and batch asks for the current one (the
-    second is compared as a datetime, exactly: a float timestamp can round up)."""
+    The last second's text is kept: every answer and batch asks for the current one. The
+    key is the UTC second itself (a float timestamp can round up; a local time can repeat
+    across a DST change or an offset can hold fractions of a second)."""
     global _last_atom
-    second = moment.replace(microsecond=0)
+    second = moment.astimezone(UTC).replace(microsecond=0)
     last = _last_atom
     if last[0] == second:
         return last[1]
-    text = second.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    text = second.strftime("%Y-%m-%dT%H:%M:%S+00:00")
     _last_atom = (second, text)
     return text
 

@@ -38,8 +38,6 @@ _ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-
-
 @web.middleware
 async def with_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
     sent = request.headers.get(REQUEST_ID, "")
@@ -51,8 +49,6 @@ async def with_request_id(request: web.Request, handler: Handler) -> web.StreamR
         return response
     finally:
         requestids.current.reset(token)
-
-
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

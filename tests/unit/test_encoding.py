@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -69,6 +70,15 @@ def test_atom_keeps_one_second_and_no_more() -> None:
     late = datetime(9999, 12, 31, 23, 59, 58, 999999, tzinfo=UTC)
     assert atom(late + timedelta(microseconds=1)) == "9999-12-31T23:59:59+00:00"
     assert atom(late) == "9999-12-31T23:59:58+00:00"
+    # The same local time twice across a DST change is two UTC seconds.
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=new_york, fold=0)
+    assert atom(first) == "2026-11-01T05:30:00+00:00"
+    assert atom(first.replace(fold=1)) == "2026-11-01T06:30:00+00:00"
+    # An offset with a fraction of a second: converted first, then truncated.
+    odd = timezone(timedelta(microseconds=500000))
+    assert atom(datetime(2026, 1, 1, 0, 0, 0, 600000, tzinfo=odd)) == \
+        "2026-01-01T00:00:00+00:00"
 
 
 @pytest.mark.parametrize("text,expected", [
