@@ -4,7 +4,10 @@ For each concurrency level and each process count N (``--workers``): start
 scripts/ceiling_server.py with N processes and load it; then, for each backend
 (``--backend sqlite postgres``), a fresh ``chronicle serve --workers N`` (new data dir,
 for PostgreSQL a new database, dropped afterwards; one registered client), loaded with the
-same generator. The generator runs in this process and shares the machine's cores with
+same generator. With ``--durable-floor`` the ceiling server also runs a second time as
+the *durable floor* (``--durable``: every entry appended to a file and answered after one
+``fdatasync`` per group), what any server keeping the durable-before-answer guarantee is
+bounded by here. The generator runs in this process and shares the machine's cores with
 the servers (and with PostgreSQL); it verifies every answer's signature and receipt.
 Afterwards the database must hold exactly the acknowledged entries: one row per receipt,
 with the receipt's currhash, indexes 0..n-1 and every prevhash linking to the row before.
@@ -146,12 +149,14 @@ def check_stored(rows: list[Row], receipts: dict[str, str], before: int = 0) -> 
 # --- one configuration -----------------------------------------------------------------------
 
 def run_ceiling(concurrency: int, workers: int, key: SigningKey,
-                args: argparse.Namespace) -> dict[str, Any]:
-    ceiling = ceiling_server("bench-client", key.public_b64, workers)
+                args: argparse.Namespace, durable: Path | None = None) -> dict[str, Any]:
+    """The ceiling server, or with ``durable`` (a fresh directory) the durable floor."""
+    label = "ceiling" if durable is None else "floor"
+    ceiling = ceiling_server("bench-client", key.public_b64, workers, durable)
     ceiling.start()
-    profiler = _profiler(ceiling, f"ceiling-w{workers}-c{concurrency}", workers, args)
+    profiler = _profiler(ceiling, f"{label}-w{workers}-c{concurrency}", workers, args)
     try:
-        row = _measure(ceiling, key, "bench-client", concurrency, args, "ceiling")
+        row = _measure(ceiling, key, "bench-client", concurrency, args, label)
     finally:
         if profiler is not None:
             print(f"  profile: {profiler.stop()}", flush=True)
@@ -212,7 +217,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     ceilings = {(r["concurrency"], r["workers"]): r["rps"] for r in rows
                 if r["label"] == "ceiling"}
     lines = ["| target | backend | processes | concurrency | requests | req/s | p50 ms | p90 ms "
-             "| p99 ms | max ms | errors | chronicle/ceiling | server CPU s | database CPU s "
+             "| p99 ms | max ms | errors | of the ceiling | server CPU s | database CPU s "
              "| generator CPU s | others' share | attempts | stored = acknowledged |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
              "|---:|---|"]
@@ -220,7 +225,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         ceiling = r["label"] == "ceiling"
         ratio = "" if ceiling else _ratio(r["rps"], ceilings.get((r["concurrency"],
                                                                    r["workers"])))
-        stored = "" if ceiling else ("yes" if not r["stored_problems"] else "**NO**")
+        stored = "" if r["label"] != "chronicle" else \
+            ("yes" if not r["stored_problems"] else "**NO**")
         db_cpu = r["db_cpu_s"] if r["backend"] == "postgres" else ""
         lines.append(f"| {r['label']} | {r['backend']} | {r['workers']} | {r['concurrency']} "
                      f"| {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.2f} "
@@ -236,6 +242,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     ch = {(r["backend"], r["workers"], r["concurrency"]): r for r in rows
           if r["label"] == "chronicle"}
     ceil = {(r["workers"], r["concurrency"]): r["rps"] for r in rows if r["label"] == "ceiling"}
+    floor = {(r["workers"], r["concurrency"]): r["rps"] for r in rows if r["label"] == "floor"}
     out = []
 
     def mark(ok: bool) -> str:
@@ -251,6 +258,11 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
         if c:
             out.append(f"{tag}: >= 70% of the ceiling: {mark(r['rps'] >= 0.7 * c)} "
                        f"({r['rps']:.0f} / {c:.0f} req/s = {_ratio(r['rps'], c)})")
+        f = floor.get((workers, level))
+        if f and c:
+            out.append(f"{tag}: the durable floor itself is {_ratio(f, c)} of the ceiling; "
+                       f"chronicle is {_ratio(r['rps'], f)} of the floor ({r['rps']:.0f} / "
+                       f"{f:.0f} req/s)")
     for (backend, workers, level), r in sorted(ch.items()):
         sq = ch.get(("sqlite", 1, level))
         if backend == "postgres" and workers == 1 and sq:
@@ -288,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tlog", action="store_true",
                         help="enable the Merkle tree (tlog enable) on each fresh ledger "
                              "before serving, so every publish extends it too")
+    parser.add_argument("--durable-floor", action="store_true",
+                        help="also measure the durable floor: the ceiling server answering "
+                             "only after an fdatasync of its appended entries")
     parser.add_argument("--body-size", type=int, default=256)
     parser.add_argument("--time-cap", type=float, default=180.0, help="seconds per run")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
@@ -330,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
             for workers in args.workers:
                 print(f"concurrency {level}, {workers} process(es):", flush=True)
                 rows.append(run_ceiling(level, workers, key, args))
+                if args.durable_floor:
+                    floor_dir = base / f"floor-w{workers}-c{level}"
+                    floor_dir.mkdir()
+                    rows.append(run_ceiling(level, workers, key, args, floor_dir))
                 for backend in args.backend:
                     rows.append(run_chronicle(level, workers, backend, key, args, base))
     finally:

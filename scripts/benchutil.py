@@ -128,10 +128,14 @@ def chronicle_server(data_dir: Path, workers: int = 1) -> ServerProcess:
                          name="chronicle")
 
 
-def ceiling_server(client_id: str, client_public_key: str, workers: int = 1) -> ServerProcess:
+def ceiling_server(client_id: str, client_public_key: str, workers: int = 1,
+                   durable: Path | None = None) -> ServerProcess:
+    """scripts/ceiling_server.py; with ``durable`` (a directory) the durable floor."""
+    extra = ["--durable", str(durable)] if durable is not None else []
     return ServerProcess([sys.executable, str(SCRIPTS / "ceiling_server.py"),
                           "--host", "127.0.0.1", "--port", "0", "--workers", str(workers),
-                          "--client", f"{client_id}={client_public_key}"], name="ceiling")
+                          "--client", f"{client_id}={client_public_key}", *extra],
+                         name="floor" if durable is not None else "ceiling")
 
 
 # --- PostgreSQL: a throwaway database per run ------------------------------------------------

@@ -8,7 +8,13 @@ renderer and the same aiohttp + uvloop setup as ``chronicle serve``: whatever th
 server does beyond this (sequencing, SQLite, durable commit) is what the benchmark
 compares against.
 
-    python scripts/ceiling_server.py --port 0 --client ID=PUBLICKEY [--workers N]
+With ``--durable DIR`` it is the *durable floor* instead: each entry is also appended to a
+file in DIR and answered only once that file is ``fdatasync``-ed, one sync per group of
+waiting entries on one writer thread, as the real server commits (a file: no database,
+index or tree). A server that answers only after its entry is durable cannot beat that
+on the same machine, whatever its storage.
+
+    python scripts/ceiling_server.py --port 0 --client ID=PUBLICKEY [--workers N] [--durable DIR]
 
 prints ``server-public-key: ...`` then ``listening on http://HOST:PORT`` on stderr. With
 ``--workers N`` the parent binds the socket and forks N processes that share it, as
@@ -24,7 +30,10 @@ import hashlib
 import os
 import signal
 import socket
+import struct
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
@@ -38,6 +47,51 @@ from chronicle.core.sapient import CLIENT_HEADER, SIGNATURE_HEADER, SigningKey, 
 CLIENTS = web.AppKey("clients", dict)
 KEY = web.AppKey("key", SigningKey)
 CHAIN = web.AppKey("chain", list)
+
+
+class GroupLog:
+    """An append-only file with group commit: entries wait for one ``fdatasync`` together."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="durable-writer")
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _sync(self, data: bytes) -> None:
+        os.write(self._fd, data)
+        os.fdatasync(self._fd)
+
+    async def append(self, *parts: bytes) -> None:
+        """Return once ``parts`` (length-prefixed, as one record) are on disk."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((b"".join(struct.pack(">I", len(p)) + p for p in parts), done))
+        self._wakeup.set()
+        await done
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                await loop.run_in_executor(self._writer, self._sync,
+                                           b"".join(record for record, _ in batch))
+            except OSError as exc:
+                for _, done in batch:
+                    done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    done.set_result(None)
+
+
+DURABLE = web.AppKey("durable", GroupLog)
 
 
 def _answer(key: SigningKey, status: int, envelope: dict[str, object]) -> web.Response:
@@ -76,16 +130,22 @@ async def publish(request: web.Request) -> web.Response:
     curr = h.digest()
     summary.update(curr)
     request.app[CHAIN][0] = curr
+    durable = request.app.get(DURABLE)
+    if durable is not None:
+        await durable.append(created.encode(), public, signature, body, curr)
     receipt = {"currhash": b64u_encode(curr), "summaryhash": b64u_encode(summary.digest()),
                "created": created}
     return _answer(key, 200, protocol.ok_envelope(now, receipt))
 
 
-def build_app(clients: dict[str, bytes], key: SigningKey) -> web.Application:
+def build_app(clients: dict[str, bytes], key: SigningKey,
+              durable: Path | None = None) -> web.Application:
     app = web.Application()
     app[CLIENTS] = clients
     app[KEY] = key
     app[CHAIN] = [b"", SummaryState()]
+    if durable is not None:
+        app[DURABLE] = GroupLog(durable / f"entries-{os.getpid()}.log")
     app.router.add_post("/chronicle/publish", publish)
     return app
 
@@ -115,7 +175,7 @@ async def serve(app: web.Application, host: str, port: int,
 
 
 def serve_workers(clients: dict[str, bytes], key: SigningKey, host: str, port: int,
-                  workers: int) -> None:
+                  workers: int, durable: Path | None) -> None:
     """Bind once, fork ``workers`` servers on the socket, stop them all on SIGTERM."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                          socket.SOCK_STREAM)
@@ -129,7 +189,7 @@ def serve_workers(clients: dict[str, bytes], key: SigningKey, host: str, port: i
         if pid == 0:
             code = 1
             try:
-                uvloop.run(serve(build_app(clients, key), host, port, sock=sock))
+                uvloop.run(serve(build_app(clients, key, durable), host, port, sock=sock))
                 code = 0
             finally:
                 os._exit(code)
@@ -160,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="processes sharing the listening socket")
     parser.add_argument("--client", action="append", default=[], metavar="ID=PUBLICKEY",
                         help="a client allowed to publish (repeatable)")
+    parser.add_argument("--durable", type=Path, metavar="DIR",
+                        help="the durable floor: append every entry to a file in DIR (an "
+                             "existing directory) and answer after its fdatasync")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the ceiling server listens on loopback only")
@@ -171,9 +234,9 @@ def main(argv: list[str] | None = None) -> None:
         clients[cid] = b64u_decode(pk, 32, what="client public key")
     key = SigningKey.generate()  # throwaway, announced on stderr
     if args.workers > 1:
-        serve_workers(clients, key, args.host, args.port, args.workers)
+        serve_workers(clients, key, args.host, args.port, args.workers, args.durable)
     else:
-        uvloop.run(serve(build_app(clients, key), args.host, args.port))
+        uvloop.run(serve(build_app(clients, key, args.durable), args.host, args.port))
 
 
 if __name__ == "__main__":
