@@ -11,8 +11,8 @@ compares against.
 With ``--durable DIR`` it is the *durable floor* instead: each entry is also appended to a
 file in DIR and answered only once that file is ``fdatasync``-ed, one sync per group of
 waiting entries on one writer thread, as the real server commits (a file: no database,
-index or tree). A server that answers only after its entry is durable cannot beat that
-on the same machine, whatever its storage.
+index or tree). A server on this stack that answers only after its entry is durable
+should not expect to beat that on the same machine, whatever its storage.
 
     python scripts/ceiling_server.py --port 0 --client ID=PUBLICKEY [--workers N] [--durable DIR]
 
