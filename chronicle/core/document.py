@@ -136,6 +136,11 @@ class DocumentParser:
                 raise MalformedError(f"document is not valid JSON: {exc.msg}",
                                      field="document") from None
             self._wait(start)
+        except ValueError as exc:
+            # Python's own limits, e.g. an integer of more than 4,300 digits: longer data
+            # cannot make it valid.
+            raise MalformedError(f"document is not valid JSON: {exc}",
+                                 field="document") from None
         if end >= len(self._buf) and not self._final:
             # A number or literal cut by the chunk boundary would decode as a shorter one.
             self._wait(start)

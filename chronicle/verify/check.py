@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,14 @@ class Checker:
                               f"{sync.halt.get('message')}", evidence=sync.halt.get("evidence"))
         if sync.held():
             raise held_fault(sync)
+        waiting = sum(1 for _ in release.pending())
+        if waiting:
+            # Verified after an item held for review, not judged yet: one of them may be a
+            # revocation. A sync applies them (an --offline check cannot).
+            one = waiting == 1
+            raise VerifyFault("stale", f"{waiting} verified entr{'y' if one else 'ies'} after "
+                              f"a reviewed item {'is' if one else 'are'} not applied yet: run "
+                              "chronicle verify sync", unjudged=waiting)
         self.config, self.sync, self.release = config, sync, release
         self.ignored = {i for i, d in sync.decisions("emergency").items() if d == "skip"}
         self._tainted: dict[str, set[str]] = {}
@@ -197,6 +205,13 @@ class Checker:
                           f"{where}; no sources at hand, digest not checked",
                           {**info, "digest": "not-checked"})
         if meta.tree is None:
+            if dist_file is not None and meta.dist_sha256 is not None:
+                mismatch = _dist_mismatch(dist_file, meta.dist_sha256, fail, info)
+                if mismatch is not None:
+                    return mismatch
+                return Result(fail.package, fail.version, "ok",
+                              f"{where}; the archive's SHA-256 verified (the release "
+                              "carries no tree digest)", {**info, "digest": "dist-sha256"})
             return Result(fail.package, fail.version, "warn",
                           f"{where}; the release carries no tree digest (Herd-style "
                           "metadata): sources not checked", {**info, "digest": "none"})
@@ -210,10 +225,9 @@ class Checker:
                         f"{found}, the release (entry {update.at.index}) says {meta.tree}",
                         found=found, **info)
         if dist_file is not None and meta.dist_sha256 is not None:
-            sha = hashlib.sha256(dist_file.read_bytes()).hexdigest()
-            if sha != meta.dist_sha256:
-                return fail("digest-mismatch", f"the SHA-256 of {dist_file} is {sha}, the "
-                            f"release says {meta.dist_sha256}", **info)
+            mismatch = _dist_mismatch(dist_file, meta.dist_sha256, fail, info)
+            if mismatch is not None:
+                return mismatch
         extra = ""
         if source.kind == "git" and meta.commit is not None:
             commit = resolve_commit(source.path, source.ref or "HEAD")
@@ -222,6 +236,16 @@ class Checker:
                 extra = f" (from commit {commit}, the release names {meta.commit})"
         return Result(fail.package, fail.version, "ok",
                       f"{where}; tree digest verified{extra}", {**info, "digest": "verified"})
+
+
+def _dist_mismatch(dist_file: Path, want: str, fail: _Fail, info: dict[str, Any]
+                   ) -> Result | None:
+    """The digest-mismatch result if the archive's SHA-256 is not the release's."""
+    sha = hashlib.sha256(dist_file.read_bytes()).hexdigest()
+    if sha != want:
+        return fail("digest-mismatch", f"the SHA-256 of {dist_file} is {sha}, the release "
+                    f"says {want}", **info)
+    return None
 
 
 class _Fail:
@@ -289,13 +313,23 @@ def check_lock(checker: Checker, packages: list[Locked], *, dist_dir: Path | Non
     """Every package checked; the results and the fault kind that decides the exit code."""
     results = []
     for pkg in packages:
-        source: Source | None = None
-        dist_file: Path | None = None
+        # Both copies when both are at hand: the cached archive and the installed code that
+        # actually runs; the first that does not check out is the package's result.
+        sources: list[tuple[Source, Path | None]] = []
         if dist_dir is not None:
             dist_file = next((p for p in dist_candidates(dist_dir, pkg) if p.is_file()), None)
             if dist_file is not None:
-                source = Source("archive", dist_file)
-        if source is None and vendor_dir is not None and (vendor_dir / pkg.name).is_dir():
-            source = Source("directory", vendor_dir / pkg.name)
-        results.append(checker.check(pkg.name, pkg.version, source, dist_file))
+                sources.append((Source("archive", dist_file), dist_file))
+        if vendor_dir is not None and (vendor_dir / pkg.name).is_dir():
+            sources.append((Source("directory", vendor_dir / pkg.name), None))
+        result = checker.check(pkg.name, pkg.version, None, None) if not sources else None
+        for source, dist_file in sources:
+            result = checker.check(pkg.name, pkg.version, source, dist_file)
+            if result.status != "ok":
+                break
+        assert result is not None
+        if len(sources) == 2 and result.status == "ok":
+            result = replace(result, message=result.message + "; the archive "
+                                         "and the installed folder both checked")
+        results.append(result)
     return results, worst([r.status for r in results if r.failed])

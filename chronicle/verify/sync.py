@@ -171,17 +171,20 @@ class TreeSync:
         new = self.signed.checkpoint
         if self.sync.checkpoint is not None:
             old = open_checkpoint_with(self.sync.checkpoint.encode(), self.verifier).checkpoint
+            signed_now = self.signed.to_bytes().decode("utf-8", "replace")
             if new.size < old.size or (new.size == old.size and new.root != old.root):
                 raise VerifyFault("split-view", f"the ledger's signed checkpoint (size "
                                   f"{new.size}) does not extend the one it signed before "
-                                  f"(size {old.size})")
-            if new.size > old.size:
+                                  f"(size {old.size})", checkpoint_now=signed_now)
+            # The empty tree is a prefix of every tree: there is no proof to ask for.
+            if new.size > old.size > 0:
                 try:
                     await tree.consistency(old, new)
                 except IntegrityError as exc:
                     raise VerifyFault("split-view", "the ledger's checkpoint of size "
                                       f"{new.size} is not consistent with the one of size "
-                                      f"{old.size}: {exc.message}") from None
+                                      f"{old.size}: {exc.message}",
+                                      checkpoint_now=signed_now) from None
         resumed = self._resumed()
         if resumed is not None and resumed.size > new.size:
             # A checkpoint that lags our verified head proves nothing new: keep the tree.
@@ -414,6 +417,10 @@ async def _ask_mirror(mirror: Mirror, summary: str, currhash: str,
         return MirrorReport(mirror.url, "behind", "does not have our head yet"), None
     except ChronicleError as exc:
         return MirrorReport(mirror.url, "error", exc.diagnostics()), None
+    except Exception as exc:
+        # A mirror is a third party: whatever its answer breaks, it counts as an error
+        # against the quorum, as a refusal would, instead of ending every sync.
+        return MirrorReport(mirror.url, "error", f"{type(exc).__name__}: {exc}"), None
 
 
 async def _quorum(state_dir: StateDir, config: Config, report: SyncReport,
@@ -468,7 +475,8 @@ def _halt(state_dir: StateDir, config: Config, fault: VerifyFault, report: SyncR
         stamp = atom(clock()).replace(":", "")
         evidence = str(state_dir.write_evidence(f"split-view-{stamp}.json", {
             "ledger": config.url, "head": report.head, "message": fault.message,
-            "checkpoint-held": state_dir.load_sync(config.server_key).checkpoint}))
+            "checkpoint-held": state_dir.load_sync(config.server_key).checkpoint,
+            "checkpoint-now": fault.details.get("checkpoint_now")}))
         fault.details["evidence"] = evidence
     saved = state_dir.load_sync(config.server_key)
     saved.halt = {"kind": fault.kind, "message": fault.message, "evidence": evidence}

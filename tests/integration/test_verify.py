@@ -652,3 +652,115 @@ async def test_a_replica_as_mirror(tmp_path: Path) -> None:
             assert json.loads(res.stdout)["fetched"] == 1
         finally:
             await served.close()
+
+
+async def test_lock_checks_the_cached_archive_and_the_installed_folder(tmp_path: Path) -> None:
+    good = tree(tmp_path / "good", "<?php // 1.0\n")
+    digest = digest_directory(good)
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await bootstrap(led)
+        await led.send(Update(vendor="acme", name="lib", version="1.0.0",
+                              metadata=meta(digest)), "acme1")
+        state = tmp_path / "state"
+        await init_state(state, srv)
+        S = ["--state", str(state), "--offline"]
+        assert (await cli("verify", "sync", "--state", str(state))).exit_code == CLEAN
+        url = "https://example.test/acme/lib/1.0.0.zip"
+        cache = tmp_path / "cache"
+        zip_of(good, cache / "files" / "acme/lib" /
+               f"{hashlib.sha1(url.encode(), usedforsecurity=False).hexdigest()}.zip")
+        installed = tree(tmp_path / "vendor" / "acme" / "lib", "<?php // patched in place\n")
+        lock = lock_file(tmp_path / "composer.lock", [("acme/lib", "1.0.0")], url)
+        both = ["--dist-dir", str(cache), "--vendor-dir", str(tmp_path / "vendor")]
+        # a genuine cached archive does not vouch for the code that runs
+        res = await cli("verify", "lock", str(lock), *S, *both)
+        assert res.exit_code == DIGEST, res.stdout
+        assert error_line(res).startswith(
+            "error: 1 package(s) failed verification (digest-mismatch): acme/lib 1.0.0: the "
+            f"tree digest of {installed} is b3t1:")
+        (installed / "src" / "Lib.php").write_text("<?php // 1.0\n")
+        res = await cli("verify", "lock", str(lock), *S, *both)
+        assert res.exit_code == CLEAN, res.stderr
+        assert res.stdout.splitlines()[0].endswith(
+            "tree digest verified; the archive and the installed folder both checked")
+
+
+async def test_an_offline_check_waits_for_the_entries_after_a_reviewed_item(
+        tmp_path: Path) -> None:
+    digest = digest_directory(tree(tmp_path / "src", "<?php // 1.0\n"))
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await bootstrap(led)
+        await led.send(Update(vendor="acme", name="lib", version="1.0.0",
+                              metadata=meta(digest)), "acme1")
+        await led.send(AddKey(vendor="acme", publickey=pk("acme2")), "core")  # held
+        await led.send(RevokeUpdate(vendor="acme", name="lib", version="1.0.0",
+                                    reason="malware"), "acme1")
+        state = tmp_path / "state"
+        await init_state(state, srv, "--core-vendor", "review")
+        S = ["--state", str(state)]
+        lock = lock_file(tmp_path / "composer.lock", [("acme/lib", "1.0.0")])
+        assert (await cli("verify", "sync", *S)).exit_code == HELD
+        assert (await cli("verify", "review", *S, "--accept", "1")).exit_code == CLEAN
+        # the revocation after the held item is verified but not applied: no verdict yet
+        res = await cli("verify", "lock", str(lock), *S, "--offline")
+        assert res.exit_code == STALE, res.stdout
+        assert error_line(res) == ("error: 1 verified entry after a reviewed item is not "
+                                   "applied yet: run chronicle verify sync")
+        res = await cli("verify", "lock", str(lock), *S)   # online: the sync applies it
+        assert res.exit_code == REVOKED, res.stderr
+        assert error_line(res).endswith("acme/lib 1.0.0: revoked at entry 4: malware")
+
+
+async def test_a_mirror_answering_a_number_too_long_for_python(tmp_path: Path) -> None:
+    liar = SigningKey.generate()
+
+    async def lookup(_: web.Request) -> web.Response:
+        body = b'{"status": "OK", "n": ' + b"1" * 5000 + b', "results": []}'
+        return web.Response(body=body, content_type="application/json",
+                            headers={SIGNATURE_HEADER: liar.sign_b64(body)})
+
+    app = web.Application()
+    app.router.add_get("/chronicle/lookup/{h}", lookup)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with serving(tmp_path / "ledger", "pub") as srv:
+            await bootstrap(Ledger(srv))
+            state = tmp_path / "state"
+            mirror = f"http://127.0.0.1:{runner.addresses[0][1]}#{liar.public_b64}"
+            await init_state(state, srv, "--mirror", mirror, "--quorum", "1")
+            res = await cli("verify", "sync", "--state", str(state))
+            # counted against the quorum like any refusal, not a crash of the whole sync
+            assert res.exit_code == QUORUM, res.stderr
+            assert "Exceeds the limit (4300 digits)" in res.stderr
+            assert error_line(res) == ("error: only 0 of 1 mirrors confirm our head "
+                                       "(quorum 1); nothing was saved")
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_archive_checked_by_its_sha256_alone(tmp_path: Path) -> None:
+    archive = zip_of(tree(tmp_path / "src", "<?php // 1.0\n"), tmp_path / "lib.zip")
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    async with serving(tmp_path / "ledger", "pub") as srv:
+        led = Ledger(srv)
+        await bootstrap(led)
+        await led.send(Update(vendor="acme", name="lib", version="1.0.0",
+                              metadata=Metadata(dist_sha256=sha)), "acme1")
+        state = tmp_path / "state"
+        await init_state(state, srv)
+        S = ["--package", "acme/lib", "--version", "1.0.0", "--state", str(state)]
+        res = await cli("verify", "archive", str(archive), *S)
+        assert res.exit_code == CLEAN, res.stderr
+        assert "the archive's SHA-256 verified (the release carries no tree digest)" \
+            in res.stdout
+        other = tmp_path / "other.zip"
+        other.write_bytes(b"not the archive the vendor signed")
+        res = await cli("verify", "archive", str(other), *S, "--offline")
+        assert res.exit_code == DIGEST, res.stdout
+        assert error_line(res).endswith(f"the SHA-256 of {other} is "
+                                        f"{hashlib.sha256(other.read_bytes()).hexdigest()}, "
+                                        f"the release says {sha}")

@@ -526,3 +526,17 @@ def test_auditor_reports_the_bad_entry_whichever_worker_checks_it(bad: int) -> N
         assert len(pool._procs) == 2
     assert (type(info.value), info.value.index, info.value.field) == \
         (EntrySignatureError, bad, "signature")
+
+
+def test_parser_refuses_a_number_python_will_not_convert() -> None:
+    """Python refuses integers of over 4,300 digits with a plain ValueError: the parser
+    says MalformedError, fed whole or byte by byte, in the header or in a row."""
+    digits = b"7" * 5000
+    for body in (b'{"n": ' + digits + b', "results": []}',
+                 b'{"results": [{"n": ' + digits + b"}]}"):
+        for step in (len(body), 1):
+            parser = DocumentParser()
+            with pytest.raises(MalformedError, match="Exceeds the limit"):
+                for pos in range(0, len(body), step):
+                    parser.feed(body[pos:pos + step])
+                parser.close()
