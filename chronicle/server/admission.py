@@ -193,7 +193,10 @@ def real_client(proxies: Sequence[IPNetwork]) -> Middleware:
     async def unproxy(request: web.Request, handler: Handler) -> web.StreamResponse:
         peer = request.remote or ""
         if proxies and trusted(peer, proxies):
-            address = client_address(peer, request.headers.get("X-Forwarded-For"), proxies)
+            # Every line of the header, in order: a proxy may add a line of its own
+            # instead of appending to the one the client sent.
+            forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+            address = client_address(peer, forwarded, proxies)
             request = request.clone(remote=address)
         return await handler(request)
 

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from chronicle.cli.replica import printable
 from chronicle.client import ChronicleClient
@@ -225,7 +226,8 @@ async def test_behind_a_trusted_proxy_limits_apply_to_the_client_not_the_proxy(
         forged = {CLIENT_HEADER: alice.client_id,
                   SIGNATURE_HEADER: SigningKey.generate().sign_b64(b"x")}
 
-        async def post(session: aiohttp.ClientSession, headers: dict[str, str]) -> int:
+        async def post(session: aiohttp.ClientSession,
+                       headers: dict[str, str] | CIMultiDict[str]) -> int:
             async with session.post(f"{srv.url}/chronicle/publish", data=b"x",
                                     headers=headers) as res:
                 await res.read()
@@ -241,6 +243,12 @@ async def test_behind_a_trusted_proxy_limits_apply_to_the_client_not_the_proxy(
         async with srv.session.post(f"{srv.url}/chronicle/publish", data=body,
                                     headers=honest) as res:
             assert res.status == 200
+        # A proxy that adds a line of its own after the one the client sent: the client's
+        # line, first, changes nothing either.
+        two_lines = [[*forged.items(), ("X-Forwarded-For", f"10.0.0.{n}"),
+                      ("X-Forwarded-For", "203.0.113.20")] for n in range(4)]
+        assert [await post(srv.session, CIMultiDict(h)) for h in two_lines] == \
+            [403] * 3 + [429]
         # Not through a trusted proxy: the header is the caller's own claim, ignored.
         connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
         async with aiohttp.ClientSession(connector=connector) as direct:
