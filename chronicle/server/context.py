@@ -54,36 +54,57 @@ class ClientCache:
 
 class RateLimiter:
     """Token buckets: ``rate`` per second per key, bursts of one second's worth; rate 0
-    means unlimited. Keys are anything hashable (a client of an instance, an address)."""
+    means unlimited. Keys are anything hashable (a client of an instance, an address).
 
-    def __init__(self, rate: float) -> None:
+    Keys come from strangers (addresses), so the table is bounded: once it holds
+    :attr:`PRUNE_AT` buckets, the full ones are dropped (a full bucket is what a new key
+    gets anyway, so nothing changes for anyone); what stays are keys that spent tokens
+    within the last second or so.
+    """
+
+    PRUNE_AT = 10_000
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.burst = max(rate, 1.0)
         self._buckets: dict[object, tuple[float, float]] = {}
+        self._clock = clock
+        self._prune_at = self.PRUNE_AT
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def _tokens(self, key: object, now: float) -> float:
         tokens, last = self._buckets.get(key, (self.burst, now))
         return min(self.burst, tokens + (now - last) * self.rate)
 
+    def _prune(self, now: float) -> None:
+        full = [k for k, (tokens, last) in self._buckets.items()
+                if tokens + (now - last) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]
+        # Keys busy right now stay; the next prune waits until the table doubles.
+        self._prune_at = max(self.PRUNE_AT, 2 * len(self._buckets))
+
     def retry_after(self, *key: object) -> float:
         """0 if one more may go ahead now (and take a token), else seconds to wait."""
         if self.rate <= 0:
             return 0.0
-        now = time.monotonic()
+        now = self._clock()
         tokens = self._tokens(key, now)
+        if len(self._buckets) >= self._prune_at:
+            self._prune(now)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
             return 0.0
         self._buckets[key] = (tokens, now)
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()
         return (1.0 - tokens) / self.rate
 
     def waiting(self, *key: object) -> float:
         """Seconds until ``key`` has a token again (0: it has one), taking nothing."""
         if self.rate <= 0:
             return 0.0
-        tokens = self._tokens(key, time.monotonic())
+        tokens = self._tokens(key, self._clock())
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
 
