@@ -226,8 +226,8 @@ TABLE: tuple[Setting, ...] = (
             "disk for spooled documents per process, files still being read included; "
             "a build past it gets a signed 507 (alone) or 503 (space in use)"),
     Setting("document-send-timeout", "1 minute", _interval,
-            "a reader that takes no 1 MiB of a document in this time is disconnected; "
-            "\"\" disables"),
+            "a reader that takes no 1 MiB of a document (or of any answer over 1 MiB) in "
+            "this time is disconnected; \"\" disables"),
     Setting("tlog-key-file", TLOG_KEY_FILE, _text,
             "checkpoint signing key of the Merkle tree, made by `chronicle tlog enable` "
             "(relative to the data dir)"),

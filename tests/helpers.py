@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -461,3 +462,16 @@ def open_spool_files(pid: int, under: Path) -> dict[int, tuple[int, bool]]:
         except OSError:
             continue
     return found
+
+
+async def slow_reader(url: str, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Asks for ``path`` and then reads nothing (a 4 KiB receive window)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer

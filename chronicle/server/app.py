@@ -25,10 +25,10 @@ from chronicle.server import explorer, health, openapi, reads, release, replicas
 from chronicle.server.admission import holding, real_client
 from chronicle.server.context import ServerContext
 from chronicle.server.export import DocumentBuilder
-from chronicle.server.health import with_request_id
+from chronicle.server.health import stamp_request_id, with_request_id
 from chronicle.server.keys import CTX, DOCS, LASTHASH, RELEASE, RESP, TLOG
 from chronicle.server.metrics import timing
-from chronicle.server.responses import Responder, signed_errors
+from chronicle.server.responses import Responder, paced, signed_errors
 from chronicle.server.routing import instance_of, main_route, replica_route
 
 # --- handlers -----------------------------------------------------------------------------
@@ -89,12 +89,15 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every answer (errors included) readable by browser clients; a browser's preflight
     (OPTIONS with Access-Control-Request-Method) answered empty, signed like any other."""
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        response: web.StreamResponse = request.app[RESP].raw(
-            204, b"", content_type="text/plain", headers=PREFLIGHT)
-    else:
-        response = await handler(request)
+        return request.app[RESP].raw(204, b"", content_type="text/plain", headers=PREFLIGHT)
+    return await handler(request)
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """The headers every answer carries, set as they go out: answers a handler sends
+    itself (a spooled document) included."""
     response.headers.update(CORS)
-    return response
+    stamp_request_id(request, response)
 
 
 def build_app(ctx: ServerContext) -> web.Application:
@@ -104,10 +107,13 @@ def build_app(ctx: ServerContext) -> web.Application:
     # Each layer costs every request a coroutine: the proxy one only where it has work.
     proxies = [real_client(ctx.settings.trusted_proxies)] \
         if ctx.settings.trusted_proxies else []
-    app = web.Application(middlewares=[*proxies, with_request_id, timing(ctx.metrics), cors,
-                                       signed_errors(responder, ctx.settings.max_body_size),
-                                       holding],
-                          client_max_size=ctx.settings.max_body_size)
+    send_timeout = ctx.settings.document_send_timeout
+    app = web.Application(middlewares=[
+        paced(send_timeout.total_seconds() if send_timeout else None),
+        *proxies, with_request_id, timing(ctx.metrics), cors,
+        signed_errors(responder, ctx.settings.max_body_size), holding],
+        client_max_size=ctx.settings.max_body_size)
+    app.on_response_prepare.append(on_prepare)
     app[CTX] = ctx
     app[RESP] = responder
     app[DOCS] = DocumentBuilder(ctx.key, ctx.data_dir.cache_dir,

@@ -50,6 +50,7 @@ from chronicle.core.blakechain import Entry
 from chronicle.core.encoding import b64u_encode
 from chronicle.core.errors import ChronicleError, OverloadedError
 from chronicle.core.sapient import SIGNATURE_HEADER, SigningKey, StreamingSigner
+from chronicle.server.responses import send_paced
 from chronicle.store import Chain
 
 log = logging.getLogger(__name__)
@@ -613,20 +614,13 @@ async def respond(request: web.Request, doc: Document, *,
         assert doc.fd is not None
         resp = web.StreamResponse(status=200, headers=headers)
         resp.content_length = doc.size
-        await resp.prepare(request)
-        offset = 0
-        while chunk := await asyncio.to_thread(os.pread, doc.fd, CHUNK, offset):
-            offset += len(chunk)
-            try:
-                await asyncio.wait_for(resp.write(chunk), send_timeout)
-            except TimeoutError:
-                log.info("disconnecting a reader that took nothing for %ss", send_timeout)
-                if request.transport is not None:
-                    request.transport.abort()
-                return resp
-            except ConnectionResetError:
-                return resp  # the reader went away; its share is released below
-        await resp.write_eof()
-        return resp
+        return await send_paced(request, resp, _read_chunks(doc.fd), send_timeout)
     finally:
         doc.release()
+
+
+async def _read_chunks(fd: int) -> AsyncIterator[bytes]:
+    offset = 0
+    while chunk := await asyncio.to_thread(os.pread, fd, CHUNK, offset):
+        offset += len(chunk)
+        yield chunk

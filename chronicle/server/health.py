@@ -38,17 +38,30 @@ _ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: The request's id, for the answer's header (see :func:`stamp_request_id`).
+RID = web.RequestKey("request-id", str)
+
+
 @web.middleware
 async def with_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The client's ``X-Request-Id`` if it is a sane one, else a new one: in every log line
+    of the request, and in the answer's header."""
     sent = request.headers.get(REQUEST_ID, "")
     rid = sent if sent and _ID_RE.match(sent) else requestids.new()
+    request[RID] = rid
     token = requestids.current.set(rid)
     try:
-        response = await handler(request)
-        response.headers[REQUEST_ID] = rid
-        return response
+        return await handler(request)
     finally:
         requestids.current.reset(token)
+
+
+def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Called as the headers go out (``on_response_prepare``): also for answers a handler
+    sends itself (a spooled document), which no middleware sees before they are sent."""
+    rid = request.get(RID)
+    if rid is not None:
+        response.headers[REQUEST_ID] = rid
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

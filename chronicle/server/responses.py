@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -65,6 +66,57 @@ class Responder:
                  f"Content-Length: {len(body)}", "Connection: close",
                  *(f"{k}: {v}" for k, v in (headers or {}).items())]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
+#: Bodies larger than this are sent a chunk at a time against the send timeout.
+PACED_CHUNK = 1 << 20
+
+
+async def send_paced(request: web.Request, response: web.StreamResponse,
+                     chunks: AsyncIterator[bytes | memoryview],
+                     send_timeout: float | None) -> web.StreamResponse:
+    """Prepare ``response`` and send ``chunks``; a reader that takes no chunk within
+    ``send_timeout`` seconds is disconnected (its connection aborted), so one that never
+    reads cannot hold the answer in our memory for good."""
+    await response.prepare(request)
+    async for chunk in chunks:
+        try:
+            await asyncio.wait_for(response.write(chunk), send_timeout)
+        except TimeoutError:
+            log.info("disconnecting a reader that took nothing for %ss", send_timeout)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        except ConnectionResetError:
+            return response  # the reader went away
+    await response.write_eof()
+    return response
+
+
+def paced(send_timeout: float | None) -> Middleware:
+    """The outermost middleware: an answer built in memory and larger than
+    :data:`PACED_CHUNK` (a ``lasthash`` of a large entry, a document under the spool
+    threshold) goes out through :func:`send_paced`, like a spooled document."""
+
+    async def pieces(body: bytes) -> AsyncIterator[memoryview]:
+        view = memoryview(body)
+        for pos in range(0, len(view), PACED_CHUNK):
+            yield view[pos:pos + PACED_CHUNK]
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        body = response.body if type(response) is web.Response else None
+        if response.prepared or not isinstance(body, bytes) or len(body) <= PACED_CHUNK:
+            return response
+        stream = web.StreamResponse(status=response.status, reason=response.reason,
+                                    headers=response.headers)
+        stream.content_length = len(body)
+        if response.keep_alive is False:
+            stream.force_close()
+        return await send_paced(request, stream, pieces(body), send_timeout)
+
+    return middleware
 
 
 def signed_errors(responder: Responder, body_limit: int) -> Middleware:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from tests.helpers import (
     init_data_dir,
     open_spool_files,
     proc_status_mb,
+    slow_reader,
     start_server,
     stop_process,
 )
@@ -131,19 +131,6 @@ def _assert_error(res: Response, status: int, message: str) -> None:
     assert res.body == php_json(expected).encode("ascii")
 
 
-async def _slow_reader(url: str, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Asks for ``path`` and then reads nothing (a 4 KiB receive window)."""
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    await writer.drain()
-    return reader, writer
-
-
 async def _legit(session: aiohttp.ClientSession, url: str, key: bytes, bob: Identity,
                  stop: asyncio.Event) -> list[float]:
     """A client reading the head and publishing, as long as the attack runs: every answer
@@ -180,7 +167,7 @@ async def test_since_exports_and_slow_readers_stay_within_budget(tmp_path: Path)
         exports = [asyncio.ensure_future(
             download_verified(session, f"{url}/chronicle/export", key)) for _ in range(2)]
         await asyncio.sleep(0.5)
-        slow = [await _slow_reader(url, "/chronicle/export") for _ in range(8)]
+        slow = [await slow_reader(url, "/chronicle/export") for _ in range(8)]
         await asyncio.sleep(0.5)
 
         # Both build slots are taken (since, export) and document-queue is 0: another
@@ -240,7 +227,7 @@ async def test_the_spool_bound_gives_signed_507_and_503(tmp_path: Path) -> None:
     limit = 1 << 30  # one document fits, two do not
     _set(dd, spool_max_bytes=limit, document_send_timeout="4 seconds")
     async with _serving(dd) as (url, key, watch, session):
-        _, writer = await _slow_reader(url, "/chronicle/export")
+        _, writer = await slow_reader(url, "/chronicle/export")
         await _until(lambda: any(unlinked for _, unlinked in watch.sample().values()), 60)
         res = await http_request(session, url, key, "GET", f"/chronicle/since/{hashes[0]}")
         _assert_error(res, 503, msg_spool_busy(limit))
