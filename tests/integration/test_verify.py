@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import zipfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -306,10 +307,19 @@ async def lying_mirror(tmp: Path, honest: RunningServer, liar: SigningKey) -> we
                "currhash": b64u_encode(cur), "summaryhash": entry.summaryhash,
                "created": entry.created, "publickey": author.public_b64,
                "signature": b64u_encode(sig)}
-        body = protocol.render(protocol.ok_envelope(utcnow(), [row]))
-        return web.Response(body=body, content_type="application/json",
-                            headers={SIGNATURE_HEADER: liar.sign_b64(body)})
+        return signed_by(liar, protocol.render(protocol.ok_envelope(utcnow(), [row])))
 
+    return await mirror_answering(lookup)
+
+
+def signed_by(key: SigningKey, body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json",
+                        headers={SIGNATURE_HEADER: key.sign_b64(body)})
+
+
+async def mirror_answering(lookup: Callable[[web.Request], Awaitable[web.Response]]
+                           ) -> web.AppRunner:
+    """A mirror on loopback whose ``lookup`` is ``lookup``."""
     app = web.Application()
     app.router.add_get("/chronicle/lookup/{h}", lookup)
     runner = web.AppRunner(app, access_log=None)
@@ -717,15 +727,9 @@ async def test_a_mirror_answering_a_number_too_long_for_python(tmp_path: Path) -
     liar = SigningKey.generate()
 
     async def lookup(_: web.Request) -> web.Response:
-        body = b'{"status": "OK", "n": ' + b"1" * 5000 + b', "results": []}'
-        return web.Response(body=body, content_type="application/json",
-                            headers={SIGNATURE_HEADER: liar.sign_b64(body)})
+        return signed_by(liar, b'{"status": "OK", "n": ' + b"1" * 5000 + b', "results": []}')
 
-    app = web.Application()
-    app.router.add_get("/chronicle/lookup/{h}", lookup)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner = await mirror_answering(lookup)
     try:
         async with serving(tmp_path / "ledger", "pub") as srv:
             await bootstrap(Ledger(srv))
