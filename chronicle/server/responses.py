@@ -107,7 +107,8 @@ def paced(send_timeout: float | None) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         body = response.body if type(response) is web.Response else None
-        if response.prepared or not isinstance(body, bytes) or len(body) <= PACED_CHUNK:
+        if response.prepared or not isinstance(body, bytes) or len(body) <= PACED_CHUNK \
+                or request.method == "HEAD":  # HEAD: aiohttp sends the headers alone
             return response
         stream = web.StreamResponse(status=response.status, reason=response.reason,
                                     headers=response.headers)

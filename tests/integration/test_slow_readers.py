@@ -56,6 +56,11 @@ async def test_readers_that_never_read_a_large_lasthash_are_cut_off(tmp_path: Pa
             writer.close()
         status, _, again = await _get(srv, "/chronicle/lasthash", "lasthash-2")
         assert status == 200 and len(again) == len(body)  # still served to others
+        async with srv.session.head(srv.url + "/chronicle/lasthash") as res:
+            assert res.status == 200 and await res.read() == b""  # headers alone
+            assert int(res.headers["Content-Length"]) == len(body)
+        status, _, again = await _get(srv, "/chronicle/lasthash", "lasthash-3")
+        assert status == 200 and len(again) == len(body)  # the connection is still sound
     finally:
         await srv.close()
 
