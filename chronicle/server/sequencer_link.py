@@ -59,6 +59,10 @@ RECONNECT_S = 0.5
 #: alive but wedged must not stall every worker's publishes (they fall back instead).
 CONNECT_TIMEOUT_S = 2.0
 ANSWER_TIMEOUT_S = 60.0
+#: For this long after a forwarding worker starts, and until it first reaches worker 0,
+#: a missing or refusing socket means worker 0 is still starting: keep trying (within
+#: CONNECT_TIMEOUT_S) instead of appending locally (the workers start together).
+STARTUP_S = 10.0
 #: Seconds :meth:`LinkServer.close` waits for the forwarded publishes it already took.
 CLOSE_TIMEOUT_S = 30.0
 
@@ -242,6 +246,7 @@ class LinkClient:
         self._next = 0
         self._connecting = asyncio.Lock()
         self._failed_at = -RECONNECT_S
+        self._patient_until = time.monotonic() + STARTUP_S
         #: Worker 0's last refusal for its own trouble (5xx), until it next stores one:
         #: what /readyz of a forwarding worker reports.
         self.write_error: str | None = None
@@ -256,14 +261,24 @@ class LinkClient:
                 raise LinkDown("the sequencer was unreachable moments ago")
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    reader, writer = await asyncio.open_unix_connection(str(self.path))
+                    reader, writer = await self._open()
             except (OSError, TimeoutError) as exc:
                 self._failed_at = time.monotonic()
                 raise LinkDown(f"cannot reach the sequencer: {exc!r}") from None
+            self._patient_until = 0.0  # reached once: from now on, a refusal means down
             self._writer = writer
             self._reader_task = asyncio.get_running_loop().create_task(
                 self._read(reader, writer))
             return writer
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while True:
+            try:
+                return await asyncio.open_unix_connection(str(self.path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() >= self._patient_until:
+                    raise
+                await asyncio.sleep(0.02)  # worker 0 is still starting
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

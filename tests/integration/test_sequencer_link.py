@@ -226,3 +226,30 @@ async def test_worker_zeros_storage_refusal_shows_in_the_forwarding_workers_read
     failing[0] = False
     assert (await one.publish(alice, "stored again")).status == 200
     assert (await one.request("GET", "/readyz")).status == 200
+
+
+async def test_a_worker_started_before_worker_zero_waits_for_it(workers: Workers) -> None:
+    """The workers start together: until it first reaches worker 0 (for STARTUP_S at
+    most), a forwarding worker keeps trying instead of appending the publish itself."""
+    zero, one = workers.zero, workers.one
+    one.ctx.link = LinkClient(workers.path)  # before worker 0 listens
+    alice = await one.add_client("alice")
+    early = asyncio.ensure_future(one.publish(alice, "before worker 0 listens"))
+    await asyncio.sleep(0.3)
+    assert not early.done()
+    await workers.listen()
+    res = await early
+    assert res.status == 200
+    assert _count(one, "sequencer") == 1 and _count(one, "fallback") == 0
+    assert zero.ctx.ledgers[""].committed == 1 and one.ctx.ledgers[""].committed == 0
+
+
+async def test_past_startup_a_missing_worker_zero_is_down_at_once(
+        workers: Workers, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sequencer_link, "STARTUP_S", 0.0)
+    one = workers.one
+    one.ctx.link = LinkClient(workers.path)
+    alice = await one.add_client("alice")
+    res = await one.publish(alice, "nobody listens")
+    assert res.status == 200
+    assert _count(one, "fallback") == 1 and one.ctx.ledgers[""].committed == 1
