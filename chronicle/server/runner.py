@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -212,6 +213,22 @@ async def _preflight(data_dir: DataDir) -> None:
     await ctx.store.close()
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with(parent: int) -> None:
+    """Linux: a SIGTERM for this worker when its supervisor dies (SIGKILL, the OOM
+    killer), so that no worker serves on, unsupervised, as an orphan."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class _Supervisor:
     """Forks ``workers`` servers on one socket and restarts any that dies."""
 
@@ -233,10 +250,12 @@ class _Supervisor:
         # supervisor exited: the signals wait (blocked) until the child has reset them.
         stops = {signal.SIGTERM, signal.SIGINT}
         signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _stop_with(supervisor)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             code = 0
             try:

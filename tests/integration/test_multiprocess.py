@@ -221,6 +221,34 @@ async def test_serve_workers_restarts_a_killed_worker(tmp_path: Path) -> None:
         await stop_process(sp)
 
 
+def _running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
+async def test_serve_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """A supervisor killed outright (SIGKILL, the OOM killer) leaves no worker serving on
+    as an orphan: each gets SIGTERM from the kernel and stops."""
+    primary, _, _ = await _setup(tmp_path)
+    sp = ServerProcess(primary.path, "--workers", "2")
+    try:
+        await sp.start()
+        assert sp.proc is not None
+        workers = _children(sp.proc.pid)
+        assert len(workers) == 2
+        sp.proc.kill()
+        for _ in range(200):
+            alive = [w for w in workers if _running(w)]
+            if not alive:
+                break
+            await asyncio.sleep(0.05)
+        assert not alive, f"workers still running after their supervisor died: {alive}"
+    finally:
+        await stop_process(sp)
+
+
 def _forwarded(metrics: str) -> dict[str, float]:
     """``chronicle_forwarded_publishes_total`` by outcome, from /metrics (all workers)."""
     found: dict[str, float] = {}
